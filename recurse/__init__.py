@@ -1,0 +1,27 @@
+"""recurse: recursive meta-optimization on PyTorch.
+
+Any optimizer can learn another optimizer's hyperparameters, which can be
+learned in turn, to any depth.
+"""
+
+from recurse import constraints, transforms
+from recurse.hyper import HyperOptimizer
+from recurse.optim import SGD, Adagrad, Adam, AdamW, Hyperparameter, Optimizer, RMSprop
+from recurse.tower import stack, tower
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SGD",
+    "Adagrad",
+    "Adam",
+    "AdamW",
+    "HyperOptimizer",
+    "Hyperparameter",
+    "Optimizer",
+    "RMSprop",
+    "constraints",
+    "stack",
+    "tower",
+    "transforms",
+]

@@ -1,0 +1,54 @@
+"""Constrained parametrisations of hyperparameters.
+
+A learnable hyperparameter is stored as an unconstrained real number ``raw``
+and read through a map onto its valid set, so a hyper-step of any size can
+never produce an invalid value:
+
+- ``positive``: value = exp(raw), raw = log(value); for lr, eps, weight decay.
+  A gradient step on raw is a multiplicative step on the value.
+- ``unit_interval``: value = sigmoid(raw), raw = logit(value); for momentum,
+  betas, dampening, RMSprop's alpha.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """A bijection between the real line and a hyperparameter's valid set."""
+
+    name: str
+    description: str
+    contains: Callable[[float], bool]
+    to_raw: Callable[[float], float]
+    from_raw: Callable[[torch.Tensor], torch.Tensor]
+    raw_derivative: Callable[[torch.Tensor], torch.Tensor]  # d value / d raw, written in terms of value
+
+
+def _logit(value: float) -> float:
+    return math.log(value) - math.log1p(-value)
+
+
+positive = Constraint(
+    name="positive",
+    description="a finite number > 0",
+    contains=lambda value: math.isfinite(value) and value > 0.0,
+    to_raw=math.log,
+    from_raw=torch.exp,
+    raw_derivative=lambda value: value,
+)
+
+unit_interval = Constraint(
+    name="unit_interval",
+    description="a number in the open interval (0, 1)",
+    contains=lambda value: 0.0 < value < 1.0,
+    to_raw=_logit,
+    from_raw=torch.sigmoid,
+    raw_derivative=lambda value: value * (1 - value),
+)

@@ -1,0 +1,481 @@
+"""The online hypergradient engine: towers of optimizers of any depth.
+
+Level 0 trains the model; level k (k >= 1) trains the hyperparameters of
+level k - 1. At step t, with g_t the model gradient:
+
+1. Hypergradients, bottom-up. Level k's last update u_k produced the values
+   that level k - 1 (or the model) now holds, as a function of level k's
+   hyperparameters h_k. So
+
+       G_0 = g_t . d u_0 / d h_0,   G_k = G_{k-1} . d u_k / d h_k,
+
+   one vector-Jacobian product per level, through the graph of that last
+   update only. For SGD over SGD, G_0 = -g_t . g_{t-1} (w.r.t. lr).
+2. Updates, top-down. Level k steps h_{k-1} with G_{k-1}; level k - 1 then
+   uses its freshly updated hyperparameters; level 0 steps the model. Each
+   level keeps the graph of this update for step t + 1 and nothing older.
+
+Model parameters stay leaf tensors (updated in place, like torch.optim);
+hyperparameters are learned in their unconstrained form (log lr, logit of
+betas), see :mod:`recurse.constraints`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import Tensor
+
+from recurse.optim.base import Optimizer, State
+
+log = logging.getLogger("recurse")
+
+GUARD_MODES = ("skip", "raise", "off")
+
+
+@dataclass
+class _LastUpdate:
+    """A level's last update: inputs, and the live graph hyper_leaf -> outputs.
+
+    The inputs are kept so that the graph can be rebuilt after
+    load_state_dict (a graph cannot be saved), giving an exact resume.
+    """
+
+    params: list[Tensor]
+    grads: list[Tensor]
+    state: State
+    raw: Tensor
+    hyper_leaf: Tensor | None = None
+    outputs: list[Tensor] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"params": self.params, "grads": self.grads, "state": self.state, "raw": self.raw}
+
+
+class _Level:
+    """One level of the tower: an optimizer and what it keeps between steps."""
+
+    def __init__(self, optimizer: Optimizer, tied: bool) -> None:
+        self.optimizer = optimizer
+        self.tied = tied
+        self.state: State | None = None
+        self.norm_state: State | None = None
+        self.last_update: _LastUpdate | None = None
+        # Only for a tied level: its update of its own hyperparameters.
+        self.self_state: State | None = None
+        self.self_norm_state: State | None = None
+        self.last_self_update: _LastUpdate | None = None
+
+
+@dataclass
+class _Proposal:
+    """Everything one step would change; committed only if all is finite."""
+
+    model_params: list[Tensor] | None
+    raws: dict[int, Tensor]
+    level_updates: dict[int, tuple[State, State | None, _LastUpdate | None]]
+    self_update: tuple[State, State | None, _LastUpdate] | None
+
+
+class HyperOptimizer(torch.optim.Optimizer):
+    """A torch.optim.Optimizer that runs a tower of recurse optimizers.
+
+    >>> opt = rc.HyperOptimizer(model.parameters(), rc.Adam(1e-3, hyper=rc.SGD(1e-4)))
+    >>> opt.zero_grad(); loss.backward(); opt.step()
+    >>> opt.hyperparameters()   # {"0.lr": ..., "0.beta1": ..., "1.lr": ...}
+
+    ``guard``: what a non-finite gradient or proposed value does.
+    ``"skip"`` (default): the step is skipped, nothing is updated, the
+    event is counted in ``nonfinite_steps`` and logged. ``"raise"``: a
+    FloatingPointError, nothing updated. ``"off"``: no check (fastest).
+
+    ``record_history``: keep the learned hyperparameters after every step
+    (cheap: one small tensor per step); read them with :meth:`history`.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        optimizer: Optimizer,
+        *,
+        guard: str = "skip",
+        record_history: bool = False,
+    ) -> None:
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(
+                "rc.HyperOptimizer: optimizer must be an rc.Optimizer (for example rc.Adam(1e-3)), "
+                f"got {type(optimizer).__module__}.{type(optimizer).__qualname__}"
+            )
+        if guard not in GUARD_MODES:
+            raise ValueError(f"rc.HyperOptimizer: guard must be one of {GUARD_MODES}, got {guard!r}")
+        if isinstance(params, Tensor):
+            raise TypeError("rc.HyperOptimizer: params must be an iterable of tensors, got a single tensor")
+        super().__init__(params, defaults={})
+        for index, group in enumerate(self.param_groups):
+            extra = sorted(set(group) - {"params"})
+            if extra:
+                raise ValueError(
+                    f"rc.HyperOptimizer: param group {index} sets {extra}; options belong to the rc optimizer, "
+                    "groups here only hold 'params'"
+                )
+        self._params: list[Tensor] = [p for group in self.param_groups for p in group["params"]]
+        self._check_params()
+        self.guard = guard
+        self.record_history = record_history
+        self.levels = _build_levels(optimizer)
+        reference = self._params[0]
+        for level in self.levels:
+            level.optimizer.to(reference.device, reference.dtype)
+        self.step_count = 0
+        self.nonfinite_steps = 0
+        self._history: list[list[Tensor]] = []
+        self.last_hypergradients: list[Tensor | None] = [None] * len(self.levels)
+        self._ready = True
+
+    # --- construction checks --------------------------------------------
+
+    def _check_params(self) -> None:
+        if not self._params:
+            raise ValueError("rc.HyperOptimizer: got an empty parameter list")
+        first = self._params[0]
+        for index, param in enumerate(self._params):
+            if not param.is_floating_point():
+                raise TypeError(f"rc.HyperOptimizer: parameter {index} has dtype {param.dtype}; expected floating point")
+            if param.device != first.device or param.dtype != first.dtype:
+                raise ValueError(
+                    f"rc.HyperOptimizer: parameter {index} is {param.dtype} on {param.device} but parameter 0 is "
+                    f"{first.dtype} on {first.device}; all parameters must share one device and dtype"
+                )
+            if not param.requires_grad:
+                raise ValueError(f"rc.HyperOptimizer: parameter {index} (shape {tuple(param.shape)}) does not require grad")
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if getattr(self, "_ready", False):
+            raise NotImplementedError("rc.HyperOptimizer: parameters cannot be added after construction")
+        super().add_param_group(param_group)
+
+    # --- public views -------------------------------------------------------
+
+    @property
+    def depth(self) -> int:
+        """Number of levels above the one that trains the model."""
+        top = self.levels[-1]
+        return len(self.levels) - 1 + (top.optimizer.tied_depth if top.tied else 0)
+
+    def hyperparameters(self) -> dict[str, float]:
+        """Current values of every level, as ``{"<level>.<name>": value}``."""
+        return {
+            f"{index}.{name}": value
+            for index, level in enumerate(self.levels)
+            for name, value in level.optimizer.current_values().items()
+        }
+
+    def hypergradients(self) -> dict[str, float]:
+        """The hypergradient each learned level received at the last step,
+        d loss / d value, as ``{"<level>.<name>": value}`` (``last_hypergradients``
+        holds the same w.r.t. the unconstrained ``raw`` vectors)."""
+        result = {}
+        for index, (level, gradient) in enumerate(zip(self.levels, self.last_hypergradients)):
+            if gradient is None:
+                continue
+            optimizer = level.optimizer
+            values = optimizer.hyper_values()
+            for position, name in enumerate(optimizer.learnable):
+                spec = optimizer.spec(name)
+                slope = spec.constraint.raw_derivative(values[name])
+                result[f"{index}.{name}"] = float(gradient[position] / slope)
+        return result
+
+    def history(self) -> dict[str, list[float]]:
+        """Learned hyperparameters after each recorded step, ``{"0.lr": [...], ...}``."""
+        names = [
+            f"{index}.{name}"
+            for index, level in enumerate(self.levels)
+            if level.optimizer.is_learned
+            for name in level.optimizer.learnable
+        ]
+        columns: dict[str, list[float]] = {name: [] for name in names}
+        for row in self._history:
+            values = torch.cat(row).tolist() if row else []
+            for name, value in zip(names, values):
+                columns[name].append(value)
+        return columns
+
+    # --- the step -------------------------------------------------------------
+
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+        """One step of every level. ``closure`` re-evaluates the loss (and
+        calls backward) as in torch.optim; it must return the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+            if loss is None:
+                raise ValueError("rc.HyperOptimizer.step: the closure returned None; it must return the loss")
+        grads = self._model_grads()
+        if self.guard != "off" and not _all_finite(grads):
+            self._reject("gradient", hypergradients_used=False)
+            return loss
+        with torch.enable_grad():
+            hypergradients = self._hypergradients(grads)
+            self.last_hypergradients = hypergradients
+            proposal = self._propose(grads, hypergradients, closure)
+        if self.guard != "off":
+            proposed = list(proposal.raws.values()) + (proposal.model_params or [])
+            if not _all_finite(proposed):
+                self._reject("update", hypergradients_used=True)
+                return loss
+        self._commit(proposal)
+        return loss
+
+    def _model_grads(self) -> list[Tensor]:
+        grads = []
+        for index, param in enumerate(self._params):
+            if param.grad is None:
+                raise RuntimeError(
+                    f"rc.HyperOptimizer.step: parameter {index} (shape {tuple(param.shape)}) has no .grad; "
+                    "call loss.backward() before step(), or leave unused parameters out of the optimizer"
+                )
+            if param.grad.is_sparse:
+                raise RuntimeError(f"rc.HyperOptimizer.step: parameter {index} has a sparse gradient; not supported")
+            # A private copy: the graph kept for the next step must not see the
+            # caller zero or accumulate into .grad in place.
+            grads.append(param.grad.detach().clone())
+        return grads
+
+    def _hypergradients(self, grads: list[Tensor]) -> list[Tensor | None]:
+        """G_k for every level, bottom-up; None where not available yet."""
+        incoming: list[Tensor] | None = grads
+        hypergradients: list[Tensor | None] = []
+        for level in self.levels:
+            optimizer = level.optimizer
+            if incoming is None or not optimizer.is_learned or level.last_update is None:
+                incoming = None
+                hypergradients.append(None)
+                continue
+            hypergradient = _vjp(optimizer, level.last_update, incoming, retain_graph=False)
+            if level.tied and level.last_self_update is not None:
+                through_self = hypergradient
+                for _ in range(optimizer.tied_depth - 1):
+                    through_self = _vjp(optimizer, level.last_self_update, [through_self], retain_graph=True)
+                    hypergradient = hypergradient + through_self
+            hypergradients.append(hypergradient)
+            incoming = [hypergradient]
+        return hypergradients
+
+    def _propose(self, grads, hypergradients, closure) -> _Proposal:
+        raws: dict[int, Tensor] = {}
+        level_updates: dict[int, tuple[State, State | None, _LastUpdate | None]] = {}
+        self_update = None
+        top_index = len(self.levels) - 1
+        top = self.levels[top_index]
+        if top.tied and hypergradients[top_index] is not None:
+            optimizer = top.optimizer
+            new_raw, self_update = _advance(
+                optimizer, optimizer.raw, [optimizer.raw], [hypergradients[top_index]],
+                top.self_state, top.self_norm_state, learned=True,
+            )
+            raws[top_index] = new_raw[0].detach()
+        model_params = None
+        for index in range(top_index, -1, -1):
+            level = self.levels[index]
+            optimizer = level.optimizer
+            if index == 0:
+                targets, target_grads = [p.detach().clone() for p in self._params], grads
+            else:
+                below = self.levels[index - 1].optimizer
+                if hypergradients[index - 1] is None:
+                    continue
+                targets, target_grads = [below.raw], [hypergradients[index - 1]]
+            raw = raws.get(index, optimizer.raw)
+            new_values, (state, norm_state, last_update) = _advance(
+                optimizer, raw, targets, target_grads, level.state, level.norm_state,
+                learned=optimizer.is_learned, closure=closure if index == 0 else None,
+            )
+            level_updates[index] = (state, norm_state, last_update)
+            if index == 0:
+                model_params = [value.detach() for value in new_values]
+            else:
+                raws[index - 1] = new_values[0].detach()
+        return _Proposal(model_params, raws, level_updates, self_update)
+
+    def _commit(self, proposal: _Proposal) -> None:
+        if proposal.model_params is not None:
+            with torch.no_grad():
+                for param, value in zip(self._params, proposal.model_params):
+                    param.copy_(value)
+        for index, raw in proposal.raws.items():
+            self.levels[index].optimizer.raw = raw
+        for index, (state, norm_state, last_update) in proposal.level_updates.items():
+            level = self.levels[index]
+            level.state, level.norm_state, level.last_update = state, norm_state, last_update
+        if proposal.self_update is not None:
+            top = self.levels[-1]
+            top.self_state, top.self_norm_state, top.last_self_update = proposal.self_update
+        self.step_count += 1
+        if self.record_history:
+            self._history.append(_learned_values(self.levels))
+
+    def _reject(self, what: str, *, hypergradients_used: bool) -> None:
+        message = (
+            f"rc.HyperOptimizer: non-finite {what} at step {self.step_count + 1}; "
+            "the step was skipped and nothing was updated"
+        )
+        if self.guard == "raise":
+            raise FloatingPointError(message)
+        self.nonfinite_steps += 1
+        log.warning("%s (%d non-finite steps so far)", message, self.nonfinite_steps)
+        if hypergradients_used:
+            # The last-update graphs were consumed; restart the chain cleanly.
+            for level in self.levels:
+                level.last_update = None
+                level.last_self_update = None
+
+    # --- checkpoints -------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume exactly: hyperparameters, optimizer and
+        normaliser states and the inputs of each level's last update."""
+        return {
+            "step_count": self.step_count,
+            "nonfinite_steps": self.nonfinite_steps,
+            "levels": [
+                {
+                    "optimizer": type(level.optimizer).__name__,
+                    "raw": level.optimizer.raw,
+                    "state": level.state,
+                    "norm_state": level.norm_state,
+                    "last_update": None if level.last_update is None else level.last_update.to_dict(),
+                    "self_state": level.self_state,
+                    "self_norm_state": level.self_norm_state,
+                    "last_self_update": None if level.last_self_update is None else level.last_self_update.to_dict(),
+                }
+                for level in self.levels
+            ],
+            "history": self._history,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved_levels = state_dict.get("levels") if isinstance(state_dict, dict) else None
+        if saved_levels is None:
+            raise ValueError("rc.HyperOptimizer.load_state_dict: not a HyperOptimizer state_dict (no 'levels')")
+        if len(saved_levels) != len(self.levels):
+            raise ValueError(
+                f"rc.HyperOptimizer.load_state_dict: the checkpoint has {len(saved_levels)} levels, "
+                f"this tower has {len(self.levels)}"
+            )
+        for index, (level, saved) in enumerate(zip(self.levels, saved_levels)):
+            name = type(level.optimizer).__name__
+            if saved["optimizer"] != name or saved["raw"].shape != level.optimizer.raw.shape:
+                raise ValueError(
+                    f"rc.HyperOptimizer.load_state_dict: level {index} is {saved['optimizer']} with "
+                    f"{saved['raw'].numel()} learnable hyperparameters in the checkpoint, but {name} with "
+                    f"{level.optimizer.raw.numel()} here"
+                )
+        reference = self._params[0]
+        for level, saved in zip(self.levels, saved_levels):
+            level.optimizer.raw = saved["raw"].to(reference.device, reference.dtype)
+            level.state, level.norm_state = saved["state"], saved["norm_state"]
+            level.self_state, level.self_norm_state = saved["self_state"], saved["self_norm_state"]
+            level.last_update = None if saved["last_update"] is None else _LastUpdate(**saved["last_update"])
+            level.last_self_update = (
+                None if saved["last_self_update"] is None else _LastUpdate(**saved["last_self_update"])
+            )
+        self.step_count = state_dict["step_count"]
+        self.nonfinite_steps = state_dict["nonfinite_steps"]
+        self._history = list(state_dict.get("history", []))
+
+    def __repr__(self) -> str:
+        return f"rc.HyperOptimizer(depth={self.depth}, {self.levels[0].optimizer!r})"
+
+
+def _build_levels(optimizer: Optimizer) -> list[_Level]:
+    levels: list[_Level] = []
+    current: Optimizer | None = optimizer
+    while current is not None:
+        if any(level.optimizer is current for level in levels):
+            raise ValueError(
+                f"rc.HyperOptimizer: {current!r} appears twice in the tower; only an optimizer that steps "
+                "itself (rc.tower(opt, depth, tie=True)) may repeat"
+            )
+        tied = current.hyper is current
+        if current.hyper is not None and not current.learnable:
+            raise ValueError(
+                f"rc.HyperOptimizer: level {len(levels)} ({current!r}) has hyper= but nothing to learn (learn=())"
+            )
+        if tied and current.tied_depth < 1:
+            raise ValueError(f"rc.HyperOptimizer: {current!r} steps itself; build it with rc.tower(opt, depth, tie=True)")
+        levels.append(_Level(current, tied))
+        current = None if tied else current.hyper
+    return levels
+
+
+def _advance(optimizer, raw, targets, grads, state, norm_state, *, learned, closure=None):
+    """One level's update of ``targets``, differentiable in ``raw`` when learned.
+
+    Returns the new values and (new state, new normaliser state, last update).
+    """
+    if optimizer.normalizer is not None:
+        if norm_state is None:
+            norm_state = optimizer.normalizer.init(grads)
+        grads, norm_state = optimizer.normalizer.apply(grads, norm_state)
+    if state is None:
+        state = optimizer.init(targets)
+    hyper_leaf = raw.detach().requires_grad_() if learned else None
+    hyper = optimizer.hyper_values(hyper_leaf) if learned else optimizer.hyper_values()
+    new_values, new_state = optimizer.update(targets, grads, state, hyper, closure=closure)
+    # The state's dependence on this step's hyperparameters is dropped: the
+    # hypergradient is one step deep, and a state that kept its graph would
+    # chain every past step's graph together.
+    new_state = _detach_tree(new_state)
+    last_update = None
+    if learned:
+        last_update = _LastUpdate(list(targets), list(grads), state, raw.detach(), hyper_leaf, new_values)
+    return new_values, (new_state, norm_state, last_update)
+
+
+def _vjp(optimizer: Optimizer, last_update: _LastUpdate, incoming: list[Tensor], *, retain_graph: bool) -> Tensor:
+    """incoming . d(last update's outputs) / d(its raw hyperparameters)."""
+    if last_update.outputs is None:
+        # After load_state_dict: rebuild the graph from the saved inputs.
+        leaf = last_update.raw.detach().clone().requires_grad_()
+        outputs, _ = optimizer.update(last_update.params, last_update.grads, last_update.state, optimizer.hyper_values(leaf))
+        last_update.hyper_leaf, last_update.outputs = leaf, outputs
+    (gradient,) = torch.autograd.grad(
+        last_update.outputs, last_update.hyper_leaf, grad_outputs=incoming,
+        retain_graph=retain_graph, allow_unused=True,
+    )
+    if gradient is None:
+        return torch.zeros_like(last_update.hyper_leaf)
+    if not retain_graph:
+        last_update.hyper_leaf = last_update.outputs = None
+    return gradient
+
+
+def _detach_tree(tree: Any) -> Any:
+    if isinstance(tree, Tensor):
+        return tree.detach()
+    if isinstance(tree, dict):
+        return {key: _detach_tree(value) for key, value in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_detach_tree(value) for value in tree)
+    return tree
+
+
+def _all_finite(tensors: list[Tensor]) -> bool:
+    if not tensors:
+        return True
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+
+
+def _learned_values(levels: list[_Level]) -> list[Tensor]:
+    row = []
+    for level in levels:
+        optimizer = level.optimizer
+        if optimizer.is_learned:
+            values = optimizer.hyper_values()
+            row.append(torch.stack([values[name] for name in optimizer.learnable]).detach())
+    return row

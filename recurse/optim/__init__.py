@@ -1,0 +1,9 @@
+"""Built-in optimizers, one file each, all on the :class:`Optimizer` protocol."""
+
+from recurse.optim.adagrad import Adagrad
+from recurse.optim.adam import Adam, AdamW
+from recurse.optim.base import Hyperparameter, Optimizer
+from recurse.optim.rmsprop import RMSprop
+from recurse.optim.sgd import SGD
+
+__all__ = ["Adagrad", "Adam", "AdamW", "Hyperparameter", "Optimizer", "RMSprop", "SGD"]

@@ -1,0 +1,229 @@
+"""The optimizer protocol: a pure, differentiable update rule plus its knobs.
+
+Every recurse optimizer is a pair of functions,
+
+    state = optimizer.init(params)
+    new_params, new_state = optimizer.step(params, grads, state, hyper)
+
+written with out-of-place tensor ops, so that ``new_params`` is a
+differentiable function of the hyperparameters ``hyper``. That is what lets
+another optimizer (``hyper=``) learn them. The object also holds the current
+hyperparameter values: learnable ones as an unconstrained vector ``raw``
+(see :mod:`recurse.constraints`), fixed ones as Python floats.
+
+A custom optimizer declares its hyperparameters and writes ``init`` and
+``update``::
+
+    class SignSGD(rc.Optimizer):
+        hyperparameter_specs = (rc.Hyperparameter("lr", rc.constraints.positive),)
+
+        def __init__(self, lr=0.01, **options):
+            super().__init__(lr=lr, **options)
+
+        def init(self, params):
+            return {}
+
+        def update(self, params, grads, state, hyper, *, closure=None):
+            return [p - hyper["lr"] * g.sign() for p, g in zip(params, grads)], state
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from recurse.constraints import Constraint
+from recurse.transforms import Normalizer, make_normalizer
+
+State = dict[str, Any]
+HyperValues = dict[str, float | Tensor]
+
+
+@dataclass(frozen=True)
+class Hyperparameter:
+    """One knob of an optimizer.
+
+    ``can_be_off``: the value 0 is also accepted and means the feature is
+    switched off (momentum, weight decay, ...). An off knob stays exactly 0
+    and is never learned.
+    """
+
+    name: str
+    constraint: Constraint
+    can_be_off: bool = False
+
+    def validate(self, owner: str, value: Any) -> float:
+        if isinstance(value, Tensor):
+            if value.numel() != 1:
+                raise ValueError(f"{owner}: {self.name} must be a scalar, got a tensor of shape {tuple(value.shape)}")
+            value = value.item()
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{owner}: {self.name} must be a real number, got {type(value).__name__} {value!r}")
+        value = float(value)
+        if self.can_be_off and value == 0.0:
+            return value
+        if not self.constraint.contains(value):
+            expected = self.constraint.description + (" or exactly 0 (off)" if self.can_be_off else "")
+            raise ValueError(f"{owner}: {self.name} must be {expected}, got {value!r}")
+        return value
+
+
+class Optimizer:
+    """Base class of every recurse optimizer (see the module docstring).
+
+    Options shared by all optimizers:
+
+    - ``hyper``: the optimizer that learns this one's hyperparameters online
+      (the next level of the tower), or None for fixed hyperparameters.
+    - ``learn``: names of the hyperparameters to learn; default all that are
+      not off. ``learn=()`` freezes them all.
+    - ``normalize``: how this level normalises the gradient it receives
+      before using it: None, ``"rms"`` (running RMS, see
+      :class:`recurse.transforms.RunningRMS`) or a ``Normalizer``.
+    """
+
+    hyperparameter_specs: ClassVar[tuple[Hyperparameter, ...]] = ()
+
+    def __init__(
+        self,
+        *,
+        hyper: Optimizer | None = None,
+        learn: Iterable[str] | str | None = None,
+        normalize: str | Normalizer | None = None,
+        **values: Any,
+    ) -> None:
+        owner = f"rc.{type(self).__name__}"
+        specs = {spec.name: spec for spec in self.hyperparameter_specs}
+        unknown = sorted(set(values) - set(specs))
+        if unknown:
+            raise TypeError(f"{owner}: unknown hyperparameter(s) {unknown}; expected some of {sorted(specs)}")
+        missing = sorted(set(specs) - set(values))
+        if missing:
+            raise TypeError(f"{owner}: missing value(s) for {missing}")
+        self.initial_values: dict[str, float] = {
+            name: spec.validate(owner, values[name]) for name, spec in specs.items()
+        }
+        self.learnable: tuple[str, ...] = self._select_learnable(owner, specs, learn)
+        self.hyper = _check_hyper(owner, hyper)
+        self.normalizer = make_normalizer(normalize)
+        self.tied_depth = 0
+        constraints = [specs[name].constraint for name in self.learnable]
+        self._constraint_masks = [
+            (constraint, torch.tensor([c is constraint for c in constraints]))
+            for constraint in dict.fromkeys(constraints)
+        ]
+        self.raw = torch.tensor(
+            [specs[name].constraint.to_raw(self.initial_values[name]) for name in self.learnable],
+            dtype=torch.float64,
+        )
+
+    def _select_learnable(self, owner: str, specs: Mapping[str, Hyperparameter], learn) -> tuple[str, ...]:
+        active = tuple(name for name in specs if self.initial_values[name] != 0.0 or not specs[name].can_be_off)
+        if learn is None:
+            return active
+        names = (learn,) if isinstance(learn, str) else tuple(learn)
+        for name in names:
+            if name not in specs:
+                raise ValueError(f"{owner}: learn= names unknown hyperparameter {name!r}; expected some of {sorted(specs)}")
+            if name not in active:
+                raise ValueError(
+                    f"{owner}: cannot learn {name!r}: it is 0, which switches it off; start it at a positive value"
+                )
+        return tuple(name for name in specs if name in names)
+
+    # --- the protocol -------------------------------------------------------
+
+    def init(self, params: Sequence[Tensor]) -> State:
+        """The optimizer state for ``params`` before the first step."""
+        raise NotImplementedError
+
+    def update(
+        self,
+        params: Sequence[Tensor],
+        grads: Sequence[Tensor],
+        state: State,
+        hyper: HyperValues,
+        *,
+        closure: Callable[[], Tensor] | None = None,
+    ) -> tuple[list[Tensor], State]:
+        """The update rule: out-of-place, differentiable in ``hyper``."""
+        raise NotImplementedError
+
+    def step(
+        self,
+        params: Sequence[Tensor],
+        grads: Sequence[Tensor],
+        state: State,
+        hyper: HyperValues | None = None,
+        *,
+        closure: Callable[[], Tensor] | None = None,
+    ) -> tuple[list[Tensor], State]:
+        """``(new_params, new_state)``; ``hyper`` defaults to the current values."""
+        if len(params) != len(grads):
+            raise ValueError(f"rc.{type(self).__name__}.step: {len(params)} params but {len(grads)} grads")
+        return self.update(params, grads, state, self.hyper_values() if hyper is None else hyper, closure=closure)
+
+    # --- hyperparameter values ---------------------------------------------
+
+    @property
+    def is_learned(self) -> bool:
+        """True when another optimizer (or this one, tied) steps the hyperparameters."""
+        return self.hyper is not None and bool(self.learnable)
+
+    def hyper_values(self, raw: Tensor | None = None) -> HyperValues:
+        """name -> value. Fixed ones are exact Python floats; while learned,
+        the learnable ones are ``constraint.from_raw(raw)`` tensors
+        (differentiable in ``raw``, which defaults to ``self.raw``)."""
+        values: HyperValues = dict(self.initial_values)
+        if not self.is_learned:
+            return values
+        raw = self.raw if raw is None else raw
+        constrained = None
+        for constraint, mask in self._constraint_masks:
+            mapped = constraint.from_raw(raw)
+            constrained = mapped if constrained is None else torch.where(mask, mapped, constrained)
+        values.update(zip(self.learnable, constrained.unbind()))
+        return values
+
+    def spec(self, name: str) -> Hyperparameter:
+        """The declaration of hyperparameter ``name``."""
+        for spec in self.hyperparameter_specs:
+            if spec.name == name:
+                return spec
+        raise KeyError(f"rc.{type(self).__name__} has no hyperparameter {name!r}")
+
+    def current_values(self) -> dict[str, float]:
+        """name -> float, the values the next step will use."""
+        return {name: float(value) for name, value in self.hyper_values().items()}
+
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> Optimizer:
+        """Move the learnable hyperparameters next to the parameters they step."""
+        self.raw = self.raw.to(device=device, dtype=dtype)
+        self._constraint_masks = [(c, mask.to(device)) for c, mask in self._constraint_masks]
+        return self
+
+    def __repr__(self) -> str:
+        values = ", ".join(f"{name}={value:g}" for name, value in self.current_values().items())
+        hyper = "" if self.hyper is None else (", hyper=<self>" if self.hyper is self else f", hyper={self.hyper!r}")
+        return f"rc.{type(self).__name__}({values}{hyper})"
+
+
+def _check_hyper(owner: str, hyper: Any) -> Optimizer | None:
+    if hyper is None or isinstance(hyper, Optimizer):
+        return hyper
+    raise TypeError(
+        f"{owner}: hyper= must be an rc.Optimizer (for example rc.SGD(1e-4)) or None, "
+        f"got {type(hyper).__module__}.{type(hyper).__qualname__}"
+    )
+
+
+def finite_float(owner: str, name: str, value: Any) -> float:
+    """A float option that is not a hyperparameter (e.g. an initial accumulator)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{owner}: {name} must be a finite number, got {value!r}")
+    return float(value)

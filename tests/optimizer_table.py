@@ -1,0 +1,104 @@
+"""One table of optimizers used across the tests: recurse factory, the
+torch.optim reference with the same settings, and readable ids.
+
+Skips and exclusions live here, not in test bodies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+import recurse as rc
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    make: Callable[..., rc.Optimizer]  # make(**options) -> recurse optimizer
+    reference: Callable[[list], torch.optim.Optimizer] | None
+    # settings that keep every hyperparameter's hypergradient well above
+    # finite-difference noise (e.g. eps that actually matters)
+    hyper_level: Callable[[], rc.Optimizer] = field(default=lambda: rc.SGD(1e-3))
+
+
+CASES = [
+    Case("sgd", lambda **o: rc.SGD(0.05, **o), lambda p: torch.optim.SGD(p, lr=0.05), lambda: rc.SGD(1e-2)),
+    Case(
+        "sgd-momentum-dampening-wd",
+        lambda **o: rc.SGD(0.05, momentum=0.9, dampening=0.1, weight_decay=1e-2, **o),
+        lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, dampening=0.1, weight_decay=1e-2),
+        lambda: rc.SGD(1e-2, momentum=0.5),
+    ),
+    Case(
+        "sgd-nesterov",
+        lambda **o: rc.SGD(0.05, momentum=0.8, nesterov=True, **o),
+        lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.8, nesterov=True),
+        lambda: rc.SGD(1e-2, momentum=0.5, nesterov=True),
+    ),
+    Case(
+        "adam",
+        lambda **o: rc.Adam(1e-2, eps=1e-3, **o),
+        lambda p: torch.optim.Adam(p, lr=1e-2, eps=1e-3),
+        lambda: rc.Adam(1e-3, eps=1e-3),
+    ),
+    Case(
+        "adam-wd",
+        lambda **o: rc.Adam(1e-2, betas=(0.8, 0.99), eps=1e-3, weight_decay=1e-2, **o),
+        lambda p: torch.optim.Adam(p, lr=1e-2, betas=(0.8, 0.99), eps=1e-3, weight_decay=1e-2),
+    ),
+    Case(
+        "adamw",
+        lambda **o: rc.AdamW(1e-2, eps=1e-3, weight_decay=0.1, **o),
+        lambda p: torch.optim.AdamW(p, lr=1e-2, eps=1e-3, weight_decay=0.1),
+        lambda: rc.Adam(1e-3, eps=1e-3),
+    ),
+    Case(
+        "rmsprop",
+        lambda **o: rc.RMSprop(1e-2, eps=1e-3, **o),
+        lambda p: torch.optim.RMSprop(p, lr=1e-2, eps=1e-3),
+        lambda: rc.RMSprop(1e-3, eps=1e-3),
+    ),
+    Case(
+        "rmsprop-centered-momentum-wd",
+        lambda **o: rc.RMSprop(1e-2, alpha=0.9, eps=1e-3, momentum=0.5, weight_decay=1e-2, centered=True, **o),
+        lambda p: torch.optim.RMSprop(p, lr=1e-2, alpha=0.9, eps=1e-3, momentum=0.5, weight_decay=1e-2, centered=True),
+        lambda: rc.RMSprop(1e-3, eps=1e-3, momentum=0.5, centered=True),
+    ),
+    Case(
+        "adagrad",
+        lambda **o: rc.Adagrad(5e-2, eps=1e-3, **o),
+        lambda p: torch.optim.Adagrad(p, lr=5e-2, eps=1e-3),
+        lambda: rc.Adagrad(1e-3, eps=1e-3),
+    ),
+    Case(
+        "adagrad-decay-wd-accumulator",
+        lambda **o: rc.Adagrad(5e-2, lr_decay=1e-2, weight_decay=1e-2, initial_accumulator_value=0.1, eps=1e-3, **o),
+        lambda p: torch.optim.Adagrad(
+            p, lr=5e-2, lr_decay=1e-2, weight_decay=1e-2, initial_accumulator_value=0.1, eps=1e-3
+        ),
+    ),
+]
+
+CASE_IDS = [case.id for case in CASES]
+
+
+def small_mlp(seed: int = 0, dtype=torch.float64) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 1)).to(dtype)
+
+
+def regression_data(seed: int = 1, count: int = 32, dtype=torch.float64):
+    generator = torch.Generator().manual_seed(seed)
+    inputs = torch.randn(count, 4, generator=generator, dtype=dtype)
+    targets = torch.sin(inputs.sum(dim=1, keepdim=True)) + 0.1 * torch.randn(count, 1, generator=generator, dtype=dtype)
+    return inputs, targets
+
+
+def train_step(model, optimizer, inputs, targets) -> float:
+    optimizer.zero_grad()
+    loss = torch.nn.functional.mse_loss(model(inputs), targets)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
