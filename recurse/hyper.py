@@ -133,6 +133,7 @@ class HyperOptimizer(torch.optim.Optimizer):
         self.nonfinite_steps = 0
         self._history: list[list[Tensor]] = []
         self.last_hypergradients: list[Tensor | None] = [None] * len(self.levels)
+        self._hypergradient_points: list[Tensor | None] = [None] * len(self.levels)
         self._ready = True
 
     # --- construction checks --------------------------------------------
@@ -175,14 +176,15 @@ class HyperOptimizer(torch.optim.Optimizer):
 
     def hypergradients(self) -> dict[str, float]:
         """The hypergradient each learned level received at the last step,
-        d loss / d value, as ``{"<level>.<name>": value}`` (``last_hypergradients``
-        holds the same w.r.t. the unconstrained ``raw`` vectors)."""
+        d loss / d value at the value the last update used, as
+        ``{"<level>.<name>": value}`` (``last_hypergradients`` holds the same
+        w.r.t. the unconstrained ``raw`` vectors)."""
         result = {}
         for index, (level, gradient) in enumerate(zip(self.levels, self.last_hypergradients)):
             if gradient is None:
                 continue
             optimizer = level.optimizer
-            values = optimizer.hyper_values()
+            values = optimizer.hyper_values(self._hypergradient_points[index])
             for position, name in enumerate(optimizer.learnable):
                 spec = optimizer.spec(name)
                 slope = spec.constraint.raw_derivative(values[name])
@@ -220,6 +222,9 @@ class HyperOptimizer(torch.optim.Optimizer):
             self._reject("gradient", hypergradients_used=False)
             return loss
         with torch.enable_grad():
+            self._hypergradient_points = [
+                None if level.last_update is None else level.last_update.raw for level in self.levels
+            ]
             hypergradients = self._hypergradients(grads)
             self.last_hypergradients = hypergradients
             proposal = self._propose(grads, hypergradients, closure)

@@ -20,28 +20,28 @@ class Case:
     reference: Callable[[list], torch.optim.Optimizer] | None
     # settings that keep every hyperparameter's hypergradient well above
     # finite-difference noise (e.g. eps that actually matters)
-    hyper_level: Callable[[], rc.Optimizer] = field(default=lambda: rc.SGD(1e-3))
+    hyper_level: Callable[..., rc.Optimizer] = field(default=lambda **o: rc.SGD(1e-2, **o))
 
 
 CASES = [
-    Case("sgd", lambda **o: rc.SGD(0.05, **o), lambda p: torch.optim.SGD(p, lr=0.05), lambda: rc.SGD(1e-2)),
+    Case("sgd", lambda **o: rc.SGD(0.05, **o), lambda p: torch.optim.SGD(p, lr=0.05), lambda **o: rc.SGD(1e-2, **o)),
     Case(
         "sgd-momentum-dampening-wd",
         lambda **o: rc.SGD(0.05, momentum=0.9, dampening=0.1, weight_decay=1e-2, **o),
         lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, dampening=0.1, weight_decay=1e-2),
-        lambda: rc.SGD(1e-2, momentum=0.5),
+        lambda **o: rc.SGD(1e-2, momentum=0.5, **o),
     ),
     Case(
         "sgd-nesterov",
         lambda **o: rc.SGD(0.05, momentum=0.8, nesterov=True, **o),
         lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.8, nesterov=True),
-        lambda: rc.SGD(1e-2, momentum=0.5, nesterov=True),
+        lambda **o: rc.SGD(1e-2, momentum=0.5, nesterov=True, **o),
     ),
     Case(
         "adam",
         lambda **o: rc.Adam(1e-2, eps=1e-3, **o),
         lambda p: torch.optim.Adam(p, lr=1e-2, eps=1e-3),
-        lambda: rc.Adam(1e-3, eps=1e-3),
+        lambda **o: rc.Adam(1e-2, eps=0.1, **o),
     ),
     Case(
         "adam-wd",
@@ -52,25 +52,25 @@ CASES = [
         "adamw",
         lambda **o: rc.AdamW(1e-2, eps=1e-3, weight_decay=0.1, **o),
         lambda p: torch.optim.AdamW(p, lr=1e-2, eps=1e-3, weight_decay=0.1),
-        lambda: rc.Adam(1e-3, eps=1e-3),
+        lambda **o: rc.Adam(1e-2, eps=0.1, **o),
     ),
     Case(
         "rmsprop",
         lambda **o: rc.RMSprop(1e-2, eps=1e-3, **o),
         lambda p: torch.optim.RMSprop(p, lr=1e-2, eps=1e-3),
-        lambda: rc.RMSprop(1e-3, eps=1e-3),
+        lambda **o: rc.RMSprop(1e-2, eps=0.1, **o),
     ),
     Case(
         "rmsprop-centered-momentum-wd",
         lambda **o: rc.RMSprop(1e-2, alpha=0.9, eps=1e-3, momentum=0.5, weight_decay=1e-2, centered=True, **o),
         lambda p: torch.optim.RMSprop(p, lr=1e-2, alpha=0.9, eps=1e-3, momentum=0.5, weight_decay=1e-2, centered=True),
-        lambda: rc.RMSprop(1e-3, eps=1e-3, momentum=0.5, centered=True),
+        lambda **o: rc.RMSprop(5e-2, eps=0.1, momentum=0.5, centered=True, **o),
     ),
     Case(
         "adagrad",
         lambda **o: rc.Adagrad(5e-2, eps=1e-3, **o),
         lambda p: torch.optim.Adagrad(p, lr=5e-2, eps=1e-3),
-        lambda: rc.Adagrad(1e-3, eps=1e-3),
+        lambda **o: rc.Adagrad(1e-2, eps=0.1, **o),
     ),
     Case(
         "adagrad-decay-wd-accumulator",
