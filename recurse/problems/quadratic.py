@@ -1,0 +1,51 @@
+"""The quadratic family of "Learning to learn by gradient descent by
+gradient descent" (Andrychowicz et al., 2016): f(theta) = ||W theta - y||^2
+with W and y drawn from a standard normal."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Quadratic:
+    """One task: f(theta) = ||W theta - y||^2, with a closed-form minimum."""
+
+    weights: Tensor
+    targets: Tensor
+
+    @property
+    def dim(self) -> int:
+        return self.weights.shape[1]
+
+    def loss(self, theta: Tensor) -> Tensor:
+        return (self.weights @ theta - self.targets).square().sum()
+
+    def minimum(self) -> tuple[Tensor, Tensor]:
+        """(theta*, f(theta*)) by least squares (``torch.linalg.lstsq``)."""
+        solution = torch.linalg.lstsq(self.weights, self.targets.unsqueeze(-1)).solution.squeeze(-1)
+        return solution, self.loss(solution)
+
+    def smoothness(self) -> float:
+        """L = largest eigenvalue of the Hessian 2 W^T W; SGD is stable for lr < 2 / L."""
+        return float(2 * torch.linalg.eigvalsh(self.weights.T @ self.weights).max())
+
+
+class QuadraticFamily:
+    """Sampler of 10-d (by default) quadratic tasks, seeded and offline."""
+
+    def __init__(self, dim: int = 10, *, seed: int = 0, dtype: torch.dtype = torch.float64, device="cpu") -> None:
+        if dim < 1:
+            raise ValueError(f"QuadraticFamily: dim must be >= 1, got {dim!r}")
+        self.dim = dim
+        self.dtype = dtype
+        self.device = torch.device(device)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def sample(self) -> Quadratic:
+        weights = torch.randn(self.dim, self.dim, generator=self.generator, dtype=self.dtype)
+        targets = torch.randn(self.dim, generator=self.generator, dtype=self.dtype)
+        return Quadratic(weights.to(self.device), targets.to(self.device))

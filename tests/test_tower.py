@@ -1,0 +1,141 @@
+"""Towers: construction helpers, learning a bad learning rate back, tying,
+history, checkpoints and exact resume."""
+
+import io
+import math
+
+import pytest
+import torch
+
+import recurse as rc
+from optimizer_table import regression_data, small_mlp, train_step
+from recurse.problems import QuadraticFamily
+
+
+def run_quadratic(task, optimizer, steps=200):
+    theta = torch.zeros(task.dim, dtype=torch.float64, requires_grad=True)
+    opt = rc.HyperOptimizer([theta], optimizer)
+    for _ in range(steps):
+        opt.zero_grad()
+        task.loss(theta).backward()
+        opt.step()
+    with torch.no_grad():
+        return task.loss(theta).item(), opt
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_depth_two_stack_recovers_from_a_learning_rate_100x_too_small(seed):
+    task = QuadraticFamily(10, seed=seed).sample()
+    bad_lr = 1.0 / task.smoothness() / 100
+    fixed_loss, _ = run_quadratic(task, rc.SGD(bad_lr))
+    tower = rc.stack(rc.SGD(bad_lr), rc.SGD(0.05, normalize="rms"), rc.SGD(0.01, normalize="rms"))
+    learned_loss, opt = run_quadratic(task, tower)
+    assert learned_loss / fixed_loss < 0.2
+    assert opt.hyperparameters()["0.lr"] > 10 * bad_lr
+
+
+def test_stack_equals_nested_hyper_and_tower_builds_independent_copies():
+    nested = rc.Adam(1e-3, hyper=rc.SGD(1e-4, hyper=rc.SGD(1e-5)))
+    stacked = rc.stack(rc.Adam(1e-3), rc.SGD(1e-4), rc.SGD(1e-5))
+    assert repr(nested) == repr(stacked)
+    built = rc.tower(rc.SGD(0.01), depth=4)
+    chain = [built]
+    while chain[-1].hyper is not None:
+        chain.append(chain[-1].hyper)
+    assert len(chain) == 5 and len({id(level) for level in chain}) == 5
+    model = small_mlp()
+    assert rc.HyperOptimizer(model.parameters(), built).depth == 4
+    assert rc.HyperOptimizer(small_mlp().parameters(), rc.SGD(0.1)).depth == 0
+
+
+def test_hyperparameters_are_named_by_level_and_history_records_every_step():
+    inputs, targets = regression_data()
+    model = small_mlp()
+    opt = rc.HyperOptimizer(model.parameters(), rc.stack(rc.Adam(1e-2), rc.SGD(1e-3), rc.SGD(1e-4)), record_history=True)
+    for _ in range(5):
+        train_step(model, opt, inputs, targets)
+    names = opt.hyperparameters()
+    assert {"0.lr", "0.beta1", "0.beta2", "0.eps", "1.lr", "2.lr"} <= set(names)
+    history = opt.history()
+    assert set(history) == {"0.lr", "0.beta1", "0.beta2", "0.eps", "1.lr"}
+    assert all(len(values) == 5 for values in history.values())
+    assert history["0.lr"][-1] == pytest.approx(names["0.lr"], rel=1e-12)
+
+
+@pytest.mark.parametrize("tied_depth", [1, 2])
+def test_tied_sgd_follows_its_closed_form(tied_depth):
+    """One SGD steps the model and its own log-lr r with its own lr:
+    G_t = -(g_t . g_{t-1}) e^{r_{t-1}}  (+ G_t (-e^{r_{t-2}} G_{t-1}) at depth 2),
+    r_t = r_{t-1} - e^{r_{t-1}} G_t."""
+    inputs, targets = regression_data()
+    model = small_mlp()
+    opt = rc.HyperOptimizer(model.parameters(), rc.tower(rc.SGD(0.05), tied_depth, tie=True))
+    raws, grads, hypergradients = [math.log(0.05)], [], []
+    for _ in range(6):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(inputs), targets).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+        opt.step()
+        if len(grads) == 1:
+            continue
+        through_model = -(grads[-1] @ grads[-2]).item() * math.exp(raws[-1])
+        total = through_model
+        if tied_depth == 2 and hypergradients:
+            total += through_model * (-math.exp(raws[-2]) * hypergradients[-1])
+        hypergradients.append(total)
+        raws.append(raws[-1] - math.exp(raws[-1]) * total)
+        assert opt.levels[0].optimizer.raw.item() == pytest.approx(raws[-1], rel=1e-12)
+
+
+def make_run(kind):
+    model = small_mlp()
+    towers = {
+        "adam-sgd-sgd": lambda: rc.stack(rc.Adam(1e-2), rc.SGD(1e-3), rc.SGD(1e-4)),
+        "rmsprop-normalised": lambda: rc.stack(rc.RMSprop(1e-2, momentum=0.5), rc.Adam(1e-3, normalize="rms")),
+        "tied-sgd": lambda: rc.tower(rc.SGD(0.05, momentum=0.5), 3, tie=True),
+        "adagrad-depth0": lambda: rc.Adagrad(0.05),
+    }
+    return model, rc.HyperOptimizer(model.parameters(), towers[kind](), record_history=True)
+
+
+@pytest.mark.parametrize("kind", ["adam-sgd-sgd", "rmsprop-normalised", "tied-sgd", "adagrad-depth0"])
+def test_state_dict_round_trip_resumes_bit_identically(kind):
+    inputs, targets = regression_data()
+    model, opt = make_run(kind)
+    for _ in range(7):
+        train_step(model, opt, inputs, targets)
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=False)
+    resumed_model, resumed_opt = make_run(kind)
+    resumed_model.load_state_dict(saved["model"])
+    resumed_opt.load_state_dict(saved["opt"])
+    for _ in range(7):
+        assert train_step(model, opt, inputs, targets) == train_step(resumed_model, resumed_opt, inputs, targets)
+    assert opt.hyperparameters() == resumed_opt.hyperparameters()
+    assert opt.history() == resumed_opt.history()
+    for p, q in zip(model.parameters(), resumed_model.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_load_state_dict_rejects_a_different_tower():
+    _, opt = make_run("adam-sgd-sgd")
+    _, other = make_run("tied-sgd")
+    with pytest.raises(ValueError, match="levels"):
+        other.load_state_dict(opt.state_dict())
+
+
+def test_model_stays_a_deep_copyable_leaf_module():
+    import copy
+    import pickle
+
+    inputs, targets = regression_data()
+    model, opt = make_run("adam-sgd-sgd")
+    for _ in range(3):
+        train_step(model, opt, inputs, targets)
+    assert all(p.is_leaf and p.grad_fn is None for p in model.parameters())
+    clone = copy.deepcopy(model)
+    restored = pickle.loads(pickle.dumps(model))
+    for p, q, r in zip(model.parameters(), clone.parameters(), restored.parameters()):
+        assert torch.equal(p, q) and torch.equal(p, r)
