@@ -58,7 +58,7 @@ CASES = [
         "rmsprop",
         lambda **o: rc.RMSprop(1e-2, eps=1e-3, **o),
         lambda p: torch.optim.RMSprop(p, lr=1e-2, eps=1e-3),
-        lambda **o: rc.RMSprop(1e-2, eps=0.1, **o),
+        lambda **o: rc.RMSprop(5e-2, eps=0.1, **o),
     ),
     Case(
         "rmsprop-centered-momentum-wd",
@@ -70,7 +70,7 @@ CASES = [
         "adagrad",
         lambda **o: rc.Adagrad(5e-2, eps=1e-3, **o),
         lambda p: torch.optim.Adagrad(p, lr=5e-2, eps=1e-3),
-        lambda **o: rc.Adagrad(1e-2, eps=0.1, **o),
+        lambda **o: rc.Adagrad(5e-2, eps=0.1, **o),
     ),
     Case(
         "adagrad-decay-wd-accumulator",
