@@ -218,21 +218,16 @@ class HyperOptimizer(torch.optim.Optimizer):
             if loss is None:
                 raise ValueError("rc.HyperOptimizer.step: the closure returned None; it must return the loss")
         grads = self._model_grads()
-        if self.guard != "off" and not _all_finite(grads):
-            self._reject("gradient", hypergradients_used=False)
-            return loss
         with torch.enable_grad():
-            self._hypergradient_points = [
-                None if level.last_update is None else level.last_update.raw for level in self.levels
-            ]
+            points = [None if level.last_update is None else level.last_update.raw for level in self.levels]
             hypergradients = self._hypergradients(grads)
-            self.last_hypergradients = hypergradients
             proposal = self._propose(grads, hypergradients, closure)
         if self.guard != "off":
             proposed = list(proposal.raws.values()) + (proposal.model_params or [])
             if not _all_finite(proposed):
-                self._reject("update", hypergradients_used=True)
+                self._reject("gradient" if not _all_finite(grads) else "update")
                 return loss
+        self.last_hypergradients, self._hypergradient_points = hypergradients, points
         self._commit(proposal)
         return loss
 
@@ -246,9 +241,11 @@ class HyperOptimizer(torch.optim.Optimizer):
                 )
             if param.grad.is_sparse:
                 raise RuntimeError(f"rc.HyperOptimizer.step: parameter {index} has a sparse gradient; not supported")
+            grads.append(param.grad.detach())
+        if self.levels[0].optimizer.is_learned:
             # A private copy: the graph kept for the next step must not see the
             # caller zero or accumulate into .grad in place.
-            grads.append(param.grad.detach().clone())
+            grads = [grad.clone() for grad in grads]
         return grads
 
     def _hypergradients(self, grads: list[Tensor]) -> list[Tensor | None]:
@@ -289,7 +286,10 @@ class HyperOptimizer(torch.optim.Optimizer):
             level = self.levels[index]
             optimizer = level.optimizer
             if index == 0:
-                targets, target_grads = [p.detach().clone() for p in self._params], grads
+                targets = [p.detach() for p in self._params]
+                if optimizer.is_learned:  # kept by the last update, and the model changes in place
+                    targets = [p.clone() for p in targets]
+                target_grads = grads
             else:
                 below = self.levels[index - 1].optimizer
                 if hypergradients[index - 1] is None:
@@ -324,7 +324,7 @@ class HyperOptimizer(torch.optim.Optimizer):
         if self.record_history:
             self._history.append(_learned_values(self.levels))
 
-    def _reject(self, what: str, *, hypergradients_used: bool) -> None:
+    def _reject(self, what: str) -> None:
         message = (
             f"rc.HyperOptimizer: non-finite {what} at step {self.step_count + 1}; "
             "the step was skipped and nothing was updated"
@@ -333,11 +333,10 @@ class HyperOptimizer(torch.optim.Optimizer):
             raise FloatingPointError(message)
         self.nonfinite_steps += 1
         log.warning("%s (%d non-finite steps so far)", message, self.nonfinite_steps)
-        if hypergradients_used:
-            # The last-update graphs were consumed; restart the chain cleanly.
-            for level in self.levels:
-                level.last_update = None
-                level.last_self_update = None
+        # The last-update graphs were consumed; restart the chain cleanly.
+        for level in self.levels:
+            level.last_update = None
+            level.last_self_update = None
 
     # --- checkpoints -------------------------------------------------------
 
@@ -471,9 +470,12 @@ def _detach_tree(tree: Any) -> Any:
 
 
 def _all_finite(tensors: list[Tensor]) -> bool:
+    """True when no tensor holds NaN or inf. One sum per tensor (a NaN or
+    inf anywhere makes the sum non-finite), much cheaper than isfinite();
+    finite values so large that their sum overflows count as divergence."""
     if not tensors:
         return True
-    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+    return bool(torch.isfinite(torch.stack([t.sum() for t in tensors])).all())
 
 
 def _learned_values(levels: list[_Level]) -> list[Tensor]:
