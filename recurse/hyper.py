@@ -332,7 +332,8 @@ class HyperOptimizer(torch.optim.Optimizer):
         if self.guard == "raise":
             raise FloatingPointError(message)
         self.nonfinite_steps += 1
-        log.warning("%s (%d non-finite steps so far)", message, self.nonfinite_steps)
+        if self.nonfinite_steps & (self.nonfinite_steps - 1) == 0:  # log the 1st, 2nd, 4th, 8th, ... event
+            log.warning("%s (%d non-finite steps so far)", message, self.nonfinite_steps)
         # The last-update graphs were consumed; restart the chain cleanly.
         for level in self.levels:
             level.last_update = None

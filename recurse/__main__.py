@@ -1,0 +1,5 @@
+import sys
+
+from recurse.cli import main
+
+sys.exit(main())
