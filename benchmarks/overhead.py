@@ -1,7 +1,7 @@
 """Cost of a tower, side by side with torch.optim, in one run.
 
 MLP 784-128-10, batch 256, random data. For each optimizer family (SGD,
-Adam) it times torch.optim and recurse stacks of depth 0, 1, 2, 4, 8 (each
+Adam learning all its knobs, Adam learning only lr) it times torch.optim and recurse stacks of depth 0, 1, 2, 4, 8 (each
 level the same family) and prints ms/step, the ratio to torch.optim, and
 the cost of each extra level as a fraction of a depth-0 step.
 
@@ -29,8 +29,10 @@ def make_model(device):
 def tower_of(family, depth):
     if family == "SGD":
         levels = [rc.SGD(0.05)] + [rc.SGD(1e-3, normalize="rms") for _ in range(depth)]
-    else:
+    elif family == "Adam":
         levels = [rc.Adam(1e-3)] + [rc.Adam(1e-4, normalize="rms") for _ in range(depth)]
+    else:  # "Adam, lr only": every level learns only its learning rate
+        levels = [rc.Adam(1e-3, learn="lr")] + [rc.Adam(1e-4, learn="lr", normalize="rms") for _ in range(depth)]
     return rc.stack(*levels)
 
 
@@ -75,7 +77,7 @@ def main(argv=None):
     print(f"MLP 784-128-10, batch 256; median of {args.repeats} rounds x {args.steps} steps, methods interleaved\n")
     print("| family | method | ms/step | ratio to torch.optim | extra level cost (% of depth-0 step) |")
     print("|---|---|---|---|---|")
-    for family in ("SGD", "Adam"):
+    for family in ("SGD", "Adam", "Adam, lr only"):
         methods = [("torch.optim", 0)] + [(f"recurse depth {d}", d) for d in DEPTHS]
         runners = {name: make_runner(name, family, depth, device, inputs, labels) for name, depth in methods}
         for run in runners.values():
