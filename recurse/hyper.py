@@ -287,7 +287,8 @@ class HyperOptimizer(torch.optim.Optimizer):
             optimizer = level.optimizer
             if index == 0:
                 targets = [p.detach() for p in self._params]
-                if optimizer.is_learned:  # kept by the last update, and the model changes in place
+                if optimizer.is_learned and optimizer.update_depends_on_params():
+                    # Kept by the last update, and the model changes in place.
                     targets = [p.clone() for p in targets]
                 target_grads = grads
             else:
@@ -432,12 +433,13 @@ def _advance(optimizer, raw, targets, grads, state, norm_state, *, learned, clos
     hyper_leaf = raw.detach().requires_grad_() if learned else None
     hyper = optimizer.hyper_values(hyper_leaf) if learned else optimizer.hyper_values()
     new_values, new_state = optimizer.update(targets, grads, state, hyper, closure=closure)
-    # The state's dependence on this step's hyperparameters is dropped: the
-    # hypergradient is one step deep, and a state that kept its graph would
-    # chain every past step's graph together.
-    new_state = _detach_tree(new_state)
     last_update = None
     if learned:
+        # The state's dependence on this step's hyperparameters is dropped:
+        # the hypergradient is one step deep, and a state that kept its graph
+        # would chain every past step's graph together. (A fixed level's
+        # state has no graph: its hyperparameters are floats.)
+        new_state = _detach_tree(new_state)
         last_update = _LastUpdate(list(targets), list(grads), state, raw.detach(), hyper_leaf, new_values)
     return new_values, (new_state, norm_state, last_update)
 

@@ -101,3 +101,27 @@ def test_hypergradients_match_central_finite_differences(case, depth):
             name = opt.levels[level].optimizer.learnable[index]
             error = abs(reported[index].item() - finite_difference) / abs(finite_difference)
             assert error < 1e-6, f"level {level} {name}: engine {reported[index].item()!r} vs FD {finite_difference!r}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_update_depends_on_params_is_declared_truthfully(case):
+    """An optimizer that says its update's Jacobian in the hyperparameters
+    does not depend on the parameters lets the engine skip copying them;
+    check the claim: the VJP is the same at two different parameter points."""
+    optimizer = case.make(hyper=rc.SGD(1e-2))
+    generator = torch.Generator().manual_seed(0)
+    shapes = [(3, 2), (4,)]
+    grads = [torch.randn(s, generator=generator, dtype=torch.float64) for s in shapes]
+    cotangent = [torch.randn(s, generator=generator, dtype=torch.float64) for s in shapes]
+
+    def hypergradient_at(params):
+        optimizer.to("cpu", torch.float64)
+        state = optimizer.init(params)
+        leaf = optimizer.raw.clone().requires_grad_()
+        new_params, _ = optimizer.update(params, grads, state, optimizer.hyper_values(leaf))
+        (gradient,) = torch.autograd.grad(new_params, leaf, grad_outputs=cotangent)
+        return gradient
+
+    here = hypergradient_at([torch.randn(s, generator=generator, dtype=torch.float64) for s in shapes])
+    there = hypergradient_at([torch.randn(s, generator=generator, dtype=torch.float64) for s in shapes])
+    assert optimizer.update_depends_on_params() == (not torch.allclose(here, there, rtol=1e-12, atol=0))

@@ -37,6 +37,9 @@ class Adagrad(Optimizer):
     def init(self, params):
         return {"step": 0, "sum": [torch.full_like(p, self.initial_accumulator_value) for p in params]}
 
+    def update_depends_on_params(self):
+        return self.initial_values["weight_decay"] != 0.0
+
     def update(self, params, grads, state, hyper, *, closure=None):
         step = state["step"] + 1
         has_weight_decay = self.initial_values["weight_decay"] != 0.0

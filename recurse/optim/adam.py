@@ -41,6 +41,9 @@ class Adam(Optimizer):
             "exp_avg_sq": [torch.zeros_like(p) for p in params],
         }
 
+    def update_depends_on_params(self):
+        return self.initial_values["weight_decay"] != 0.0
+
     def update(self, params, grads, state, hyper, *, closure=None):
         lr, beta1, beta2, eps = hyper["lr"], hyper["beta1"], hyper["beta2"], hyper["eps"]
         weight_decay = hyper["weight_decay"]

@@ -154,6 +154,16 @@ class Optimizer:
         """The update rule: out-of-place, differentiable in ``hyper``."""
         raise NotImplementedError
 
+    def update_depends_on_params(self) -> bool:
+        """Whether d(update) / d(hyper) depends on the parameter values.
+
+        A rule p_new = p + delta(g, state, hyper) does not (its Jacobian in
+        ``hyper`` is that of delta); weight decay makes it depend on p. When
+        False, the engine keeps no copy of the parameters for the next
+        hypergradient. The default, True, is always safe.
+        """
+        return True
+
     def step(
         self,
         params: Sequence[Tensor],

@@ -42,6 +42,9 @@ class RMSprop(Optimizer):
             state["momentum_buffer"] = [torch.zeros_like(p) for p in params]
         return state
 
+    def update_depends_on_params(self):
+        return self.initial_values["weight_decay"] != 0.0
+
     def update(self, params, grads, state, hyper, *, closure=None):
         lr, alpha, eps, momentum = hyper["lr"], hyper["alpha"], hyper["eps"], hyper["momentum"]
         has_weight_decay = self.initial_values["weight_decay"] != 0.0

@@ -40,6 +40,9 @@ class SGD(Optimizer):
     def init(self, params):
         return {"momentum_buffer": [None] * len(params)}
 
+    def update_depends_on_params(self):
+        return self.initial_values["weight_decay"] != 0.0
+
     def update(self, params, grads, state, hyper, *, closure=None):
         lr, momentum, weight_decay = hyper["lr"], hyper["momentum"], hyper["weight_decay"]
         use_momentum = self.initial_values["momentum"] != 0.0
