@@ -1,4 +1,5 @@
-"""A small nonlinear regression task for demos and tests."""
+"""A small nonlinear regression task where mini-batch noise matters
+(used by studies/short_horizon_bias.py)."""
 
 from __future__ import annotations
 
