@@ -5,7 +5,8 @@ Tasks are drawn from the quadratic family of "learning to learn"
 same start and the same number of steps: SGD at the bad fixed learning rate,
 SGD at the hand-tuned 1/L (L = largest Hessian eigenvalue, a rate a user
 would have to know in advance), towers of depth 1, 2 and 3 that start from
-the bad rate and learn it online, and Adam fixed vs. Adam under a depth-2
+the bad rate and learn it online (and depth 2 without normalising the
+hypergradients, to show what normalisation buys), and Adam fixed vs. Adam under a depth-2
 tower.
 """
 
@@ -32,11 +33,11 @@ class Method:
     build: Callable[[Quadratic], rc.Optimizer]
 
 
-def hyper_levels(depth: int) -> list[rc.Optimizer]:
-    """SGD levels on the log learning rate, each normalising its incoming
-    hypergradient by its running RMS (the hypergradient's raw scale depends
-    on the task; see recurse.transforms)."""
-    return [rc.SGD(0.05 if level == 0 else 0.01, normalize="rms") for level in range(depth)]
+def hyper_levels(depth: int, normalize: str | None = "rms") -> list[rc.Optimizer]:
+    """SGD levels on the log learning rate, by default each normalising its
+    incoming hypergradient by its running RMS (the hypergradient's raw scale
+    depends on the task; see recurse.transforms)."""
+    return [rc.SGD(0.05 if level == 0 else 0.01, normalize=normalize) for level in range(depth)]
 
 
 def default_methods() -> list[Method]:
@@ -48,6 +49,8 @@ def default_methods() -> list[Method]:
         Method("SGD fixed lr 1/L (hand-tuned)", lambda task: rc.SGD(1.0 / task.smoothness())),
         Method("SGD depth 1", lambda task: rc.stack(rc.SGD(bad_lr(task)), *hyper_levels(1))),
         Method("SGD depth 2", lambda task: rc.stack(rc.SGD(bad_lr(task)), *hyper_levels(2))),
+        Method("SGD depth 2, no normalisation",
+               lambda task: rc.stack(rc.SGD(bad_lr(task)), *hyper_levels(2, normalize=None))),
         Method("SGD depth 3", lambda task: rc.stack(rc.SGD(bad_lr(task)), *hyper_levels(3))),
         Method("Adam fixed lr 1e-3", lambda task: rc.Adam(1e-3)),
         Method("Adam depth 2 (lr learned)", lambda task: rc.stack(rc.Adam(1e-3, learn="lr"), *hyper_levels(2))),
