@@ -4,7 +4,7 @@ Any optimizer can learn another optimizer's hyperparameters, which can be
 learned in turn, to any depth.
 """
 
-from recurse import constraints, transforms
+from recurse import baselines, constraints, problems, transforms
 from recurse.hyper import HyperOptimizer
 from recurse.optim import SGD, Adagrad, Adam, AdamW, Hyperparameter, Optimizer, RMSprop
 from recurse.tower import stack, tower
@@ -22,6 +22,8 @@ __all__ = [
     "RMSprop",
     "constraints",
     "stack",
+    "baselines",
+    "problems",
     "tower",
     "transforms",
 ]

@@ -1,4 +1,4 @@
-"""Command line: ``python -m recurse demo`` (more commands come with the studies)."""
+"""Command line: ``python -m recurse demo | compare | search``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,13 @@ EXAMPLES = """examples:
   python -m recurse demo                      # 10 quadratics, 200 steps, CPU
   python -m recurse demo --tasks 3 --quiet    # quicker, no progress bars
   python -m recurse demo --device cuda --out results/demo/gpu
+  python -m recurse compare --task digits --quick
+  python -m recurse compare --task mnist1d --optimizer adam --seeds 0 1 2 3 4
+  python -m recurse search --task digits --sampler tpe --trials 16 \\
+      --storage postgresql+psycopg://user@dbhost:5432/studies --worker-trials 4   # run on 4 machines
 """
+
+QUICK = {"budget": 1600, "steps": 100, "seeds": [0, 1]}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +36,61 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=None,
                       help="output folder (default results/demo/<timestamp>)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_compare(commands)
+    _add_search(commands)
     return parser
+
+
+def _add_compare(commands) -> None:
+    from recurse.baselines.compare import DEFAULT_METHODS
+    from recurse.problems import TASKS
+
+    compare = commands.add_parser(
+        "compare", help="recurse towers side by side with Optuna grid/random/TPE on one budget",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    compare.add_argument("--task", choices=sorted(TASKS), default="digits", help="task (default digits)")
+    compare.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
+                         help="fixed, depthN, grid, random, tpe (default: %(default)s)")
+    compare.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd", help="base optimizer (default sgd)")
+    compare.add_argument("--knobs", nargs="+", default=["lr"], help="hyperparameters Optuna searches (default lr)")
+    compare.add_argument("--budget", type=_positive_int, default=3200,
+                         help="gradient evaluations per Optuna search (default 3200 = 16 trials of 200 steps)")
+    compare.add_argument("--steps", type=_positive_int, default=200, help="steps of every training run (default 200)")
+    compare.add_argument("--batch-size", type=_positive_int, default=128, help="mini-batch size (default 128)")
+    compare.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
+    compare.add_argument("--quick", action="store_true",
+                         help=f"a smoke run: budget {QUICK['budget']}, {QUICK['steps']} steps, seeds 0 1")
+    compare.add_argument("--out", type=Path, default=None,
+                         help="output folder; rerunning with the same folder resumes (default results/compare/<task>-<optimizer>)")
+    compare.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_search(commands) -> None:
+    from recurse.baselines.search import PRUNERS, SAMPLERS
+    from recurse.problems import TASKS
+
+    search = commands.add_parser(
+        "search", help="one Optuna study over an optimizer's hyperparameters (one worker of it)",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    search.add_argument("--task", choices=sorted(TASKS), default="digits", help="task (default digits)")
+    search.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd", help="optimizer (default sgd)")
+    search.add_argument("--knobs", nargs="+", default=["lr"], help="hyperparameters to search (default lr)")
+    search.add_argument("--sampler", choices=list(SAMPLERS), default="tpe", help="Optuna sampler (default tpe)")
+    search.add_argument("--pruner", choices=list(PRUNERS), default="none", help="Optuna pruner (default none)")
+    search.add_argument("--trials", type=_positive_int, default=16, help="trials the study should end with (default 16)")
+    search.add_argument("--worker-trials", type=_positive_int, default=None,
+                        help="at most this many trials from this process (give each of N workers trials/N)")
+    search.add_argument("--steps", type=_positive_int, default=200, help="steps per trial (default 200)")
+    search.add_argument("--batch-size", type=_positive_int, default=128, help="mini-batch size (default 128)")
+    search.add_argument("--seed", type=int, default=0,
+                        help="seed of the model, the batches and the sampler (random/TPE workers need distinct seeds)")
+    search.add_argument("--storage", default=None,
+                        help="SQLAlchemy URL of the study database (default sqlite:///results/search/optuna.db)")
+    search.add_argument("--study-name", default=None, help="study name (default <task>-<optimizer>-<sampler>-seed<seed>)")
+    search.add_argument("--heartbeat", type=_positive_int, default=60,
+                        help="seconds between worker heartbeats; a trial silent for twice that is rerun (default 60)")
 
 
 def _positive_int(text: str) -> int:
@@ -58,12 +118,50 @@ def _run_demo(args) -> None:
     print(f"\nwrote {out}/config.json, metrics.csv, summary.md, demo.png")
 
 
+def _run_compare(args) -> None:
+    import optuna
+
+    from recurse.baselines.compare import compare, markdown_table, summary_rows
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    options = {"budget": args.budget, "steps": args.steps, "seeds": args.seeds}
+    if args.quick:
+        options = dict(QUICK)
+    out = args.out or Path("results") / "compare" / f"{args.task}-{args.optimizer}{'-quick' if args.quick else ''}"
+    quiet = args.quiet or not sys.stderr.isatty()
+    runs = compare(args.task, methods=args.methods, optimizer=args.optimizer, knobs=args.knobs,
+                   batch_size=args.batch_size, out=out, quiet=quiet, **options)
+    print(markdown_table(summary_rows(runs)))
+    print(f"\nwrote {out}/summary.md, summary.csv, loss_vs_evaluations.png, hyperparameters.png, optuna_history_*.png")
+
+
+def _run_search(args) -> None:
+    import optuna
+
+    from recurse.baselines.search import finished_trials, gradient_evaluations, run_search
+    from recurse.baselines.storage import sqlite_url
+    from recurse.problems import make_task
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = args.storage or sqlite_url(Path("results") / "search")
+    study = run_search(make_task(args.task), optimizer=args.optimizer, knobs=args.knobs, sampler=args.sampler,
+                       pruner=args.pruner, trials=args.trials, worker_trials=args.worker_trials, steps=args.steps,
+                       batch_size=args.batch_size, seed=args.seed, storage=storage, study_name=args.study_name,
+                       heartbeat_interval=args.heartbeat)
+    finished = finished_trials(study)
+    print(f"study {study.study_name!r} at {storage}: {len(finished)} of {args.trials} trials finished, "
+          f"{gradient_evaluations(study)} gradient evaluations")
+    completed = [t for t in finished if t.state == optuna.trial.TrialState.COMPLETE]
+    if completed:
+        best = min(completed, key=lambda t: t.value)
+        print(f"best validation loss {best.value:.4g} with {best.params}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.command == "demo":
-            _run_demo(args)
+        {"demo": _run_demo, "compare": _run_compare, "search": _run_search}[args.command](args)
     except Exception as error:  # one line for the user; the traceback with --debug
         if args.debug:
             raise

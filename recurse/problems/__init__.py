@@ -1,6 +1,20 @@
-"""Tasks to optimize, all generated offline."""
+"""Tasks to optimize, all generated offline or shipped by a package."""
 
+from recurse.problems.digits import MNIST1D, Digits
 from recurse.problems.quadratic import Quadratic, QuadraticFamily
-from recurse.problems.regression import SyntheticRegression
+from recurse.problems.regression import LinearRegression, SyntheticRegression
+from recurse.problems.rosenbrock import Rosenbrock
+from recurse.problems.supervised import SupervisedTask
 
-__all__ = ["Quadratic", "QuadraticFamily", "SyntheticRegression"]
+TASKS = {"digits": Digits, "mnist1d": MNIST1D, "regression": SyntheticRegression, "linear": LinearRegression}
+
+
+def make_task(name: str, **options) -> SupervisedTask:
+    """The supervised task called ``name`` (one of ``TASKS``)."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; expected one of {sorted(TASKS)}")
+    return TASKS[name](**options)
+
+
+__all__ = ["MNIST1D", "TASKS", "Digits", "LinearRegression", "Quadratic", "QuadraticFamily", "Rosenbrock",
+           "SupervisedTask", "SyntheticRegression", "make_task"]

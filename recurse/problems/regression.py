@@ -1,18 +1,22 @@
-"""A small nonlinear regression task where mini-batch noise matters
-(used by studies/short_horizon_bias.py)."""
+"""Regression tasks: a nonlinear one where mini-batch noise matters (used
+by studies/short_horizon_bias.py) and a linear one with a closed form."""
 
 from __future__ import annotations
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+
+from recurse.problems.supervised import SupervisedTask
 
 
-class SyntheticRegression:
-    """y = sin(x . a) + 0.5 cos(x . b) + noise, x in R^features; an MLP learns it.
+class SyntheticRegression(SupervisedTask):
+    """y = sin(3 x . a) + 0.5 cos(3 x . b) + noise, x in R^features; an MLP learns it.
 
     Train and validation sets are drawn from one seeded generator, so every
     run sees the same data.
     """
+
+    name = "regression"
 
     def __init__(self, features: int = 8, train: int = 512, valid: int = 512, *, seed: int = 0,
                  noise: float = 0.05, dtype=torch.float32, device="cpu") -> None:
@@ -25,28 +29,43 @@ class SyntheticRegression:
             y = torch.sin(3 * x @ a) + 0.5 * torch.cos(3 * x @ b) + noise * torch.randn(count, generator=generator)
             return x.to(device=device, dtype=dtype), y.unsqueeze(1).to(device=device, dtype=dtype)
 
-        self.features = features
         self.train_inputs, self.train_targets = draw(train)
         self.valid_inputs, self.valid_targets = draw(valid)
 
-    def model(self, hidden: int = 32, *, seed: int = 0) -> nn.Module:
-        torch.manual_seed(seed)
-        model = nn.Sequential(nn.Linear(self.features, hidden), nn.Tanh(), nn.Linear(hidden, 1))
-        return model.to(device=self.train_inputs.device, dtype=self.train_inputs.dtype)
 
-    def batches(self, batch_size: int, *, seed: int = 0):
-        """An endless stream of shuffled training mini-batches."""
+class LinearRegression(SupervisedTask):
+    """y = X w* + noise, fitted by a linear model; the least-squares fit is
+    known in closed form (``minimum``), so a method's gap to it is exact."""
+
+    name = "linear"
+
+    def __init__(self, features: int = 20, train: int = 256, valid: int = 256, *, seed: int = 0,
+                 noise: float = 0.1, dtype=torch.float64, device="cpu") -> None:
         generator = torch.Generator().manual_seed(seed)
-        count = self.train_inputs.shape[0]
-        while True:
-            order = torch.randperm(count, generator=generator).to(self.train_inputs.device)
-            for start in range(0, count - batch_size + 1, batch_size):
-                index = order[start:start + batch_size]
-                yield self.train_inputs[index], self.train_targets[index]
+        true_weights = torch.randn(features, 1, generator=generator, dtype=dtype)
 
-    def loss(self, model: nn.Module, inputs, targets):
-        return nn.functional.mse_loss(model(inputs), targets)
+        def draw(count):
+            x = torch.randn(count, features, generator=generator, dtype=dtype)
+            y = x @ true_weights + noise * torch.randn(count, 1, generator=generator, dtype=dtype)
+            return x.to(device), y.to(device)
 
-    def valid_loss(self, model: nn.Module) -> float:
-        with torch.no_grad():
-            return self.loss(model, self.valid_inputs, self.valid_targets).item()
+        self.train_inputs, self.train_targets = draw(train)
+        self.valid_inputs, self.valid_targets = draw(valid)
+
+    def model(self, hidden: int = 0, *, seed: int = 0) -> nn.Module:
+        """A linear layer with bias (``hidden`` is ignored: there is no hidden layer)."""
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        try:
+            model = nn.Linear(self.features, 1)
+        finally:
+            torch.random.set_rng_state(generator_state)
+        return model.to(device=self.device, dtype=self.dtype)
+
+    def minimum(self) -> tuple[Tensor, Tensor, float]:
+        """(weights, bias, training MSE) of the least-squares fit, by ``torch.linalg.lstsq``."""
+        ones = torch.ones_like(self.train_targets)
+        design = torch.cat([self.train_inputs, ones], dim=1)
+        solution = torch.linalg.lstsq(design, self.train_targets).solution
+        residual = design @ solution - self.train_targets
+        return solution[:-1, 0], solution[-1, 0], residual.square().mean().item()

@@ -1,0 +1,283 @@
+"""recurse side by side with Optuna on one task, one budget, several seeds.
+
+    rows = rc.baselines.compare("digits", methods=["fixed", "depth1", "depth2", "grid", "random", "tpe"],
+                                optimizer="sgd", budget=3200, steps=200, seeds=[0, 1, 2], out="results/compare")
+
+Methods (all of one base ``optimizer``, "sgd" or "adam"):
+
+- ``fixed``: the optimizer at its starting hyperparameters, one run.
+- ``depthN``: an online tower of height N started from the same values; the
+  levels above 0 are SGD on the log learning rate with RMS-normalised
+  hypergradients (see ``tower_optimizer``). One run.
+- ``grid``, ``random``, ``tpe``: an Optuna study over the same knobs with
+  ``budget // steps`` trials of ``steps`` steps each; reported by its best
+  trial.
+
+Every run trains through :func:`recurse.baselines.training.train`, so
+gradient evaluations are counted by one piece of code for every method. A
+run of ``steps`` steps costs ``steps`` evaluations whatever it learns; a
+search costs ``budget``. Results are cached in ``out`` (runs/*.json and the
+Optuna SQLite database), so rerunning with the same folder resumes.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import statistics
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import optuna
+from tqdm.auto import tqdm
+
+import recurse as rc
+from recurse.baselines.search import (
+    FAIL_REASON,
+    OPTIMIZERS,
+    SAMPLERS,
+    finished_trials,
+    gradient_evaluations,
+    run_search,
+)
+from recurse.baselines.storage import sqlite_url
+from recurse.baselines.training import Diverged, TrainingResult, train
+from recurse.problems import make_task
+from recurse.problems.supervised import SupervisedTask
+
+START = {"sgd": {"lr": 0.01}, "adam": {"lr": 1e-3}}
+HYPER_LR = (0.05, 0.01)  # level 1, levels >= 2
+DEFAULT_METHODS = ("fixed", "depth1", "depth2", "grid", "random", "tpe")
+
+
+def tower_optimizer(optimizer: str, depth: int) -> rc.Optimizer:
+    """``optimizer`` at its starting values, under ``depth`` SGD levels that
+    learn level 0's lr (level 1 at lr 0.05, higher levels at 0.01, each
+    normalising its incoming hypergradient by its running RMS)."""
+    base = OPTIMIZERS[optimizer](**START[optimizer])
+    if depth == 0:
+        return base
+    base = type(base)(**{**_constructor_values(base), "learn": ("lr",)})
+    levels = [rc.SGD(HYPER_LR[0] if level == 1 else HYPER_LR[1], normalize="rms") for level in range(1, depth + 1)]
+    return rc.stack(base, *levels)
+
+
+def _constructor_values(optimizer: rc.Optimizer) -> dict:
+    values = dict(optimizer.initial_values)
+    if "beta1" in values:
+        values["betas"] = (values.pop("beta1"), values.pop("beta2"))
+    return values
+
+
+def parse_method(name: str) -> tuple[str, int | None]:
+    """("search", None) for an Optuna sampler, ("tower", depth) otherwise."""
+    if name in SAMPLERS:
+        return "search", None
+    if name == "fixed":
+        return "tower", 0
+    match = re.fullmatch(r"depth([0-9]+)", name)
+    if match:
+        return "tower", int(match.group(1))
+    raise ValueError(f"unknown method {name!r}; expected 'fixed', 'depthN' (N >= 1) or one of {list(SAMPLERS)}")
+
+
+@dataclass
+class MethodRun:
+    """One method with one seed: the run (or the search's best trial)."""
+
+    method: str
+    seed: int
+    result: TrainingResult
+    failed: str | None = None
+    search_curve: list[tuple[int, float]] = field(default_factory=list)  # (evaluations spent, best so far)
+    failed_trials: int = 0
+
+
+def run_tower(task: SupervisedTask, optimizer: str, depth: int, *, steps: int, batch_size: int | None,
+              seed: int) -> MethodRun:
+    method = "fixed" if depth == 0 else f"depth{depth}"
+    try:
+        result = train(task, tower_optimizer(optimizer, depth), steps=steps, batch_size=batch_size, seed=seed)
+        return MethodRun(method, seed, result)
+    except Diverged as error:
+        return MethodRun(method, seed, error.result, failed=str(error))
+
+
+def run_optuna(task: SupervisedTask, optimizer: str, sampler: str, *, knobs: Sequence[str], budget: int, steps: int,
+               batch_size: int | None, seed: int, storage: str | None) -> tuple[MethodRun, optuna.Study]:
+    trials = budget // steps
+    study = run_search(task, optimizer=optimizer, knobs=knobs, sampler=sampler, trials=trials, steps=steps,
+                       batch_size=batch_size, seed=seed, storage=storage,
+                       study_name=f"{task.name}-{optimizer}-{sampler}-seed{seed}")
+    completed = [t for t in finished_trials(study) if t.state == optuna.trial.TrialState.COMPLETE]
+    spent = gradient_evaluations(study)
+    curve, best, total = [], float("inf"), 0
+    for trial in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        total += trial.user_attrs.get("gradient_evaluations", 0)
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            best = min(best, trial.value)
+        if best < float("inf"):
+            curve.append((total, best))
+    if not completed:
+        return MethodRun(sampler, seed, TrainingResult(gradient_evaluations=spent), failed="every trial failed",
+                         search_curve=curve), study
+    best_trial = min(completed, key=lambda t: t.value)
+    result = TrainingResult(
+        curve=[(spent, best_trial.value)], final_valid_loss=best_trial.value, best_valid_loss=best_trial.value,
+        valid_accuracy=best_trial.user_attrs.get("valid_accuracy"), gradient_evaluations=spent,
+        seconds=sum(t.user_attrs.get("seconds", 0.0) for t in study.get_trials(deepcopy=False)),
+        hyperparameters={name: [value] for name, value in best_trial.params.items()},
+    )
+    failed = sum(1 for t in study.get_trials(deepcopy=False) if FAIL_REASON in t.user_attrs)
+    return MethodRun(sampler, seed, result, search_curve=curve, failed_trials=failed), study
+
+
+def compare(task: str | SupervisedTask = "digits", *, methods: Sequence[str] = DEFAULT_METHODS,
+            optimizer: str = "sgd", knobs: Sequence[str] = ("lr",), budget: int = 3200, steps: int = 200,
+            batch_size: int | None = 128, seeds: Sequence[int] = (0, 1, 2), out: str | Path | None = None,
+            quiet: bool = False) -> list[MethodRun]:
+    """Run every method with every seed; with ``out``, cache and write
+    ``summary.csv``, ``summary.md`` and the plots there (see :func:`write_report`)."""
+    task = make_task(task) if isinstance(task, str) else task
+    kinds = {name: parse_method(name) for name in methods}
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {sorted(OPTIMIZERS)}")
+    if budget < steps:
+        raise ValueError(f"budget ({budget} gradient evaluations) must cover at least one run of steps={steps}")
+    out = Path(out) if out is not None else None
+    storage = sqlite_url(out) if out is not None else None
+    runs, studies = [], {}
+    jobs = [(name, seed) for seed in seeds for name in methods]
+    for name, seed in tqdm(jobs, desc=f"compare on {task.name}", disable=quiet):
+        kind, depth = kinds[name]
+        if kind == "search":
+            run, studies[(name, seed)] = run_optuna(task, optimizer, name, knobs=knobs, budget=budget, steps=steps,
+                                                    batch_size=batch_size, seed=seed, storage=storage)
+        else:
+            run = _cached(out, name, seed, lambda: run_tower(task, optimizer, depth, steps=steps,
+                                                              batch_size=batch_size, seed=seed))
+        runs.append(run)
+    if out is not None:
+        config = {"task": task.name, "methods": list(methods), "optimizer": optimizer, "knobs": list(knobs),
+                  "budget": budget, "steps": steps, "batch_size": batch_size, "seeds": list(seeds),
+                  "recurse": rc.__version__}
+        write_report(out, config, runs, studies)
+    return runs
+
+
+def _cached(out: Path | None, method: str, seed: int, compute) -> MethodRun:
+    """A tower run is deterministic given its seed: reuse a finished one from ``out``."""
+    if out is None:
+        return compute()
+    path = out / "runs" / f"{method}-seed{seed}.json"
+    if path.exists():
+        data = json.loads(path.read_text())
+        return MethodRun(method, seed, TrainingResult.from_dict(data["result"]), failed=data["failed"])
+    run = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps({"result": run.result.to_dict(), "failed": run.failed}))
+    temporary.replace(path)
+    return run
+
+
+def summary_rows(runs: list[MethodRun]) -> list[dict]:
+    """Per method: mean and std over seeds of the final validation loss and
+    accuracy, gradient evaluations, wall seconds, failures."""
+    rows = []
+    for method in dict.fromkeys(run.method for run in runs):
+        group = [run for run in runs if run.method == method]
+        losses = [run.result.final_valid_loss for run in group if run.failed is None]
+        accuracies = [run.result.valid_accuracy for run in group if run.failed is None
+                      and run.result.valid_accuracy is not None]
+        rows.append({
+            "method": method,
+            "seeds": len(group),
+            "valid_loss_mean": statistics.mean(losses) if losses else float("nan"),
+            "valid_loss_std": statistics.stdev(losses) if len(losses) > 1 else 0.0,
+            "valid_accuracy_mean": statistics.mean(accuracies) if accuracies else float("nan"),
+            "valid_accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
+            "gradient_evaluations": statistics.mean(run.result.gradient_evaluations for run in group),
+            "seconds": statistics.mean(run.result.seconds for run in group),
+            "failed_runs": sum(run.failed is not None for run in group),
+            "failed_trials": sum(run.failed_trials for run in group),
+            "rollbacks": sum(run.result.nonfinite_steps for run in group),
+        })
+    return rows
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = ["| method | validation loss, mean +- std | validation accuracy | gradient evaluations | seconds | "
+             "failed runs / trials | rolled-back steps |",
+             "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(
+            f"| {row['method']} | {row['valid_loss_mean']:.4g} +- {row['valid_loss_std']:.2g} | "
+            f"{row['valid_accuracy_mean']:.3f} +- {row['valid_accuracy_std']:.3f} | "
+            f"{row['gradient_evaluations']:.0f} | {row['seconds']:.2f} | {row['failed_runs']} / "
+            f"{row['failed_trials']} | {row['rollbacks']} |")
+    return "\n".join(lines)
+
+
+def write_report(out: Path, config: dict, runs: list[MethodRun], studies: dict) -> None:
+    """config.json, summary.csv, summary.md, loss_vs_evaluations.png,
+    hyperparameters.png and one optuna_history_<sampler>.png per search (seed of the first run)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    rows = summary_rows(runs)
+    with open(out / "summary.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "summary.md").write_text(markdown_table(rows) + "\n")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    first_seed = runs[0].seed
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for run in runs:
+        if run.seed != first_seed:
+            continue
+        if run.search_curve:
+            xs, ys = zip(*run.search_curve)
+            axis.step(xs, ys, where="post", label=f"{run.method} (best trial so far)")
+        elif run.result.curve:
+            xs, ys = zip(*run.result.curve)
+            axis.plot(xs, ys, label=run.method)
+    axis.set(xscale="log", yscale="log", xlabel="gradient evaluations", ylabel="validation loss",
+             title=f"{config['task']}, {config['optimizer']}, seed {first_seed}")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(out / "loss_vs_evaluations.png", dpi=120)
+    plt.close(figure)
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for run in runs:
+        if run.seed == first_seed and not run.search_curve:
+            for name, values in run.result.hyperparameters.items():
+                axis.plot(range(1, len(values) + 1), values, label=f"{run.method}: {name}")
+    axis.set(yscale="log", xlabel="step", ylabel="learned value", title="Hyperparameters learned online")
+    axis.grid(alpha=0.3)
+    if axis.lines:
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(out / "hyperparameters.png", dpi=120)
+    plt.close(figure)
+
+    for (sampler, seed), study in studies.items():
+        if seed != first_seed:
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            axis = optuna.visualization.matplotlib.plot_optimization_history(study)
+        axis.set_yscale("log")
+        axis.figure.tight_layout()
+        axis.figure.savefig(out / f"optuna_history_{sampler}.png", dpi=120)
+        plt.close(axis.figure)

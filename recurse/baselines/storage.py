@@ -1,0 +1,49 @@
+"""Where Optuna studies live: a SQLite file by default, any SQLAlchemy URL
+(PostgreSQL, MySQL) for several workers.
+
+Heartbeats are on: a worker that dies mid-trial (killed, out of memory)
+leaves a RUNNING trial whose heartbeat stops. The next worker that starts a
+trial after ``grace_period`` seconds marks it FAIL and queues its parameters
+again (:func:`requeue_stale_trial`), so an interrupted study resumes with no
+trial lost and none counted twice.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.trial import FrozenTrial
+
+RETRY_OF = "retry_of"
+
+
+def sqlite_url(folder: Path) -> str:
+    """The default storage: ``sqlite:///<folder>/optuna.db``."""
+    return f"sqlite:///{Path(folder).resolve() / 'optuna.db'}"
+
+
+def requeue_stale_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Queue the parameters of a trial whose worker died, to be run again."""
+    study.enqueue_trial(trial.params, user_attrs={RETRY_OF: trial.number})
+
+
+def open_storage(url: str, *, heartbeat_interval: int = 60, grace_period: int | None = None
+                 ) -> optuna.storages.RDBStorage:
+    """An Optuna RDB storage at ``url`` with heartbeats every
+    ``heartbeat_interval`` seconds (stale after ``grace_period``, default
+    twice that). A SQLite file's folder is created. Raises ValueError naming
+    the URL when the database cannot be opened."""
+    if not isinstance(url, str) or "://" not in url:
+        raise ValueError(f"storage must be a SQLAlchemy URL such as 'sqlite:///results/optuna.db' or "
+                         f"'postgresql+psycopg://user@host:5432/db', got {url!r}")
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        try:
+            return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                                              heartbeat_stale_trial_callback=requeue_stale_trial)
+        except Exception as error:  # SQLAlchemy and drivers raise many types; the user needs the URL and cause
+            raise ValueError(f"cannot open Optuna storage {url!r}: {type(error).__name__}: {error}") from error

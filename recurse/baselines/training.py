@@ -1,0 +1,104 @@
+"""One training run, the single place where every method's cost is counted.
+
+Every method in ``rc.baselines`` (a fixed optimizer, an online tower, one
+Optuna trial) trains through :func:`train`, so "gradient evaluations" means
+the same thing everywhere: one backward pass of the task loss on one
+mini-batch. The hypergradient VJPs of a tower are not gradient evaluations
+of the task; their cost shows in wall time, reported beside it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import recurse as rc
+from recurse.problems.supervised import SupervisedTask
+
+
+class Diverged(RuntimeError):
+    """A run whose loss stopped being finite; ``str(error)`` says where and why."""
+
+
+@dataclass
+class TrainingResult:
+    """What one run measured. ``curve`` holds (gradient evaluations, validation loss)."""
+
+    curve: list[tuple[int, float]] = field(default_factory=list)
+    final_valid_loss: float = math.nan
+    best_valid_loss: float = math.nan
+    valid_accuracy: float | None = None
+    gradient_evaluations: int = 0
+    seconds: float = 0.0
+    nonfinite_steps: int = 0
+    hyperparameters: dict[str, list[float]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainingResult":
+        data = dict(data)
+        data["curve"] = [tuple(point) for point in data["curve"]]
+        return cls(**data)
+
+
+def train(task: SupervisedTask, optimizer: rc.Optimizer, *, steps: int, batch_size: int | None = 128,
+          seed: int = 0, eval_every: int | None = None, patience: int = 10,
+          on_eval: Callable[[int, float], None] | None = None) -> TrainingResult:
+    """Train ``task.model(seed=seed)`` for ``steps`` mini-batch steps with
+    ``optimizer`` (any recurse optimizer or tower) run by a HyperOptimizer.
+
+    The validation loss is measured every ``eval_every`` steps (default
+    steps // 20) and at the end, and passed to ``on_eval(gradient
+    evaluations, validation loss)``, which may raise (an Optuna pruner does).
+    Raises :class:`Diverged` when ``patience`` consecutive steps were
+    rolled back by the non-finite guard or the validation loss is not
+    finite; ``error.result`` then holds what was measured up to there.
+    """
+    if steps < 1:
+        raise ValueError(f"train: steps must be >= 1, got {steps!r}")
+    eval_every = eval_every or max(1, steps // 20)
+    model = task.model(seed=seed)
+    opt = rc.HyperOptimizer(model.parameters(), optimizer, guard="skip", record_history=True)
+    batches = task.batches(batch_size, seed=seed)
+    result = TrainingResult()
+    consecutive_rollbacks = 0
+    start = time.perf_counter()
+
+    def fail(reason: str):
+        result.seconds = time.perf_counter() - start
+        result.nonfinite_steps = opt.nonfinite_steps
+        error = Diverged(reason)
+        error.result = result
+        return error
+
+    for step in range(1, steps + 1):
+        inputs, targets = next(batches)
+        opt.zero_grad()
+        loss = task.loss(model, inputs, targets)
+        loss.backward()
+        result.gradient_evaluations += 1
+        rolled_back = opt.nonfinite_steps
+        opt.step()
+        consecutive_rollbacks = consecutive_rollbacks + 1 if opt.nonfinite_steps > rolled_back else 0
+        if consecutive_rollbacks >= patience:
+            raise fail(f"{patience} consecutive steps rolled back as non-finite (training loss {loss.item():.3g}) "
+                       f"by gradient evaluation {result.gradient_evaluations}")
+        if step % eval_every == 0 or step == steps:
+            valid_loss = task.valid_loss(model)
+            if not math.isfinite(valid_loss):
+                raise fail(f"validation loss {valid_loss} at gradient evaluation {result.gradient_evaluations}")
+            result.curve.append((result.gradient_evaluations, valid_loss))
+            if on_eval is not None:
+                on_eval(result.gradient_evaluations, valid_loss)
+
+    result.seconds = time.perf_counter() - start
+    result.final_valid_loss = result.curve[-1][1]
+    result.best_valid_loss = min(loss for _, loss in result.curve)
+    result.valid_accuracy = task.valid_accuracy(model)
+    result.nonfinite_steps = opt.nonfinite_steps
+    result.hyperparameters = opt.history()
+    return result

@@ -1,0 +1,100 @@
+"""Supervised tasks: fixed train/validation tensors, a model factory and a loss.
+
+Every task in ``rc.problems`` that trains a network shares this shape, so
+``rc.baselines`` can run any method on any of them through one loop.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch import Tensor, nn
+
+
+class SupervisedTask:
+    """Train and validation sets held as tensors on one device.
+
+    Subclasses fill ``train_inputs/train_targets/valid_inputs/valid_targets``
+    and say whether targets are class labels (``classification``) or real
+    values; ``model`` builds the network the task is trained with.
+    """
+
+    name = "task"
+    classification = False
+    train_inputs: Tensor
+    train_targets: Tensor
+    valid_inputs: Tensor
+    valid_targets: Tensor
+
+    @property
+    def features(self) -> int:
+        return self.train_inputs.shape[1]
+
+    @property
+    def outputs(self) -> int:
+        if self.classification:
+            return int(torch.cat([self.train_targets, self.valid_targets]).max()) + 1
+        return self.train_targets.shape[1]
+
+    @property
+    def device(self) -> torch.device:
+        return self.train_inputs.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.train_inputs.dtype
+
+    def model(self, hidden: int = 32, *, seed: int = 0) -> nn.Module:
+        """A one-hidden-layer tanh MLP, initialised from ``seed``."""
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        try:
+            model = nn.Sequential(nn.Linear(self.features, hidden), nn.Tanh(), nn.Linear(hidden, self.outputs))
+        finally:
+            torch.random.set_rng_state(generator_state)
+        return model.to(device=self.device, dtype=self.dtype)
+
+    def batches(self, batch_size: int | None, *, seed: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        """An endless stream of shuffled mini-batches (``None``: the full training set)."""
+        count = self.train_inputs.shape[0]
+        if batch_size is None or batch_size >= count:
+            while True:
+                yield self.train_inputs, self.train_targets
+        generator = torch.Generator().manual_seed(seed)
+        while True:
+            order = torch.randperm(count, generator=generator).to(self.device)
+            for start in range(0, count - batch_size + 1, batch_size):
+                index = order[start:start + batch_size]
+                yield self.train_inputs[index], self.train_targets[index]
+
+    def loss(self, model: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
+        """Cross-entropy for classification, mean squared error otherwise."""
+        if self.classification:
+            return nn.functional.cross_entropy(model(inputs), targets)
+        return nn.functional.mse_loss(model(inputs), targets)
+
+    def valid_loss(self, model: nn.Module) -> float:
+        with torch.no_grad():
+            return self.loss(model, self.valid_inputs, self.valid_targets).item()
+
+    def valid_accuracy(self, model: nn.Module) -> float | None:
+        """Fraction of validation samples classified right; None for regression."""
+        if not self.classification:
+            return None
+        with torch.no_grad():
+            return (model(self.valid_inputs).argmax(1) == self.valid_targets).double().mean().item()
+
+
+def split(inputs: Tensor, targets: Tensor, valid_fraction: float, seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """A seeded random train/validation split."""
+    order = torch.randperm(inputs.shape[0], generator=torch.Generator().manual_seed(seed))
+    valid_count = int(round(valid_fraction * inputs.shape[0]))
+    valid, train = order[:valid_count], order[valid_count:]
+    return inputs[train], targets[train], inputs[valid], targets[valid]
+
+
+def standardize(train: Tensor, *others: Tensor) -> list[Tensor]:
+    """Scale every set by the training set's per-feature mean and std."""
+    mean, std = train.mean(0), train.std(0).clamp_min(1e-6)
+    return [(x - mean) / std for x in (train, *others)]
