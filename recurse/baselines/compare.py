@@ -53,11 +53,12 @@ HYPER_LR = (0.05, 0.01)  # level 1, levels >= 2
 DEFAULT_METHODS = ("fixed", "depth1", "depth2", "grid", "random", "tpe")
 
 
-def tower_optimizer(optimizer: str, depth: int) -> rc.Optimizer:
-    """``optimizer`` at its starting values, under ``depth`` SGD levels that
-    learn level 0's lr (level 1 at lr 0.05, higher levels at 0.01, each
-    normalising its incoming hypergradient by its running RMS)."""
-    base = OPTIMIZERS[optimizer](**START[optimizer])
+def tower_optimizer(optimizer: str, depth: int, *, start: dict | None = None) -> rc.Optimizer:
+    """``optimizer`` at its starting values (``START``, or ``start``), under
+    ``depth`` SGD levels that learn level 0's lr (level 1 at lr 0.05, higher
+    levels at 0.01, each normalising its incoming hypergradient by its running
+    RMS)."""
+    base = OPTIMIZERS[optimizer](**(START[optimizer] if start is None else start))
     if depth == 0:
         return base
     base = type(base)(**{**_constructor_values(base), "learn": ("lr",)})

@@ -46,9 +46,9 @@ class TrainingResult:
 
 
 def train(task: SupervisedTask, optimizer: rc.Optimizer, *, steps: int, batch_size: int | None = 128,
-          seed: int = 0, eval_every: int | None = None, patience: int = 10,
+          seed: int = 0, hidden: int = 32, eval_every: int | None = None, patience: int = 10,
           on_eval: Callable[[int, float], None] | None = None) -> TrainingResult:
-    """Train ``task.model(seed=seed)`` for ``steps`` mini-batch steps with
+    """Train ``task.model(hidden, seed=seed)`` for ``steps`` mini-batch steps with
     ``optimizer`` (any recurse optimizer or tower) run by a HyperOptimizer.
 
     The validation loss is measured every ``eval_every`` steps (default
@@ -61,7 +61,7 @@ def train(task: SupervisedTask, optimizer: rc.Optimizer, *, steps: int, batch_si
     if steps < 1:
         raise ValueError(f"train: steps must be >= 1, got {steps!r}")
     eval_every = eval_every or max(1, steps // 20)
-    model = task.model(seed=seed)
+    model = task.model(hidden, seed=seed)
     opt = rc.HyperOptimizer(model.parameters(), optimizer, guard="skip", record_history=True)
     batches = task.batches(batch_size, seed=seed)
     result = TrainingResult()

@@ -1,0 +1,149 @@
+"""The shape of "Gradient Descent: The Ultimate Optimizer" (Chandra et al.)
+on sklearn's digits.
+
+An MLP with one hidden layer of 128 tanh units is trained by stacks of
+optimizers of height 1 to 6 (height 1 = the optimizer alone, height 2 = one
+level learning its learning rate, ...):
+
+- SGD stacks: SGD(0.01) at the bottom; every level above is SGD on the log
+  learning rate of the level below, normalising its hypergradient by its
+  running RMS (step 0.05 at level 1, 0.01 higher up; see
+  ``rc.baselines.compare.tower_optimizer``).
+- Adam stacks: Adam(1e-3) at the bottom; every level above is Adam(0.01)
+  learning the log learning rate of the level below ("Adam^alpha" in the
+  paper's notation: the betas stay fixed).
+
+Then sensitivity: SGD stacks of height 1-4 started from learning rates
+1e-6 .. 1e1; the final validation loss per (height, initial lr) as a table
+and a heat map, and its spread per height. The paper's claim, to check:
+hyper-optimized stacks beat their fixed baselines, and each extra level
+makes the result less sensitive to the initial choice.
+
+    python studies/ultimate_optimizer.py [--quick] [--out DIR]
+
+Writes stacks.csv, sensitivity.csv, sensitivity.png, summary.md to DIR
+(default results/ultimate_optimizer/<quick|full>).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import statistics
+from pathlib import Path
+
+import recurse as rc
+from recurse.baselines import Diverged, train
+from recurse.baselines.compare import tower_optimizer
+from recurse.problems import Digits
+
+HIDDEN = 128
+INITIAL_LRS = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1e0, 1e1]
+
+
+def adam_stack(height: int) -> rc.Optimizer:
+    levels = [rc.Adam(1e-3 if level == 0 else 0.01, learn="lr" if level < height - 1 else ()) for level in range(height)]
+    return rc.stack(*levels) if height > 1 else rc.Adam(1e-3)
+
+
+def sgd_stack(height: int, initial_lr: float = 0.01) -> rc.Optimizer:
+    return tower_optimizer("sgd", height - 1, start={"lr": initial_lr})
+
+
+def final_loss(task, optimizer, *, steps, seed):
+    """(final validation loss, accuracy, seconds); NaN loss if the run diverged."""
+    try:
+        result = train(task, optimizer, steps=steps, batch_size=128, seed=seed, hidden=HIDDEN)
+    except Diverged as error:
+        return math.nan, math.nan, error.result.seconds
+    return result.final_valid_loss, result.valid_accuracy, result.seconds
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="150 steps, one seed, heights up to 4 (about a minute)")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    out = args.out or Path("results") / "ultimate_optimizer" / ("quick" if args.quick else "full")
+    out.mkdir(parents=True, exist_ok=True)
+    steps, seeds, max_height = (150, [0], 4) if args.quick else (1000, [0, 1, 2], 6)
+    task = Digits()
+
+    stack_rows = []
+    for family, build in (("SGD", sgd_stack), ("Adam", adam_stack)):
+        for height in range(1, max_height + 1):
+            measured = [final_loss(task, build(height), steps=steps, seed=seed) for seed in seeds]
+            losses = [loss for loss, _, _ in measured]
+            stack_rows.append({"stack": "/".join([family] * height), "height": height,
+                               "valid_loss_mean": statistics.mean(losses),
+                               "valid_loss_std": statistics.stdev(losses) if len(losses) > 1 else 0.0,
+                               "valid_accuracy_mean": statistics.mean(acc for _, acc, _ in measured),
+                               "seconds_mean": statistics.mean(sec for _, _, sec in measured)})
+
+    sensitivity = {}
+    for height in range(1, 5):
+        for initial_lr in INITIAL_LRS:
+            losses = [final_loss(task, sgd_stack(height, initial_lr), steps=steps, seed=seed)[0] for seed in seeds]
+            sensitivity[(height, initial_lr)] = statistics.mean(losses)
+
+    _write_csv(out / "stacks.csv", stack_rows)
+    _write_csv(out / "sensitivity.csv", [{"height": h, "initial_lr": lr, "valid_loss": loss}
+                                         for (h, lr), loss in sensitivity.items()])
+    summary = _summary(stack_rows, sensitivity, steps, seeds)
+    (out / "summary.md").write_text(summary + "\n")
+    _heat_map(out / "sensitivity.png", sensitivity)
+    print(summary)
+    return stack_rows, sensitivity
+
+
+def _summary(stack_rows, sensitivity, steps, seeds) -> str:
+    lines = [f"digits, MLP 64-{HIDDEN}-10 (tanh), batch 128, {steps} steps, seeds {seeds}", "",
+             "| stack | validation loss, mean +- std | validation accuracy | seconds |", "|---|---|---|---|"]
+    for row in stack_rows:
+        lines.append(f"| {row['stack']} | {row['valid_loss_mean']:.4g} +- {row['valid_loss_std']:.2g} | "
+                     f"{row['valid_accuracy_mean']:.3f} | {row['seconds_mean']:.2f} |")
+    lines += ["", "Sensitivity (SGD stacks): final validation loss per initial learning rate (NaN: diverged)", "",
+              "| height | " + " | ".join(f"{lr:g}" for lr in INITIAL_LRS) + " | spread: max / min | std of log loss |",
+              "|---|" + "---|" * (len(INITIAL_LRS) + 2)]
+    for height in range(1, 5):
+        losses = [sensitivity[(height, lr)] for lr in INITIAL_LRS]
+        finite = [loss for loss in losses if math.isfinite(loss)]
+        spread = max(finite) / min(finite) if finite else math.nan
+        log_std = statistics.stdev(math.log(loss) for loss in finite) if len(finite) > 1 else math.nan
+        failed = len(losses) - len(finite)
+        lines.append(f"| {height} | " + " | ".join(f"{loss:.3g}" for loss in losses) +
+                     f" | {spread:.3g}{f' ({failed} diverged)' if failed else ''} | {log_std:.3g} |")
+    return "\n".join(lines)
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _heat_map(path: Path, sensitivity) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    grid = np.array([[sensitivity[(height, lr)] for lr in INITIAL_LRS] for height in range(1, 5)])
+    figure, axis = plt.subplots(figsize=(8, 3.6))
+    image = axis.imshow(np.log10(grid), aspect="auto", cmap="viridis")
+    axis.set_xticks(range(len(INITIAL_LRS)), [f"{lr:g}" for lr in INITIAL_LRS])
+    axis.set_yticks(range(4), [f"height {h}" for h in range(1, 5)])
+    for (row, column), value in np.ndenumerate(grid):
+        axis.text(column, row, f"{value:.2g}", ha="center", va="center", color="w", fontsize=8)
+    axis.set(xlabel="initial learning rate of SGD (level 0)", title="Final validation loss (log10 colour), digits")
+    figure.colorbar(image, ax=axis, label="log10 validation loss")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+if __name__ == "__main__":
+    main()
