@@ -6,8 +6,10 @@ learned in turn, to any depth.
 
 from recurse import baselines, constraints, problems, transforms
 from recurse.hyper import HyperOptimizer
+from recurse.meta import MetaTrainer
 from recurse.optim import SGD, Adagrad, Adam, AdamW, Hyperparameter, Optimizer, RMSprop
 from recurse.tower import stack, tower
+from recurse.unroll import UnrollResult, model_objective, unroll, unroll_torch
 
 __version__ = "0.1.0"
 
@@ -18,12 +20,17 @@ __all__ = [
     "AdamW",
     "HyperOptimizer",
     "Hyperparameter",
+    "MetaTrainer",
     "Optimizer",
     "RMSprop",
+    "UnrollResult",
     "constraints",
+    "model_objective",
     "stack",
     "baselines",
     "problems",
     "tower",
     "transforms",
+    "unroll",
+    "unroll_torch",
 ]

@@ -124,3 +124,15 @@ def test_train_counts_every_gradient_evaluation_and_flags_divergence(linear):
     with pytest.raises(rc.baselines.Diverged) as caught:
         train(linear, rc.SGD(50.0), steps=400)
     assert caught.value.result.gradient_evaluations < 400
+
+
+def test_any_optuna_storage_object_works_and_resumes(linear, tmp_path):
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    def journal():
+        return JournalStorage(JournalFileBackend(str(tmp_path / "journal.log")))
+
+    run_search(linear, sampler="random", trials=2, steps=20, storage=journal(), study_name="j")
+    study = run_search(linear, sampler="random", trials=3, steps=20, storage=journal(), study_name="j")
+    assert len(study.trials) == 3

@@ -153,7 +153,9 @@ def run_search(task: SupervisedTask, *, optimizer: str = "sgd", knobs: Sequence[
     space = search_space(optimizer, knobs)
     eval_every = eval_every or max(1, steps // 20)
     config = {"task": task.name, "optimizer": optimizer, "knobs": [knob.name for knob in space], "sampler": sampler,
-              "steps": steps, "batch_size": batch_size, "trials": trials}
+              "steps": steps, "batch_size": batch_size}
+    if sampler == "grid":  # the trial count sets the grid; other searches may be extended
+        config["grid_trials"] = trials
     if isinstance(storage, str):
         storage = open_storage(storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
     study = optuna.create_study(

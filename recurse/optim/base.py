@@ -186,13 +186,17 @@ class Optimizer:
         return self.hyper is not None and bool(self.learnable)
 
     def hyper_values(self, raw: Tensor | None = None) -> HyperValues:
-        """name -> value. Fixed ones are exact Python floats; while learned,
-        the learnable ones are ``constraint.from_raw(raw)`` tensors
-        (differentiable in ``raw``, which defaults to ``self.raw``)."""
+        """name -> value. Fixed ones are exact Python floats. The learnable
+        ones are ``constraint.from_raw(raw)`` tensors, differentiable in
+        ``raw``, when ``raw`` is given (an unroll's meta-parameters) or when
+        the optimizer is learned (``raw`` then defaults to ``self.raw``)."""
         values: HyperValues = dict(self.initial_values)
-        if not self.is_learned:
+        if raw is None:
+            if not self.is_learned:
+                return values
+            raw = self.raw
+        if not self.learnable:
             return values
-        raw = self.raw if raw is None else raw
         constrained = None
         for constraint, mask in self._constraint_masks:
             mapped = constraint.from_raw(raw)

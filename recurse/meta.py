@@ -1,0 +1,150 @@
+"""MetaTrainer: nested unrolls, each level learned by the one above.
+
+Level 0 holds the trained parameters theta and optimizer O_0 with
+hyperparameters h_0; level i >= 1 holds h_{i-1} and optimizer O_i with
+hyperparameters h_i. With depth d (optimizers O_0 .. O_d):
+
+    L_1(h_0)     = meta-loss of a K_0-step unroll of O_0 on theta
+    L_i(h_{i-1}) = meta-loss ("final") of a K_{i-1}-step unroll of O_{i-1}
+                   on h_{i-2}, whose objective is L_{i-1}
+
+One :meth:`MetaTrainer.meta_step` computes L_d(h_{d-1}), differentiates it
+end to end (through K_{d-1} x ... x K_0 inner steps) and lets O_d, whose own
+hyperparameters stay fixed, step h_{d-1}. Everything below carries forward to
+the next meta-step without its graph (truncated backpropagation), so memory
+does not grow across meta-steps.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from recurse.hyper import _advance, _all_finite, _detach_tree
+from recurse.optim.base import Optimizer, State
+from recurse.unroll import Objective, _check_options, unroll
+
+log = logging.getLogger("recurse")
+
+
+class MetaTrainer:
+    """Train ``params`` on ``objective`` with ``optimizers[0]``, whose
+    hyperparameters are learned by ``optimizers[1]`` from unrolls of
+    ``unroll_steps[0]`` steps, and so on up to ``optimizers[-1]`` (fixed).
+
+    >>> trainer = rc.MetaTrainer(params, objective, [rc.SGD(0.01), rc.Adam(0.05)], unroll_steps=[20])
+    >>> for _ in range(100): trainer.meta_step()
+
+    ``meta_loss``/``validation``/``first_order``/``window`` apply to the level-0
+    unrolls (see :func:`recurse.unroll.unroll`); higher levels use the final
+    meta-loss of the level below. A meta-step whose loss or meta-gradient is
+    not finite is rolled back whole and counted in ``nonfinite_steps``.
+    """
+
+    def __init__(self, params: Sequence[Tensor], objective: Objective, optimizers: Sequence[Optimizer], *,
+                 unroll_steps: Sequence[int], meta_loss: str = "final",
+                 validation: Callable[[list[Tensor]], Tensor] | None = None, first_order: bool = False,
+                 window: int | None = None) -> None:
+        optimizers = list(optimizers)
+        if len(optimizers) < 2:
+            raise ValueError(f"rc.MetaTrainer: needs at least two optimizers (one trains, one learns it), "
+                             f"got {len(optimizers)}")
+        for index, optimizer in enumerate(optimizers):
+            if not isinstance(optimizer, Optimizer):
+                raise TypeError(f"rc.MetaTrainer: optimizers[{index}] must be an rc.Optimizer, "
+                                f"got {type(optimizer).__qualname__}")
+            if index < len(optimizers) - 1 and not optimizer.learnable:
+                raise ValueError(f"rc.MetaTrainer: optimizers[{index}] ({optimizer!r}) has nothing to learn (learn=())")
+        if len(unroll_steps) != len(optimizers) - 1:
+            raise ValueError(f"rc.MetaTrainer: unroll_steps needs one count per learned level "
+                             f"({len(optimizers) - 1}), got {list(unroll_steps)!r}")
+        _check_options(unroll_steps[0], meta_loss, validation, window)
+        for steps in unroll_steps[1:]:
+            _check_options(steps, "final", None, None)
+        params = [p.detach() for p in params]
+        if not params:
+            raise ValueError("rc.MetaTrainer: got an empty parameter list")
+        reference = params[0]
+        for optimizer in optimizers:
+            optimizer.to(reference.device, reference.dtype)
+        self.objective = objective
+        self.optimizers = optimizers
+        self.unroll_steps = list(unroll_steps)
+        self.meta_loss, self.validation = meta_loss, validation
+        self.first_order, self.window = first_order, window
+        # values[i]: what level i's optimizer steps (theta, then each raw vector).
+        self.values: list[list[Tensor]] = [params] + [[optimizer.raw.detach()] for optimizer in optimizers[:-1]]
+        self.states: list[State | None] = [None] * len(optimizers)
+        self.top_norm_state: State | None = None
+        self.inner_step = 0
+        self.meta_steps = 0
+        self.nonfinite_steps = 0
+        self.last_meta_loss = float("nan")
+
+    @property
+    def depth(self) -> int:
+        return len(self.optimizers) - 1
+
+    @property
+    def params(self) -> list[Tensor]:
+        """The trained parameters now."""
+        return self.values[0]
+
+    def hyperparameters(self) -> dict[str, float]:
+        """``{"<level>.<name>": value}`` for every level, as the next meta-step starts."""
+        values = {}
+        for level, optimizer in enumerate(self.optimizers):
+            current = optimizer.hyper_values(self.values[level + 1][0]) if level < self.depth \
+                else optimizer.hyper_values()
+            values.update({f"{level}.{name}": float(value) for name, value in current.items()})
+        return values
+
+    def meta_loss_of(self, raw: Tensor) -> Tensor:
+        """L_d at the top learned hyperparameters ``raw``, from the current
+        carried state (advances it; used by :meth:`meta_step` and by tests)."""
+        return self._level_loss(self.depth, [raw])
+
+    def meta_step(self) -> float:
+        """One outermost step: returns L_d before the step."""
+        snapshot = (list(self.values), list(self.states), self.inner_step)
+        leaf = self.values[self.depth][0].detach().requires_grad_()
+        loss = self.meta_loss_of(leaf)
+        (gradient,) = torch.autograd.grad(loss, leaf, allow_unused=True)
+        gradient = torch.zeros_like(leaf) if gradient is None else gradient
+        top = self.optimizers[-1]
+        new_values, (state, norm_state, _) = _advance(top, top.raw, [leaf.detach()], [gradient], self.states[-1],
+                                                      self.top_norm_state, learned=False)
+        if not _all_finite([loss.detach(), gradient, new_values[0]]):
+            self.values, self.states, self.inner_step = snapshot
+            self.nonfinite_steps += 1
+            log.warning("rc.MetaTrainer: non-finite meta-loss or meta-gradient at meta-step %d; rolled back "
+                        "(%d so far)", self.meta_steps + 1, self.nonfinite_steps)
+        else:
+            self.values = [_detach_tree(values) for values in self.values[:-1]] + [[new_values[0].detach()]]
+            self.states = [_detach_tree(state_) for state_ in self.states[:-1]] + [state]
+            self.top_norm_state = norm_state
+            for optimizer, values in zip(self.optimizers[:-1], self.values[1:]):
+                optimizer.raw = values[0]
+        self.meta_steps += 1
+        self.last_meta_loss = loss.item()
+        return self.last_meta_loss
+
+    def _level_loss(self, level: int, values: list[Tensor]) -> Tensor:
+        """The objective of level ``level`` at ``values`` (theta for level 0)."""
+        if level == 0:
+            raise AssertionError("level 0 is the user's objective")
+        below = level - 1
+        if below == 0:
+            objective, options = self.objective, {"meta_loss": self.meta_loss, "validation": self.validation,
+                                                  "window": self.window, "step_offset": self.inner_step}
+        else:
+            objective, options = (lambda raw, _k: self._level_loss(below, raw)), {}
+        result = unroll(objective, self.values[below], self.optimizers[below], steps=self.unroll_steps[below],
+                        raw=values[0], state=self.states[below], first_order=self.first_order, **options)
+        self.values[below], self.states[below] = result.params, result.state
+        if below == 0:
+            self.inner_step += self.unroll_steps[0]
+        return result.meta_loss

@@ -1,0 +1,172 @@
+"""The K-step engine: unrolled optimization, differentiated end to end.
+
+"Learning to learn by gradient descent by gradient descent" (Andrychowicz et
+al., 2016): run K inner steps of an optimizer functionally, take a meta-loss
+(the final loss, the sum or mean over the unroll, or a validation loss) and
+backpropagate through the whole unroll into the optimizer's meta-parameters.
+
+    theta_{k+1} = update(theta_k, grad f_k(theta_k), state_k; h)      k = 0 .. K-1
+    meta_loss(h) = f_K(theta_K)                  ("final")
+                 | sum_{k=1..K} f_k(theta_k)     ("sum", L2L's choice; "mean" divides by K)
+                 | validation(theta_K)           ("validation")
+
+The inner gradients are taken with ``create_graph=True``, so the meta-gradient
+includes the second-order terms; ``first_order=True`` treats them as constants
+(L2L's simplification). ``window=W`` backpropagates through the last W steps
+only: the first K - W steps run without a graph, so memory does not grow with K.
+
+Unrolls nest (:class:`recurse.meta.MetaTrainer`): the objective of an unroll
+can itself be the meta-loss of an unroll one level down.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from recurse.hyper import _detach_tree
+from recurse.optim.base import Optimizer, State
+
+META_LOSSES = ("final", "sum", "mean", "validation")
+Objective = Callable[[list[Tensor], int], Tensor]
+
+
+@dataclass
+class UnrollResult:
+    """What an unroll returns. ``meta_loss`` and ``params`` carry the graph
+    back to the meta-parameters; ``losses`` are the inner losses as floats."""
+
+    meta_loss: Tensor
+    params: list[Tensor]
+    state: State
+    losses: list[float] = field(default_factory=list)
+
+
+def unroll(objective: Objective, params: Sequence[Tensor], optimizer: Optimizer, *, steps: int,
+           raw: Tensor | None = None, state: State | None = None, meta_loss: str = "final",
+           validation: Callable[[list[Tensor]], Tensor] | None = None, first_order: bool = False,
+           window: int | None = None, step_offset: int = 0) -> UnrollResult:
+    """Run ``steps`` steps of a recurse ``optimizer`` on ``objective`` from ``params``.
+
+    ``objective(params, k)`` is the loss at inner step k (k counts from
+    ``step_offset``; use it to pick the k-th mini-batch). ``raw`` holds the
+    meta-parameters: the optimizer's learnable hyperparameters in their
+    unconstrained form (see :mod:`recurse.constraints`); None runs the
+    optimizer at its fixed values, with the very kernels torch.optim uses.
+    ``state`` continues a previous unroll's optimizer state.
+    """
+    _check_options(steps, meta_loss, validation, window)
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(f"rc.unroll: optimizer must be an rc.Optimizer (or use rc.unroll_torch for torch.optim), "
+                        f"got {type(optimizer).__qualname__}")
+    if optimizer.normalizer is not None:
+        raise ValueError(f"rc.unroll: {optimizer!r} normalises its gradients (normalize=...); unrolls do not "
+                         "support gradient normalisers yet, build it with normalize=None")
+    with torch.enable_grad():  # inner gradients are needed even when the caller is in no_grad
+        return _unroll(objective, list(params), optimizer, steps, raw, state, meta_loss, validation, first_order,
+                       window, step_offset)
+
+
+def _unroll(objective, params, optimizer, steps, raw, state, meta_loss, validation, first_order, window,
+            step_offset) -> UnrollResult:
+    state = optimizer.init(params) if state is None else state
+    hyper = optimizer.hyper_values() if raw is None else optimizer.hyper_values(raw)
+    fixed_hyper = optimizer.hyper_values() if raw is None else optimizer.hyper_values(raw.detach())
+    tracked_from = steps - (window or steps)
+    tracked_losses, losses = [], []
+    for step in range(steps):
+        tracked = step >= tracked_from
+        if not tracked:
+            params, state = _detach_tree(params), _detach_tree(state)
+        params = [p if p.requires_grad else p.detach().requires_grad_() for p in params]
+        loss = objective(params, step_offset + step)
+        _check_loss(loss, step_offset + step)
+        if step > 0 and tracked:
+            tracked_losses.append(loss)
+        losses.append(loss.item())
+        grads = torch.autograd.grad(loss, params, create_graph=tracked and not first_order, allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+        params, state = optimizer.update(params, grads, state, hyper if tracked else fixed_hyper)
+    final = validation(params) if meta_loss == "validation" else objective(params, step_offset + steps)
+    _check_loss(final, step_offset + steps)
+    tracked_losses.append(final)
+    return UnrollResult(_combine(meta_loss, final, tracked_losses), params, state, losses)
+
+
+def unroll_torch(objective: Objective, params: Sequence[Tensor], optimizer: torch.optim.Optimizer, *, steps: int,
+                 override: dict[str, Tensor] | None = None, meta_loss: str = "final",
+                 validation: Callable[[list[Tensor]], Tensor] | None = None, first_order: bool = False,
+                 step_offset: int = 0) -> UnrollResult:
+    """The same unroll with a ``torch.optim`` optimizer (built over ``params``),
+    made differentiable by ``higher``. ``override`` maps option names (``lr``,
+    ``momentum``, ...) to tensors that require grad: the meta-parameters.
+    (Truncation windows need a recurse optimizer.)"""
+    import higher
+
+    _check_options(steps, meta_loss, validation, None)
+    params = list(params)
+    overrides = None if override is None else {name: [value] for name, value in override.items()}
+    callback = (lambda grads: [None if g is None else g.detach() for g in grads]) if first_order else None
+    differentiable = higher.optim.get_diff_optim(optimizer, params, override=overrides, track_higher_grads=True,
+                                                 grad_callback=callback)
+    params = [p if p.requires_grad else p.detach().requires_grad_() for p in params]
+    with torch.enable_grad():
+        return _unroll_torch(objective, params, differentiable, steps, meta_loss, validation, step_offset)
+
+
+def _unroll_torch(objective, params, differentiable, steps, meta_loss, validation, step_offset) -> UnrollResult:
+    tracked_losses, losses = [], []
+    for step in range(steps):
+        loss = objective(params, step_offset + step)
+        _check_loss(loss, step_offset + step)
+        if step > 0:
+            tracked_losses.append(loss)
+        losses.append(loss.item())
+        params = list(differentiable.step(loss, params=params))
+    final = validation(params) if meta_loss == "validation" else objective(params, step_offset + steps)
+    tracked_losses.append(final)
+    return UnrollResult(_combine(meta_loss, final, tracked_losses), params, {}, losses)
+
+
+def _combine(meta_loss: str, final: Tensor, tracked_losses: list[Tensor]) -> Tensor:
+    if meta_loss in ("final", "validation"):
+        return final
+    total = torch.stack(tracked_losses).sum()
+    return total / len(tracked_losses) if meta_loss == "mean" else total
+
+
+def _check_options(steps, meta_loss, validation, window) -> None:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"rc.unroll: steps must be an integer >= 1, got {steps!r}")
+    if meta_loss not in META_LOSSES:
+        raise ValueError(f"rc.unroll: meta_loss must be one of {META_LOSSES}, got {meta_loss!r}")
+    if meta_loss == "validation" and validation is None:
+        raise ValueError("rc.unroll: meta_loss='validation' needs validation=<function of the final params>")
+    if window is not None and (isinstance(window, bool) or not isinstance(window, int) or not 1 <= window <= steps):
+        raise ValueError(f"rc.unroll: window must be an integer in [1, steps={steps}], got {window!r}")
+
+
+def _check_loss(loss, step: int) -> None:
+    if not isinstance(loss, Tensor) or loss.numel() != 1:
+        shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
+        raise ValueError(f"rc.unroll: the objective must return a scalar tensor, got {shape} at inner step {step}")
+
+
+def model_objective(model: torch.nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor],
+                    batch_at: Callable[[int], tuple[Tensor, Tensor]]) -> Objective:
+    """``objective(params, k) = loss_fn(model(inputs_k) with params, targets_k)``,
+    the model run functionally by ``higher.patch.monkeypatch``; ``batch_at(k)``
+    gives the k-th mini-batch. Pass ``list(model.parameters())`` (or copies)
+    as the unroll's starting params."""
+    import higher
+
+    functional = higher.patch.monkeypatch(model, copy_initial_weights=True, track_higher_grads=True)
+
+    def objective(params: list[Tensor], k: int) -> Tensor:
+        inputs, targets = batch_at(k)
+        return loss_fn(functional(inputs, params=params), targets)
+
+    return objective

@@ -1,0 +1,288 @@
+"""The K-step engine: trajectories, meta-gradients against float64 finite
+differences, nesting to depth 3, truncation, safety and memory."""
+
+import gc
+import warnings
+
+import pytest
+import torch
+
+import recurse as rc
+from recurse.meta import MetaTrainer
+from recurse.problems import QuadraticFamily
+from recurse.unroll import model_objective, unroll, unroll_torch
+
+from optimizer_table import regression_data, small_mlp
+
+
+def mlp_objective(seed=0):
+    """A float64 MLP regression with one fixed mini-batch per inner step."""
+    model = small_mlp(seed=seed)
+    inputs, targets = regression_data()
+
+    def batch_at(k):
+        rows = torch.arange(8) + 8 * (k % 4)
+        return inputs[rows], targets[rows]
+
+    objective = model_objective(model, torch.nn.functional.mse_loss, batch_at)
+    return model, objective, batch_at
+
+
+def relative_error(a, b):
+    return abs(a - b) / max(abs(a), abs(b), 1e-300)
+
+
+def central_difference(function, raw, index, step):
+    plus, minus = raw.clone(), raw.clone()
+    plus[index] += step
+    minus[index] -= step
+    return (function(plus) - function(minus)) / (2 * step)
+
+
+TRAJECTORY_CASES = {
+    "SGD momentum nesterov": (lambda: rc.SGD(0.05, momentum=0.9, nesterov=True),
+                              lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True)),
+    "Adam": (lambda: rc.Adam(0.01), lambda p: torch.optim.Adam(p, lr=0.01)),
+    "RMSprop centered": (lambda: rc.RMSprop(0.01, centered=True), lambda p: torch.optim.RMSprop(p, lr=0.01, centered=True)),
+}
+
+
+@pytest.mark.parametrize("name", TRAJECTORY_CASES)
+def test_unroll_at_fixed_hyperparameters_is_the_torch_optim_trajectory(name):
+    make_recurse, make_torch = TRAJECTORY_CASES[name]
+    model, objective, batch_at = mlp_objective()
+    start = [p.detach().clone() for p in model.parameters()]
+    unrolled = unroll(objective, start, make_recurse(), steps=15).params
+
+    reference = small_mlp(seed=0)
+    opt = make_torch(reference.parameters())
+    for k in range(15):
+        inputs, targets = batch_at(k)
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(reference(inputs), targets).backward()
+        opt.step()
+    for mine, theirs in zip(unrolled, reference.parameters()):
+        assert torch.equal(mine.detach(), theirs.detach())
+
+
+def test_unroll_torch_follows_the_torch_optim_trajectory():
+    model, objective, batch_at = mlp_objective()
+    start = [p.detach().clone() for p in model.parameters()]
+    # eps = 0: higher's Adam adds eps outside sqrt(1 - beta2^t), torch.optim inside; otherwise the same math.
+    unrolled = unroll_torch(objective, start, torch.optim.Adam(start, lr=0.01, eps=0.0), steps=15).params
+    reference = small_mlp(seed=0)
+    opt = torch.optim.Adam(reference.parameters(), lr=0.01, eps=0.0)
+    for k in range(15):
+        inputs, targets = batch_at(k)
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(reference(inputs), targets).backward()
+        opt.step()
+    for mine, theirs in zip(unrolled, reference.parameters()):
+        torch.testing.assert_close(mine.detach(), theirs.detach(), rtol=1e-12, atol=1e-14)
+
+
+DEPTH_ONE = {
+    "SGD lr": lambda: rc.SGD(0.05, learn="lr"),
+    "SGD lr+momentum": lambda: rc.SGD(0.05, momentum=0.5),
+    "Adam lr": lambda: rc.Adam(0.01, learn="lr"),
+}
+
+
+@pytest.mark.parametrize("meta_loss", ["final", "sum"])
+@pytest.mark.parametrize("name", DEPTH_ONE)
+def test_depth_one_meta_gradient_matches_finite_differences(name, meta_loss):
+    model, objective, _ = mlp_objective()
+    start = [p.detach().clone() for p in model.parameters()]
+    optimizer = DEPTH_ONE[name]()
+
+    def meta_loss_at(raw):
+        return unroll(objective, start, optimizer, steps=5, raw=raw, meta_loss=meta_loss).meta_loss
+
+    raw = optimizer.raw.clone().requires_grad_()
+    (meta_gradient,) = torch.autograd.grad(meta_loss_at(raw), raw)
+    for index in range(raw.numel()):
+        numeric = central_difference(lambda r: meta_loss_at(r).item(), raw.detach(), index, 1e-5)
+        assert relative_error(meta_gradient[index].item(), numeric) < 1e-6, (index, meta_gradient, numeric)
+
+
+def quadratic_trainer(optimizers, unroll_steps, **options):
+    task = QuadraticFamily(dim=6, seed=3).sample()
+    theta = torch.zeros(6, dtype=torch.float64)
+    return MetaTrainer([theta], lambda params, k: task.loss(params[0]), optimizers, unroll_steps=unroll_steps,
+                       **options)
+
+
+def test_depth_two_gradient_at_the_outermost_hyperparameter_matches_finite_differences():
+    def build():
+        return quadratic_trainer([rc.SGD(0.01), rc.SGD(0.002, momentum=0.5), rc.SGD(1e-3)], [4, 3])
+
+    trainer = build()
+    raw = trainer.values[2][0].clone().requires_grad_()
+    (gradient,) = torch.autograd.grad(trainer.meta_loss_of(raw), raw)
+    assert gradient.shape == (2,)  # lr and momentum of the meta-optimizer
+    for index in range(2):
+        numeric = central_difference(lambda r: build().meta_loss_of(r).item(), raw.detach(), index, 1e-5)
+        assert relative_error(gradient[index].item(), numeric) < 1e-5, (index, gradient, numeric)
+
+
+def test_depth_three_runs_and_its_gradient_matches_finite_differences():
+    def build():
+        return quadratic_trainer([rc.SGD(0.01), rc.SGD(0.05), rc.SGD(0.1), rc.SGD(1e-4)], [3, 2, 2])
+
+    trainer = build()
+    raw = trainer.values[3][0].clone().requires_grad_()
+    (gradient,) = torch.autograd.grad(trainer.meta_loss_of(raw), raw)
+    # The gradient three levels up is small (~1e-5): a wider step keeps round-off out of the difference.
+    numeric = central_difference(lambda r: build().meta_loss_of(r).item(), raw.detach(), 0, 1e-3)
+    assert relative_error(gradient[0].item(), numeric) < 1e-5
+    trainer = build()
+    losses = [trainer.meta_step() for _ in range(4)]
+    assert all(torch.isfinite(torch.tensor(losses))) and trainer.meta_steps == 4
+    assert trainer.inner_step > 0 and set(trainer.hyperparameters()) >= {"0.lr", "1.lr", "2.lr", "3.lr"}
+
+
+def test_meta_training_lowers_the_loss_and_learns_the_lr():
+    trainer = quadratic_trainer([rc.SGD(1e-3, learn="lr"), rc.Adam(0.05)], [10])
+    first = trainer.meta_step()
+    for _ in range(30):
+        last = trainer.meta_step()
+    assert last < 0.5 * first
+    assert trainer.hyperparameters()["0.lr"] > 1.5e-3  # started at 1e-3, far below 1/L (about 0.034)
+
+
+def test_first_order_drops_exactly_the_second_derivative_terms():
+    task = QuadraticFamily(dim=5, seed=1).sample()
+    theta = torch.randn(5, dtype=torch.float64)
+    objective = lambda params, k: task.loss(params[0])  # noqa: E731
+    optimizer = rc.SGD(0.01, learn="lr")
+    raw = optimizer.raw.clone().requires_grad_()
+    # One step: theta_1 = theta_0 - lr g_0, so d f(theta_1) / d log lr = -lr grad f(theta_1) . g_0, either way.
+    for first_order in (False, True):
+        result = unroll(objective, [theta], optimizer, steps=1, raw=raw, first_order=first_order)
+        (gradient,) = torch.autograd.grad(result.meta_loss, raw)
+        g0 = torch.autograd.functional.jacobian(task.loss, theta)
+        theta1 = theta - 0.01 * g0
+        expected = -0.01 * torch.dot(torch.autograd.functional.jacobian(task.loss, theta1), g0)
+        assert gradient.item() == pytest.approx(expected.item(), rel=1e-10)
+    full = torch.autograd.grad(unroll(objective, [theta], optimizer, steps=4, raw=raw).meta_loss, raw)[0]
+    first = torch.autograd.grad(unroll(objective, [theta], optimizer, steps=4, raw=raw, first_order=True).meta_loss,
+                                raw)[0]
+    assert not torch.allclose(full, first)
+
+
+def test_a_window_backpropagates_through_the_last_steps_only():
+    model, objective, _ = mlp_objective()
+    start = [p.detach().clone() for p in model.parameters()]
+    optimizer = rc.Adam(0.01, learn="lr")
+    raw = optimizer.raw.clone().requires_grad_()
+    windowed = unroll(objective, start, optimizer, steps=8, raw=raw, window=3)
+    (gradient,) = torch.autograd.grad(windowed.meta_loss, raw)
+    # The same as running 5 steps without a graph, then 3 steps with one.
+    warm = unroll(objective, start, optimizer, steps=5, raw=raw.detach())
+    params = [p.detach() for p in warm.params]
+    state = {key: [v.detach() for v in value] if isinstance(value, list) else value for key, value in warm.state.items()}
+    tail = unroll(objective, params, optimizer, steps=3, raw=raw, state=state, step_offset=5)
+    (expected,) = torch.autograd.grad(tail.meta_loss, raw)
+    torch.testing.assert_close(gradient, expected, rtol=1e-12, atol=0)
+    assert windowed.meta_loss.item() == tail.meta_loss.item()
+
+
+def _zero_moment_objective(params, k):
+    # The third coordinate's gradient is exactly 0 at every step: Adam's second moment stays 0 there.
+    x = torch.tensor([1.0, 2.0, 0.0], dtype=torch.float64)
+    return ((params[0] * x).sum() - 1.0) ** 2 + 0.1 * params[0][2] ** 2
+
+
+def test_adam_second_derivatives_stay_finite_where_higher_gives_nan():
+    start = torch.zeros(3, dtype=torch.float64)
+    lr = torch.tensor(0.1, dtype=torch.float64, requires_grad=True)
+    # The second derivative in lr is what a depth-2 nested unroll needs.
+    weights = start.clone()
+    theirs = unroll_torch(_zero_moment_objective, [weights], torch.optim.Adam([weights], lr=0.1),
+                          steps=3, override={"lr": lr}).meta_loss
+    (first,) = torch.autograd.grad(theirs, lr, create_graph=True)
+    (second,) = torch.autograd.grad(first, lr)
+    assert torch.isnan(second), "higher's DifferentiableAdam no longer returns NaN here; update this test"
+    raw = torch.log(lr.detach()).reshape(1).requires_grad_()
+    mine = unroll(_zero_moment_objective, [start.clone()], rc.Adam(0.1, learn="lr"), steps=3, raw=raw).meta_loss
+    (first,) = torch.autograd.grad(mine, raw, create_graph=True)
+    (second,) = torch.autograd.grad(first, raw)
+    assert torch.isfinite(first).all() and torch.isfinite(second).all()
+    trainer = MetaTrainer([start.clone()], _zero_moment_objective, [rc.Adam(0.1, learn="lr"), rc.SGD(0.01),
+                                                                    rc.SGD(1e-3)], unroll_steps=[3, 2])
+    for _ in range(3):
+        assert torch.isfinite(torch.tensor(trainer.meta_step()))
+    assert trainer.nonfinite_steps == 0
+
+
+def _live_tensors():
+    gc.collect()
+    with warnings.catch_warnings():  # isinstance() wakes deprecated torch.distributed aliases
+        warnings.simplefilter("ignore")
+        return sum(1 for obj in gc.get_objects() if isinstance(obj, torch.Tensor))
+
+
+def test_no_graph_or_tensor_survives_an_outer_step():
+    trainer = quadratic_trainer([rc.Adam(0.01, learn="lr"), rc.SGD(0.002), rc.SGD(1e-3)], [5, 3])
+    for _ in range(3):
+        trainer.meta_step()
+    baseline = _live_tensors()
+    for _ in range(10):
+        trainer.meta_step()
+        assert all(t.grad_fn is None and not t.requires_grad for values in trainer.values for t in values)
+    assert _live_tensors() == baseline
+
+
+def test_a_diverging_meta_step_is_rolled_back_whole():
+    trainer = quadratic_trainer([rc.SGD(1e-3, learn="lr"), rc.SGD(1e6)], [5])
+    trainer.meta_step()  # lr * 1e6 hypergradient: log lr jumps, the next unroll overflows
+    before = [t.clone() for values in trainer.values for t in values]
+    for _ in range(3):
+        trainer.meta_step()
+    after = [t for values in trainer.values for t in values]
+    assert trainer.nonfinite_steps >= 1
+    assert all(torch.isfinite(t).all() for t in after)
+    if trainer.nonfinite_steps == 3:  # every later step rolled back: nothing moved
+        assert all(torch.equal(a, b) for a, b in zip(before, after))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_unroll_runs_on_cuda():
+    task = QuadraticFamily(dim=6, seed=3, device="cuda").sample()
+    theta = torch.zeros(6, dtype=torch.float64, device="cuda")
+    optimizer = rc.Adam(0.01, learn="lr").to("cuda", torch.float64)
+    raw = optimizer.raw.clone().requires_grad_()
+    result = unroll(lambda params, k: task.loss(params[0]), [theta], optimizer, steps=5, raw=raw)
+    (gradient,) = torch.autograd.grad(result.meta_loss, raw)
+    assert gradient.device.type == "cuda" and result.params[0].device.type == "cuda"
+    trainer = MetaTrainer([theta], lambda params, k: task.loss(params[0]), [rc.SGD(0.01), rc.SGD(1e-3)],
+                          unroll_steps=[4])
+    trainer.meta_step()
+    assert trainer.params[0].device.type == "cuda"
+
+
+BAD_OPTIONS = {
+    "steps 0": ({"steps": 0}, "steps must be an integer >= 1, got 0"),
+    "unknown meta-loss": ({"steps": 3, "meta_loss": "best"}, "meta_loss must be one of"),
+    "validation missing": ({"steps": 3, "meta_loss": "validation"}, "needs validation="),
+    "window too long": ({"steps": 3, "window": 4}, r"window must be an integer in \[1, steps=3\], got 4"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_OPTIONS)
+def test_bad_unroll_options_are_named(case):
+    options, message = BAD_OPTIONS[case]
+    with pytest.raises(ValueError, match=message):
+        unroll(lambda params, k: params[0].sum(), [torch.zeros(2)], rc.SGD(0.1), **options)
+
+
+def test_bad_objectives_and_trainers_are_named():
+    with pytest.raises(ValueError, match=r"scalar tensor, got \(2,\) at inner step 0"):
+        unroll(lambda params, k: params[0] * 2, [torch.zeros(2)], rc.SGD(0.1), steps=2)
+    with pytest.raises(ValueError, match="normalize="):
+        unroll(lambda params, k: params[0].sum(), [torch.zeros(2)], rc.SGD(0.1, normalize="rms"), steps=2)
+    with pytest.raises(ValueError, match="unroll_steps needs one count per learned level \\(2\\), got \\[3\\]"):
+        MetaTrainer([torch.zeros(2)], lambda p, k: p[0].sum(), [rc.SGD(0.1), rc.SGD(0.1), rc.SGD(0.1)],
+                    unroll_steps=[3])
+    with pytest.raises(ValueError, match="at least two optimizers"):
+        MetaTrainer([torch.zeros(2)], lambda p, k: p[0].sum(), [rc.SGD(0.1)], unroll_steps=[])
