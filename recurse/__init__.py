@@ -4,7 +4,7 @@ Any optimizer can learn another optimizer's hyperparameters, which can be
 learned in turn, to any depth.
 """
 
-from recurse import baselines, constraints, problems, transforms
+from recurse import baselines, constraints, graph, problems, transforms
 from recurse.hyper import HyperOptimizer
 from recurse.meta import MetaTrainer
 from recurse.optim import SGD, Adagrad, Adam, AdamW, Hyperparameter, Optimizer, RMSprop
@@ -25,6 +25,7 @@ __all__ = [
     "RMSprop",
     "UnrollResult",
     "constraints",
+    "graph",
     "model_objective",
     "stack",
     "baselines",

@@ -1,0 +1,307 @@
+"""The optimization graph: who optimizes whom, as a ``networkx.DiGraph``.
+
+Nodes are parameter groups (``kind="group"``: model layers or any named
+subset, an optimizer's hyperparameters) and optimizers (``kind="optimizer"``).
+An edge optimizer -> group means "steps"; an edge from an optimizer's
+hyperparameter group to that optimizer means "configures". A tower
+``rc.SGD(0.1, hyper=rc.SGD(1e-3))`` stepping group ``model`` is::
+
+    model/1 -> model/0.hyper -> model/0 -> model
+
+so the topological order is the schedule (the top of a tower steps first, as
+the online engine does). A cycle is an error unless every optimizer on it is
+declared tied (an optimizer that steps its own hyperparameters, built with
+``rc.tower(opt, depth, tie=True)``).
+
+    graph = rc.graph.build(groups={"conv": conv.parameters(), "fc": fc.parameters()},
+                           optimizers={"conv_opt": rc.Adam(1e-3, hyper=rc.SGD(1e-2)), "fc_opt": rc.SGD(0.1)},
+                           steps={"conv_opt": "conv", "fc_opt": "fc"})
+    print(rc.graph.describe(graph)); opt = rc.graph.GraphOptimizer(graph)
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable, Mapping, Sequence
+
+import networkx as nx
+import torch
+from torch import Tensor
+
+from recurse.optim.base import Optimizer
+
+GROUP, OPTIMIZER = "group", "optimizer"
+STEPS, CONFIGURES = "steps", "configures"
+
+
+class GraphError(ValueError):
+    """An optimization graph that cannot be run; the message names the nodes."""
+
+
+def hyper_group(optimizer_name: str) -> str:
+    """Name of the group holding the hyperparameters of ``optimizer_name``."""
+    return f"{optimizer_name}.hyper"
+
+
+def build(groups: Mapping[str, Iterable[Tensor]], optimizers: Mapping[str, Any],
+          steps: Mapping[str, str | Sequence[str]], *, ties: Iterable[str] = (), device=None,
+          dtype: torch.dtype | None = None, validate_graph: bool = True) -> nx.DiGraph:
+    """Build (and validate) the graph.
+
+    ``groups``: name -> parameters. ``optimizers``: name -> an rc.Optimizer
+    (its ``hyper=`` chain is added as nodes ``name/1``, ``name/2``, ...) or
+    any label, for a graph that is only drawn. ``steps``: optimizer name ->
+    the group(s) it steps; ``"<optimizer>.hyper"`` names an optimizer's
+    hyperparameters. ``ties``: optimizers allowed on a cycle. ``device`` and
+    ``dtype``: what every group must be on (default: the first group's).
+    """
+    graph = nx.DiGraph()
+    for name, params in groups.items():
+        params = list(params)
+        graph.add_node(name, kind=GROUP, params=params, **_group_facts(params))
+    ties = set(ties)
+    for name, optimizer in optimizers.items():
+        _add_optimizer(graph, name, optimizer, ties)
+    for name, targets in steps.items():
+        if name not in optimizers:
+            raise GraphError(f"steps names optimizer {name!r}, which is not among optimizers {sorted(optimizers)}")
+        for target in [targets] if isinstance(targets, str) else list(targets):
+            if target not in graph:
+                owner = target[: -len(".hyper")] if target.endswith(".hyper") else None
+                if owner is None or graph.nodes.get(owner, {}).get("kind") != OPTIMIZER:
+                    raise GraphError(f"optimizer {name!r} steps {target!r}, which is neither a group "
+                                     f"{sorted(groups)} nor '<optimizer>.hyper'")
+                _add_hyper_group(graph, owner)
+            graph.add_edge(name, target, relation=STEPS)
+    graph.graph["ties"] = sorted(ties)
+    if validate_graph:
+        validate(graph, device=device, dtype=dtype)
+    return graph
+
+
+def _label(optimizer: Any) -> str:
+    """``rc.SGD(lr=0.1)``: the optimizer and its non-zero values, without its tower."""
+    if not isinstance(optimizer, Optimizer):
+        return str(optimizer)
+    values = ", ".join(f"{k}={v:g}" for k, v in optimizer.current_values().items() if v != 0)
+    return f"rc.{type(optimizer).__name__}({values})"
+
+
+def _add_optimizer(graph: nx.DiGraph, name: str, optimizer: Any, ties: set[str]) -> None:
+    graph.add_node(name, kind=OPTIMIZER, label=_label(optimizer),
+                   optimizer=optimizer if isinstance(optimizer, Optimizer) else None)
+    if not isinstance(optimizer, Optimizer) or optimizer.hyper is None:
+        return
+    _add_hyper_group(graph, name)
+    if optimizer.hyper is optimizer:  # tied: it steps its own hyperparameters
+        graph.add_edge(name, hyper_group(name), relation=STEPS)
+        graph.nodes[name]["label"] += f", tied over {optimizer.tied_depth} levels"
+        ties.add(name)
+        return
+    upper = _next_level_name(name)
+    _add_optimizer(graph, upper, optimizer.hyper, ties)
+    graph.add_edge(upper, hyper_group(name), relation=STEPS)
+
+
+def _next_level_name(name: str) -> str:
+    base, _, level = name.rpartition("/")
+    return f"{base}/{int(level) + 1}" if base and level.isdigit() else f"{name}/1"
+
+
+def _add_hyper_group(graph: nx.DiGraph, owner: str) -> None:
+    name = hyper_group(owner)
+    if name in graph:
+        return
+    optimizer = graph.nodes[owner].get("optimizer")
+    learnable = list(optimizer.learnable) if optimizer is not None else []
+    graph.add_node(name, kind=GROUP, params=[], hyperparameters=learnable, numel=len(learnable), shapes=[],
+                   device=None, dtype=None)
+    graph.add_edge(name, owner, relation=CONFIGURES)
+
+
+def _group_facts(params: list[Tensor]) -> dict[str, Any]:
+    first = params[0] if params else None
+    return {"numel": sum(p.numel() for p in params), "shapes": [list(p.shape) for p in params],
+            "device": None if first is None else str(first.device),
+            "dtype": None if first is None else str(first.dtype).replace("torch.", "")}
+
+
+def validate(graph: nx.DiGraph, *, device=None, dtype: torch.dtype | None = None) -> None:
+    """Raise :class:`GraphError` naming the nodes of the first problem found."""
+    for node, data in graph.nodes(data=True):
+        if data["kind"] != GROUP:
+            continue
+        stepped_by = sorted(u for u, _, r in graph.in_edges(node, data="relation") if r == STEPS)
+        if len(stepped_by) > 1:
+            raise GraphError(f"group {node!r} is stepped by {len(stepped_by)} optimizers {stepped_by}; "
+                             "give each group exactly one")
+        trainable = any(p.requires_grad for p in data.get("params", []))
+        if trainable and not stepped_by:
+            raise GraphError(f"trainable group {node!r} is stepped by no optimizer")
+    ties = set(graph.graph.get("ties", []))
+    for cycle in nx.simple_cycles(graph):
+        optimizers = [node for node in cycle if graph.nodes[node]["kind"] == OPTIMIZER]
+        if not set(optimizers) <= ties:
+            raise GraphError(f"cycle {' -> '.join(cycle + cycle[:1])} is not a declared tie "
+                             f"(untied optimizers on it: {sorted(set(optimizers) - ties)})")
+    _check_devices(graph, device, dtype)
+
+
+def _check_devices(graph: nx.DiGraph, device, dtype) -> None:
+    groups = [(n, d) for n, d in graph.nodes(data=True) if d["kind"] == GROUP and d.get("params")]
+    if not groups:
+        return
+    expected_device = str(torch.device(device)) if device is not None else groups[0][1]["device"]
+    expected_dtype = str(dtype).replace("torch.", "") if dtype is not None else groups[0][1]["dtype"]
+    for name, data in groups:
+        for param in data["params"]:
+            found_device, found_dtype = str(param.device), str(param.dtype).replace("torch.", "")
+            if (found_device, found_dtype) != (expected_device, expected_dtype):
+                raise GraphError(f"group {name!r} holds a {found_dtype} tensor on {found_device}; expected "
+                                 f"{expected_dtype} on {expected_device}")
+
+
+def schedule(graph: nx.DiGraph) -> list[str]:
+    """Optimizers in the order they step: topological order, with the steps of
+    tied optimizers on each other's (or their own) hyperparameters removed."""
+    ties = set(graph.graph.get("ties", []))
+    tie_edges = {(u, hyper_group(owner)) for u in ties for owner in ties}
+    acyclic = nx.DiGraph(edge for edge in graph.edges if edge not in tie_edges)
+    acyclic.add_nodes_from(graph.nodes)
+    return [node for node in nx.lexicographical_topological_sort(acyclic) if graph.nodes[node]["kind"] == OPTIMIZER]
+
+
+def describe(graph: nx.DiGraph) -> str:
+    """One line per optimizer, in schedule order: what it is and what it steps."""
+    lines = []
+    for name in schedule(graph):
+        targets = []
+        for _, group in graph.out_edges(name):
+            data = graph.nodes[group]
+            size = f"hyperparameters {', '.join(data['hyperparameters'])}" \
+                if "hyperparameters" in data else f"{data['numel']} values in {len(data['shapes'])} tensors"
+            targets.append(f"{group} ({size})")
+        lines.append(f"{name}: {graph.nodes[name]['label']} steps {', '.join(sorted(targets)) or 'nothing'}")
+    return "\n".join(lines)
+
+
+def _portable(graph: nx.DiGraph) -> nx.DiGraph:
+    """The graph without tensors and optimizer objects (what exports keep)."""
+    portable = nx.DiGraph()
+    portable.graph.update(graph.graph)
+    for node, data in graph.nodes(data=True):
+        portable.add_node(node, **{k: v for k, v in data.items() if k not in ("params", "optimizer")})
+    portable.add_edges_from(graph.edges(data=True))
+    return portable
+
+
+def to_json(graph: nx.DiGraph) -> str:
+    """Node-link JSON (``networkx.node_link_data``), tensors and objects left out."""
+    return json.dumps(nx.node_link_data(_portable(graph), edges="edges"), indent=1, sort_keys=True)
+
+
+def from_json(text: str) -> nx.DiGraph:
+    """The graph written by :func:`to_json` (for drawing and inspection; no tensors)."""
+    return nx.node_link_graph(json.loads(text), edges="edges")
+
+
+def to_dot(graph: nx.DiGraph) -> str:
+    """Graphviz DOT text (via ``networkx.nx_pydot``): groups are boxes,
+    optimizers ellipses, an optimizer's step of its own hyperparameters dashed."""
+    ties = set(graph.graph.get("ties", []))
+    drawing = nx.DiGraph()
+    for node in sorted(graph.nodes):
+        data = graph.nodes[node]
+        count = data.get("numel", 0)
+        detail = f"{count} value{'' if count == 1 else 's'}" if data["kind"] == GROUP else data["label"]
+        drawing.add_node(node, kind=data["kind"], shape="box" if data["kind"] == GROUP else "ellipse",
+                         label=f'"{node}: {detail}"')
+    for u, v in sorted(graph.edges):
+        relation = graph.edges[u, v]["relation"]
+        style = "dashed" if u in ties and any(v == hyper_group(owner) for owner in ties) else "solid"
+        drawing.add_edge(u, v, relation=relation, label=relation, style=style)
+    return nx.nx_pydot.to_pydot(drawing).to_string()
+
+
+def from_dot(text: str) -> nx.DiGraph:
+    """The structure written by :func:`to_dot`: nodes with ``kind``, edges with ``relation``."""
+    import warnings
+
+    import pydot
+
+    with warnings.catch_warnings():  # pydot's parser uses pyparsing names that pyparsing deprecates
+        warnings.simplefilter("ignore", DeprecationWarning)
+        parsed = nx.nx_pydot.from_pydot(pydot.graph_from_dot_data(text)[0])
+    graph = nx.DiGraph()
+    for node, data in parsed.nodes(data=True):
+        if "kind" in data:  # pydot adds attribute-less default nodes ("node", "edge") for style statements
+            graph.add_node(node.strip('"'), kind=data["kind"])
+    graph.add_edges_from((u.strip('"'), v.strip('"'), {"relation": data["relation"]})
+                         for u, v, data in parsed.edges(data=True))
+    return graph
+
+
+def from_hyper_optimizer(optimizer) -> nx.DiGraph:
+    """The graph of an ``rc.HyperOptimizer``: its parameters as group ``model``,
+    stepped by ``level0``, whose hyperparameters are stepped by ``level0/1``, ..."""
+    return build({"model": optimizer._params}, {"level0": optimizer.levels[0].optimizer}, {"level0": "model"})
+
+
+def from_meta_trainer(trainer) -> nx.DiGraph:
+    """The graph of an ``rc.MetaTrainer``: ``level<i>`` steps ``level<i-1>.hyper``
+    from unrolls of ``unroll_steps[i-1]`` steps (in the node's label)."""
+    optimizers, steps = {}, {}
+    for level, optimizer in enumerate(trainer.optimizers):
+        unrolled = f", from {trainer.unroll_steps[level - 1]}-step unrolls" if level else ""
+        optimizers[f"level{level}"] = _label(optimizer) + unrolled
+        steps[f"level{level}"] = "model" if level == 0 else hyper_group(f"level{level - 1}")
+    return build({"model": trainer.params}, optimizers, steps)
+
+
+class GraphOptimizer(torch.optim.Optimizer):
+    """Per-group optimizers from a graph: one ``rc.HyperOptimizer`` per
+    optimizer node that steps model groups (over all the groups it steps,
+    so one node stepping several groups shares its state: weight tying),
+    stepped in schedule order. Towers come from each optimizer's ``hyper=``."""
+
+    def __init__(self, graph: nx.DiGraph, **options: Any) -> None:
+        from recurse.hyper import HyperOptimizer
+
+        self.graph = graph
+        self.optimizers: dict[str, HyperOptimizer] = {}
+        for name in schedule(graph):
+            data = graph.nodes[name]
+            model_groups = [g for _, g in graph.out_edges(name) if graph.nodes[g].get("params")]
+            if not model_groups:
+                continue
+            if data["optimizer"] is None:
+                raise GraphError(f"optimizer node {name!r} steps {model_groups} but holds no rc.Optimizer "
+                                 f"(it is only a label: {data['label']!r})")
+            params = [p for group in sorted(model_groups) for p in graph.nodes[group]["params"]]
+            self.optimizers[name] = HyperOptimizer(params, data["optimizer"], **options)
+        all_params = [p for opt in self.optimizers.values() for p in opt._params]
+        super().__init__(all_params, defaults={})
+
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for optimizer in self.optimizers.values():
+            optimizer.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for optimizer in self.optimizers.values():
+            optimizer.zero_grad(set_to_none=set_to_none)
+
+    def hyperparameters(self) -> dict[str, float]:
+        return {f"{name}:{key}": value for name, opt in self.optimizers.items()
+                for key, value in opt.hyperparameters().items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: opt.state_dict() for name, opt in self.optimizers.items()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(state_dict[name])

@@ -1,0 +1,153 @@
+"""The optimization graph: validation errors name the nodes, exports round-trip,
+the drawing of a tied tower is stable, per-group optimizers train."""
+
+from pathlib import Path
+
+import networkx as nx
+import pytest
+import torch
+
+import recurse as rc
+from recurse import graph as rg
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def two_layer_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+
+
+def tied_tower_graph():
+    model = two_layer_model()
+    # Three levels: Adam trains the model, an SGD tied over 2 levels learns Adam's lr and its own.
+    tower = rc.stack(rc.Adam(1e-3, learn="lr"), rc.tower(rc.SGD(0.01), 2, tie=True))
+    return rg.build({"model": model.parameters()}, {"adam": tower}, {"adam": "model"})
+
+
+def test_a_tied_three_level_tower_draws_as_the_golden_file():
+    dot = rg.to_dot(tied_tower_graph())
+    assert dot == (GOLDEN / "tied_tower.dot").read_text()
+
+
+def test_dot_and_json_exports_round_trip():
+    graph = tied_tower_graph()
+
+    def same(a, b):
+        return nx.is_isomorphic(a, b, node_match=lambda x, y: x["kind"] == y["kind"],
+                                edge_match=lambda x, y: x["relation"] == y["relation"])
+
+    from_json = rg.from_json(rg.to_json(graph))
+    assert same(graph, from_json) and sorted(from_json.nodes) == sorted(graph.nodes)
+    assert from_json.nodes["adam.hyper"]["hyperparameters"] == ["lr"]
+    from_dot = rg.from_dot(rg.to_dot(graph))
+    assert same(graph, from_dot) and sorted(from_dot.nodes) == sorted(graph.nodes)
+
+
+def test_schedule_steps_the_top_of_each_tower_first():
+    model = two_layer_model()
+    graph = rg.build({"hidden": model[0].parameters(), "out": model[2].parameters()},
+                     {"adam": rc.Adam(1e-2, hyper=rc.SGD(1e-3, hyper=rc.SGD(1e-4))), "sgd": rc.SGD(0.1)},
+                     {"adam": "hidden", "sgd": "out"})
+    assert rg.schedule(graph) == ["adam/2", "adam/1", "adam", "sgd"]
+    text = rg.describe(graph)
+    assert "adam/1: rc.SGD(lr=0.001) steps adam.hyper (hyperparameters lr, beta1, beta2, eps)" in text
+    assert "sgd: rc.SGD(lr=0.1) steps out (18 values in 2 tensors)" in text
+
+
+def test_per_group_optimizers_train_each_group_with_its_own_rule():
+    model = two_layer_model()
+    graph = rg.build({"hidden": model[0].parameters(), "out": model[2].parameters()},
+                     {"adam": rc.Adam(1e-2), "sgd": rc.SGD(0.1, momentum=0.9)}, {"adam": "hidden", "sgd": "out"})
+    opt = rg.GraphOptimizer(graph)
+    reference = two_layer_model()
+    references = [torch.optim.Adam(reference[0].parameters(), lr=1e-2),
+                  torch.optim.SGD(reference[2].parameters(), lr=0.1, momentum=0.9)]
+    inputs, targets = torch.randn(16, 4), torch.randn(16, 2)
+    for _ in range(5):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(inputs), targets).backward()
+        opt.step()
+        for each in references:
+            each.zero_grad()
+        torch.nn.functional.mse_loss(reference(inputs), targets).backward()
+        for each in references:
+            each.step()
+    for mine, theirs in zip(model.parameters(), reference.parameters()):
+        assert torch.equal(mine, theirs)
+    assert set(opt.state_dict()) == {"adam", "sgd"}
+
+
+def test_a_group_can_carry_its_own_tower():
+    model = two_layer_model()
+    graph = rg.build({"hidden": model[0].parameters(), "out": model[2].parameters()},
+                     {"adam": rc.Adam(1e-2), "sgd": rc.tower(rc.SGD(0.1), 2, tie=True)}, {"adam": "hidden", "sgd": "out"})
+    opt = rg.GraphOptimizer(graph)
+    inputs, targets = torch.randn(16, 4), torch.randn(16, 2)
+    for _ in range(5):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(inputs), targets).backward()
+        opt.step()
+    values = opt.hyperparameters()
+    assert values["adam:0.lr"] == 1e-2 and values["sgd:0.lr"] != 0.1
+
+
+def test_one_optimizer_stepping_two_groups_shares_one_state():
+    model = two_layer_model()
+    graph = rg.build({"hidden": model[0].parameters(), "out": model[2].parameters()},
+                     {"shared": rc.SGD(0.1, hyper=rc.SGD(1e-3))}, {"shared": ["hidden", "out"]})
+    opt = rg.GraphOptimizer(graph)
+    assert list(opt.optimizers) == ["shared"] and len(opt.optimizers["shared"]._params) == 4
+
+
+def test_a_group_stepped_by_two_optimizers_is_named():
+    model = two_layer_model()
+    with pytest.raises(rg.GraphError, match=r"group 'hidden' is stepped by 2 optimizers \['a', 'b'\]"):
+        rg.build({"hidden": model[0].parameters(), "out": model[2].parameters()},
+                 {"a": rc.SGD(0.1), "b": rc.SGD(0.1)}, {"a": ["hidden", "out"], "b": "hidden"})
+
+
+def test_an_unreached_trainable_group_is_named():
+    model = two_layer_model()
+    with pytest.raises(rg.GraphError, match="trainable group 'out' is stepped by no optimizer"):
+        rg.build({"hidden": model[0].parameters(), "out": model[2].parameters()}, {"a": rc.SGD(0.1)},
+                 {"a": "hidden"})
+
+
+def test_a_cycle_that_is_not_a_declared_tie_is_named():
+    model = two_layer_model()
+    groups = {"hidden": model[0].parameters(), "out": model[2].parameters()}
+    optimizers = {"a": "learned optimizer A", "b": "learned optimizer B"}
+    steps = {"a": ["hidden", "b.hyper"], "b": ["out", "a.hyper"]}
+    with pytest.raises(rg.GraphError, match=r"cycle .*a.* is not a declared tie \(untied optimizers on it: \['a', 'b'\]\)"):
+        rg.build(groups, optimizers, steps)
+    graph = rg.build(groups, optimizers, steps, ties=["a", "b"])  # declared: allowed
+    assert rg.schedule(graph) == ["a", "b"]
+
+
+def test_a_group_on_the_wrong_device_or_dtype_is_named():
+    model = two_layer_model()
+    with pytest.raises(rg.GraphError, match="group 'out' holds a float64 tensor on cpu; expected float32 on cpu"):
+        rg.build({"hidden": model[0].parameters(), "out": [torch.zeros(3, dtype=torch.float64, requires_grad=True)]},
+                 {"a": rc.SGD(0.1)}, {"a": ["hidden", "out"]})
+    with pytest.raises(rg.GraphError, match="group 'hidden' holds a float32 tensor on cpu; expected float64 on cpu"):
+        rg.build({"hidden": model[0].parameters()}, {"a": rc.SGD(0.1)}, {"a": "hidden"}, dtype=torch.float64)
+
+
+def test_unknown_names_in_steps_are_named():
+    model = two_layer_model()
+    with pytest.raises(rg.GraphError, match=r"steps names optimizer 'c', which is not among optimizers \['a'\]"):
+        rg.build({"hidden": model[0].parameters()}, {"a": rc.SGD(0.1)}, {"a": "hidden", "c": "hidden"})
+    with pytest.raises(rg.GraphError, match="optimizer 'a' steps 'fc', which is neither a group"):
+        rg.build({"hidden": model[0].parameters()}, {"a": rc.SGD(0.1)}, {"a": ["hidden", "fc"]})
+
+
+def test_graphs_of_the_two_engines():
+    model = two_layer_model()
+    online = rc.HyperOptimizer(model.parameters(), rc.stack(rc.Adam(1e-3), rc.SGD(1e-2), rc.SGD(1e-3)))
+    assert rg.schedule(rg.from_hyper_optimizer(online)) == ["level0/2", "level0/1", "level0"]
+    trainer = rc.MetaTrainer([torch.zeros(3)], lambda p, k: p[0].square().sum(), [rc.SGD(0.1), rc.Adam(0.01)],
+                             unroll_steps=[5])
+    graph = rg.from_meta_trainer(trainer)
+    assert rg.schedule(graph) == ["level1", "level0"]
+    assert "from 5-step unrolls" in graph.nodes["level1"]["label"]
