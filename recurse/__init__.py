@@ -4,7 +4,7 @@ Any optimizer can learn another optimizer's hyperparameters, which can be
 learned in turn, to any depth.
 """
 
-from recurse import baselines, constraints, graph, problems, transforms
+from recurse import baselines, checkpoint, constraints, graph, problems, transforms
 from recurse.hyper import HyperOptimizer
 from recurse.meta import MetaTrainer
 from recurse.optim import SGD, Adagrad, Adam, AdamW, Hyperparameter, Optimizer, RMSprop
@@ -29,6 +29,7 @@ __all__ = [
     "model_objective",
     "stack",
     "baselines",
+    "checkpoint",
     "problems",
     "tower",
     "transforms",

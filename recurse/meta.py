@@ -132,6 +132,30 @@ class MetaTrainer:
         self.last_meta_loss = loss.item()
         return self.last_meta_loss
 
+    def state_dict(self) -> dict:
+        """Everything a resumed run needs: every level's values and optimizer
+        state, the top normaliser, the step counters."""
+        return {"values": [[t.clone() for t in values] for values in self.values],
+                "states": _detach_tree(self.states), "top_norm_state": _detach_tree(self.top_norm_state),
+                "inner_step": self.inner_step, "meta_steps": self.meta_steps,
+                "nonfinite_steps": self.nonfinite_steps, "last_meta_loss": self.last_meta_loss}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Continue exactly where :meth:`state_dict` was taken (the objective
+        must give the same batch for the same inner step)."""
+        values = state_dict["values"]
+        if len(values) != len(self.values) or any(len(a) != len(b) for a, b in zip(values, self.values)):
+            raise ValueError(f"rc.MetaTrainer.load_state_dict: the checkpoint has {len(values)} levels of sizes "
+                             f"{[len(v) for v in values]}, this trainer {[len(v) for v in self.values]}")
+        reference = self.values[0][0]
+        self.values = [[t.to(reference.device) for t in level] for level in values]
+        self.states = list(state_dict["states"])
+        self.top_norm_state = state_dict["top_norm_state"]
+        self.inner_step, self.meta_steps = state_dict["inner_step"], state_dict["meta_steps"]
+        self.nonfinite_steps, self.last_meta_loss = state_dict["nonfinite_steps"], state_dict["last_meta_loss"]
+        for optimizer, level in zip(self.optimizers[:-1], self.values[1:]):
+            optimizer.raw = level[0]
+
     def _level_loss(self, level: int, values: list[Tensor]) -> Tensor:
         """The objective of level ``level`` at ``values`` (theta for level 0)."""
         if level == 0:

@@ -81,11 +81,12 @@ def test_a_storage_that_cannot_be_opened_names_the_url():
 
 def test_budget_is_counted_in_one_currency_for_every_method(linear, tmp_path):
     steps, budget = 30, 120
-    runs = compare(linear, methods=["fixed", "depth1", "depth2", "grid", "random", "tpe"], budget=budget,
-                   steps=steps, batch_size=64, seeds=[0], out=tmp_path, quiet=True)
+    runs = compare(linear, methods=["fixed", "depth1", "depth2", "unroll10", "grid", "random", "tpe"],
+                   budget=budget, steps=steps, batch_size=64, seeds=[0], out=tmp_path, quiet=True)
     spent = {run.method: run.result.gradient_evaluations for run in runs}
-    assert spent == {"fixed": steps, "depth1": steps, "depth2": steps, "grid": budget, "random": budget,
-                     "tpe": budget}
+    # The unrolled run: 3 unrolls of 10 inner steps, plus one meta-gradient each.
+    assert spent == {"fixed": steps, "depth1": steps, "depth2": steps, "unroll10": steps + 3, "grid": budget,
+                     "random": budget, "tpe": budget}
     for run in runs:  # the search curves end at the budget they report
         if run.search_curve:
             assert run.search_curve[-1][0] == budget
@@ -113,6 +114,7 @@ def test_tower_optimizer_learns_only_the_lr_from_the_same_start():
     assert towered.current_values() == pytest.approx(base.current_values(), rel=1e-12)
     assert towered.learnable == ("lr",)
     assert parse_method("depth3") == ("tower", 3) and parse_method("tpe") == ("search", None)
+    assert parse_method("unroll20") == ("unroll", 20)
     with pytest.raises(ValueError, match="unknown method 'depthX'"):
         parse_method("depthX")
 

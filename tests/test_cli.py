@@ -31,11 +31,12 @@ def test_compare_quick_prints_the_table_and_writes_finite_results(tmp_path, caps
     out = tmp_path / "compare"
     assert main(["compare", "--task", "digits", "--quick", "--quiet", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    for method in ("fixed", "depth1", "depth2", "grid", "random", "tpe"):
+    methods = ["fixed", "depth1", "depth2", "unroll10", "grid", "random", "tpe"]
+    for method in methods:
         assert f"| {method} |" in printed
     with open(out / "summary.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert [row["method"] for row in rows] == ["fixed", "depth1", "depth2", "grid", "random", "tpe"]
+    assert [row["method"] for row in rows] == methods
     for row in rows:
         assert math.isfinite(float(row["valid_loss_mean"])) and 0 <= float(row["valid_accuracy_mean"]) <= 1
     for plot in ("loss_vs_evaluations.png", "hyperparameters.png", "optuna_history_grid.png",

@@ -286,3 +286,25 @@ def test_bad_objectives_and_trainers_are_named():
                     unroll_steps=[3])
     with pytest.raises(ValueError, match="at least two optimizers"):
         MetaTrainer([torch.zeros(2)], lambda p, k: p[0].sum(), [rc.SGD(0.1)], unroll_steps=[])
+
+
+def test_a_meta_trainer_resumes_bit_for_bit_from_its_state_dict():
+    def build():
+        return quadratic_trainer([rc.Adam(0.01, learn="lr"), rc.SGD(0.002, momentum=0.5), rc.Adam(1e-3)], [4, 2])
+
+    uninterrupted = build()
+    for _ in range(6):
+        uninterrupted.meta_step()
+    first = build()
+    for _ in range(3):
+        first.meta_step()
+    saved = first.state_dict()
+    resumed = build()
+    resumed.load_state_dict(saved)
+    for _ in range(3):
+        resumed.meta_step()
+    for mine, theirs in zip(resumed.values, uninterrupted.values):
+        assert all(torch.equal(a, b) for a, b in zip(mine, theirs))
+    assert resumed.hyperparameters() == uninterrupted.hyperparameters()
+    with pytest.raises(ValueError, match="the checkpoint has 3 levels"):
+        quadratic_trainer([rc.SGD(0.01), rc.SGD(0.01)], [3]).load_state_dict(saved)

@@ -1,6 +1,6 @@
 """recurse side by side with Optuna on one task, one budget, several seeds.
 
-    rows = rc.baselines.compare("digits", methods=["fixed", "depth1", "depth2", "grid", "random", "tpe"],
+    rows = rc.baselines.compare("digits", methods=["fixed", "depth1", "depth2", "unroll10", "grid", "random", "tpe"],
                                 optimizer="sgd", budget=3200, steps=200, seeds=[0, 1, 2], out="results/compare")
 
 Methods (all of one base ``optimizer``, "sgd" or "adam"):
@@ -9,6 +9,9 @@ Methods (all of one base ``optimizer``, "sgd" or "adam"):
 - ``depthN``: an online tower of height N started from the same values; the
   levels above 0 are SGD on the log learning rate with RMS-normalised
   hypergradients (see ``tower_optimizer``). One run.
+- ``unrollK`` (e.g. ``unroll20``): the unrolled engine: level 0's lr is
+  learned by Adam(0.1) on its log from K-step unrolls (``rc.MetaTrainer``),
+  the parameters carrying forward; ``steps`` inner steps in all, one run.
 - ``grid``, ``random``, ``tpe``: an Optuna study over the same knobs with
   ``budget // steps`` trials of ``steps`` steps each; reported by its best
   trial.
@@ -44,13 +47,14 @@ from recurse.baselines.search import (
     run_search,
 )
 from recurse.baselines.storage import sqlite_url
-from recurse.baselines.training import Diverged, TrainingResult, train
+from recurse.baselines.training import Diverged, TrainingResult, train, train_unrolled
 from recurse.problems import make_task
 from recurse.problems.supervised import SupervisedTask
 
 START = {"sgd": {"lr": 0.01}, "adam": {"lr": 1e-3}}
 HYPER_LR = (0.05, 0.01)  # level 1, levels >= 2
-DEFAULT_METHODS = ("fixed", "depth1", "depth2", "grid", "random", "tpe")
+UNROLL_META_LR = 0.1
+DEFAULT_METHODS = ("fixed", "depth1", "depth2", "unroll10", "grid", "random", "tpe")
 
 
 def tower_optimizer(optimizer: str, depth: int, *, start: dict | None = None) -> rc.Optimizer:
@@ -74,15 +78,17 @@ def _constructor_values(optimizer: rc.Optimizer) -> dict:
 
 
 def parse_method(name: str) -> tuple[str, int | None]:
-    """("search", None) for an Optuna sampler, ("tower", depth) otherwise."""
+    """("search", None) for an Optuna sampler, ("tower", depth) for fixed or
+    depthN, ("unroll", K) for unrollK."""
     if name in SAMPLERS:
         return "search", None
     if name == "fixed":
         return "tower", 0
-    match = re.fullmatch(r"depth([0-9]+)", name)
-    if match:
-        return "tower", int(match.group(1))
-    raise ValueError(f"unknown method {name!r}; expected 'fixed', 'depthN' (N >= 1) or one of {list(SAMPLERS)}")
+    match = re.fullmatch(r"(depth|unroll)([0-9]+)", name)
+    if match and int(match.group(2)) >= 1:
+        return ("tower" if match.group(1) == "depth" else "unroll"), int(match.group(2))
+    raise ValueError(f"unknown method {name!r}; expected 'fixed', 'depthN', 'unrollK' (N, K >= 1) or one of "
+                     f"{list(SAMPLERS)}")
 
 
 @dataclass
@@ -102,6 +108,19 @@ def run_tower(task: SupervisedTask, optimizer: str, depth: int, *, steps: int, b
     method = "fixed" if depth == 0 else f"depth{depth}"
     try:
         result = train(task, tower_optimizer(optimizer, depth), steps=steps, batch_size=batch_size, seed=seed)
+        return MethodRun(method, seed, result)
+    except Diverged as error:
+        return MethodRun(method, seed, error.result, failed=str(error))
+
+
+def run_unrolled(task: SupervisedTask, optimizer: str, unroll_steps: int, *, steps: int, batch_size: int | None,
+                 seed: int) -> MethodRun:
+    method = f"unroll{unroll_steps}"
+    base = OPTIMIZERS[optimizer](**START[optimizer])
+    base = type(base)(**{**_constructor_values(base), "learn": ("lr",)})
+    try:
+        result = train_unrolled(task, base, rc.Adam(UNROLL_META_LR), steps=steps, unroll_steps=unroll_steps,
+                                batch_size=batch_size, seed=seed)
         return MethodRun(method, seed, result)
     except Diverged as error:
         return MethodRun(method, seed, error.result, failed=str(error))
@@ -153,12 +172,15 @@ def compare(task: str | SupervisedTask = "digits", *, methods: Sequence[str] = D
     runs, studies = [], {}
     jobs = [(name, seed) for seed in seeds for name in methods]
     for name, seed in tqdm(jobs, desc=f"compare on {task.name}", disable=quiet):
-        kind, depth = kinds[name]
+        kind, size = kinds[name]  # tower depth or unroll length
         if kind == "search":
             run, studies[(name, seed)] = run_optuna(task, optimizer, name, knobs=knobs, budget=budget, steps=steps,
                                                     batch_size=batch_size, seed=seed, storage=storage)
+        elif kind == "unroll":
+            run = _cached(out, name, seed, lambda: run_unrolled(task, optimizer, size, steps=steps,
+                                                                 batch_size=batch_size, seed=seed))
         else:
-            run = _cached(out, name, seed, lambda: run_tower(task, optimizer, depth, steps=steps,
+            run = _cached(out, name, seed, lambda: run_tower(task, optimizer, size, steps=steps,
                                                               batch_size=batch_size, seed=seed))
         runs.append(run)
     if out is not None:
@@ -264,7 +286,8 @@ def write_report(out: Path, config: dict, runs: list[MethodRun], studies: dict) 
         if run.seed == first_seed and not run.search_curve:
             for name, values in run.result.hyperparameters.items():
                 axis.plot(range(1, len(values) + 1), values, label=f"{run.method}: {name}")
-    axis.set(yscale="log", xlabel="step", ylabel="learned value", title="Hyperparameters learned online")
+    axis.set(yscale="log", xlabel="step (meta-step for unrolled methods)", ylabel="learned value",
+             title="Learned hyperparameters")
     axis.grid(alpha=0.3)
     if axis.lines:
         axis.legend(fontsize=8)

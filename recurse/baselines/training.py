@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import torch
+
 import recurse as rc
 from recurse.problems.supervised import SupervisedTask
 
@@ -101,4 +103,52 @@ def train(task: SupervisedTask, optimizer: rc.Optimizer, *, steps: int, batch_si
     result.valid_accuracy = task.valid_accuracy(model)
     result.nonfinite_steps = opt.nonfinite_steps
     result.hyperparameters = opt.history()
+    return result
+
+
+def train_unrolled(task: SupervisedTask, optimizer: rc.Optimizer, meta_optimizer: rc.Optimizer, *, steps: int,
+                   unroll_steps: int = 20, batch_size: int | None = 128, seed: int = 0, hidden: int = 32,
+                   patience: int = 3, on_eval: Callable[[int, float], None] | None = None) -> TrainingResult:
+    """Train for ``steps`` inner steps with ``optimizer``, whose learnable
+    hyperparameters ``meta_optimizer`` learns from ``unroll_steps``-step
+    unrolls (an ``rc.MetaTrainer`` of depth 1; the parameters carry forward
+    between unrolls). Gradient evaluations: one per inner step plus one per
+    meta-gradient (its backward pass runs through the whole unroll, which the
+    wall time shows). Validation after every meta-step."""
+    if steps < unroll_steps:
+        raise ValueError(f"train_unrolled: steps ({steps}) must cover one unroll of {unroll_steps}")
+    model = task.model(hidden, seed=seed)
+    objective = rc.model_objective(model, task.criterion, task.batch_at(batch_size, seed=seed))
+    trainer = rc.MetaTrainer(list(model.parameters()), objective, [optimizer, meta_optimizer],
+                             unroll_steps=[unroll_steps])
+    result = TrainingResult(hyperparameters={f"0.{name}": [] for name in optimizer.learnable})
+    start = time.perf_counter()
+    rolled_back = 0
+    while trainer.inner_step + unroll_steps <= steps:
+        before = trainer.nonfinite_steps
+        trainer.meta_step()
+        rolled_back = rolled_back + 1 if trainer.nonfinite_steps > before else 0
+        result.gradient_evaluations += unroll_steps + 1
+        if rolled_back >= patience:
+            result.seconds = time.perf_counter() - start
+            result.nonfinite_steps = trainer.nonfinite_steps
+            error = Diverged(f"{patience} consecutive meta-steps rolled back as non-finite by gradient evaluation "
+                             f"{result.gradient_evaluations}")
+            error.result = result
+            raise error
+        with torch.no_grad():
+            for param, value in zip(model.parameters(), trainer.params):
+                param.copy_(value)
+        valid_loss = task.valid_loss(model)
+        result.curve.append((result.gradient_evaluations, valid_loss))
+        for name, value in trainer.hyperparameters().items():
+            if name in result.hyperparameters:
+                result.hyperparameters[name].append(value)
+        if on_eval is not None:
+            on_eval(result.gradient_evaluations, valid_loss)
+    result.seconds = time.perf_counter() - start
+    result.final_valid_loss = result.curve[-1][1]
+    result.best_valid_loss = min(loss for _, loss in result.curve)
+    result.valid_accuracy = task.valid_accuracy(model)
+    result.nonfinite_steps = trainer.nonfinite_steps
     return result

@@ -68,11 +68,26 @@ class SupervisedTask:
                 index = order[start:start + batch_size]
                 yield self.train_inputs[index], self.train_targets[index]
 
-    def loss(self, model: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
+    def batch_at(self, batch_size: int | None, *, seed: int = 0):
+        """``batch_at(k)``: the k-th mini-batch of :meth:`batches`, for
+        engines that address batches by step index (the unrolled engine)."""
+        stream, seen = self.batches(batch_size, seed=seed), []
+
+        def batch(k: int) -> tuple[Tensor, Tensor]:
+            while len(seen) <= k:
+                seen.append(next(stream))
+            return seen[k]
+
+        return batch
+
+    def criterion(self, outputs: Tensor, targets: Tensor) -> Tensor:
         """Cross-entropy for classification, mean squared error otherwise."""
         if self.classification:
-            return nn.functional.cross_entropy(model(inputs), targets)
-        return nn.functional.mse_loss(model(inputs), targets)
+            return nn.functional.cross_entropy(outputs, targets)
+        return nn.functional.mse_loss(outputs, targets)
+
+    def loss(self, model: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
+        return self.criterion(model(inputs), targets)
 
     def valid_loss(self, model: nn.Module) -> float:
         with torch.no_grad():

@@ -1,0 +1,54 @@
+"""Checkpoints that survive a kill at any moment.
+
+``save`` writes to a temporary file in the target's folder, flushes it to
+disk, then renames it over the target (``os.replace`` is atomic on POSIX and
+Windows): a process killed mid-save leaves the previous checkpoint intact
+and, at worst, a stray ``*.tmp`` file. ``load`` reads with ``torch.load``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def save(obj: Any, path: str | os.PathLike) -> None:
+    """Write ``obj`` (anything ``torch.save`` takes: state dicts, RNG states) atomically to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def load(path: str | os.PathLike, *, map_location=None) -> Any:
+    """Read a checkpoint written by :func:`save` (tensors and Python containers only)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"rc.checkpoint.load: no checkpoint at {str(path)!r}")
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def rng_state() -> dict[str, Any]:
+    """The global RNG states a resumed run must restore (CPU, and CUDA when present)."""
+    state = {"torch": torch.random.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.random.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
