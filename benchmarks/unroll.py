@@ -116,19 +116,25 @@ def with_recurse(model, batch_at, steps, variant):
     return trainer.meta_step
 
 
-def measure(make, model, batch_at, steps, variant, repeats):
-    outer_step = make(model, batch_at, steps, variant)
-    outer_step()  # warm-up
-    with SavedBytes() as saved:
-        outer_step()
-    times = []
+def measure(model, batch_at, steps, variant, repeats):
+    """Median ms per outer step and peak graph MB, hand-written vs recurse,
+    the two timed in alternation so that machine noise hits both alike."""
+    outer_steps = [make(model, batch_at, steps, variant) for make in (handwritten, with_recurse)]
+    memory = []
+    for outer_step in outer_steps:
+        outer_step()  # warm-up
+        with SavedBytes() as saved:
+            outer_step()
+        memory.append(saved.peak / 2**20)
+    times = [[], []]
     for _ in range(repeats):
-        start = time.perf_counter()
-        outer_step()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times), saved.peak / 2**20
+        for index, outer_step in enumerate(outer_steps):
+            start = time.perf_counter()
+            outer_step()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            times[index].append(time.perf_counter() - start)
+    return [1000 * statistics.median(t) for t in times], memory
 
 
 def main(argv=None):
@@ -139,15 +145,14 @@ def main(argv=None):
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     model, batch_at = setup(args.device)
-    print(f"digits MLP 64-128-10, batch 128, SGD inner steps, {args.device}, median of {args.repeats}; "
+    print(f"digits MLP 64-128-10, batch 128, SGD inner steps, {args.device}, median of {args.repeats}, interleaved; "
           f"memory = peak of tensors held for backward\n")
     print("| K | variant | hand-written ms | recurse ms | time ratio | hand-written MB | recurse MB |")
     print("|---|---|---|---|---|---|---|")
     rows = []
     for variant in ("full", "window", "first order"):
         for steps in args.steps:
-            hand_ms, hand_mb = measure(handwritten, model, batch_at, steps, variant, args.repeats)
-            mine_ms, mine_mb = measure(with_recurse, model, batch_at, steps, variant, args.repeats)
+            (hand_ms, mine_ms), (hand_mb, mine_mb) = measure(model, batch_at, steps, variant, args.repeats)
             label = f"window {WINDOW}" if variant == "window" else variant
             print(f"| {steps} | {label} | {hand_ms:.1f} | {mine_ms:.1f} | {mine_ms / hand_ms:.2f}x | "
                   f"{hand_mb:.1f} | {mine_mb:.1f} |", flush=True)

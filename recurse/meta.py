@@ -42,12 +42,14 @@ class MetaTrainer:
     unrolls (see :func:`recurse.unroll.unroll`); higher levels use the final
     meta-loss of the level below. A meta-step whose loss or meta-gradient is
     not finite is rolled back whole and counted in ``nonfinite_steps``.
+    Every tensor follows the parameters' device (``device=`` moves them
+    there first); the objective must compute on that device too.
     """
 
     def __init__(self, params: Sequence[Tensor], objective: Objective, optimizers: Sequence[Optimizer], *,
                  unroll_steps: Sequence[int], meta_loss: str = "final",
                  validation: Callable[[list[Tensor]], Tensor] | None = None, first_order: bool = False,
-                 window: int | None = None) -> None:
+                 window: int | None = None, device: torch.device | str | None = None) -> None:
         optimizers = list(optimizers)
         if len(optimizers) < 2:
             raise ValueError(f"rc.MetaTrainer: needs at least two optimizers (one trains, one learns it), "
@@ -64,7 +66,7 @@ class MetaTrainer:
         _check_options(unroll_steps[0], meta_loss, validation, window)
         for steps in unroll_steps[1:]:
             _check_options(steps, "final", None, None)
-        params = [p.detach() for p in params]
+        params = [p.detach() if device is None else p.detach().to(device) for p in params]
         if not params:
             raise ValueError("rc.MetaTrainer: got an empty parameter list")
         reference = params[0]

@@ -255,10 +255,10 @@ def test_unroll_runs_on_cuda():
     result = unroll(lambda params, k: task.loss(params[0]), [theta], optimizer, steps=5, raw=raw)
     (gradient,) = torch.autograd.grad(result.meta_loss, raw)
     assert gradient.device.type == "cuda" and result.params[0].device.type == "cuda"
-    trainer = MetaTrainer([theta], lambda params, k: task.loss(params[0]), [rc.SGD(0.01), rc.SGD(1e-3)],
-                          unroll_steps=[4])
+    trainer = MetaTrainer([theta.cpu()], lambda params, k: task.loss(params[0]), [rc.SGD(0.01), rc.SGD(1e-3)],
+                          unroll_steps=[4], device="cuda")
     trainer.meta_step()
-    assert trainer.params[0].device.type == "cuda"
+    assert trainer.params[0].device.type == "cuda" and trainer.optimizers[0].raw.device.type == "cuda"
 
 
 BAD_OPTIONS = {
