@@ -47,21 +47,25 @@ TRAJECTORY_CASES = {
 }
 
 
+def torch_optim_trajectory(make_torch, batch_at, steps=15):
+    """The parameters after a plain torch.optim loop over the same batches."""
+    reference = small_mlp(seed=0)
+    opt = make_torch(reference.parameters())
+    for k in range(steps):
+        inputs, targets = batch_at(k)
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(reference(inputs), targets).backward()
+        opt.step()
+    return list(reference.parameters())
+
+
 @pytest.mark.parametrize("name", TRAJECTORY_CASES)
 def test_unroll_at_fixed_hyperparameters_is_the_torch_optim_trajectory(name):
     make_recurse, make_torch = TRAJECTORY_CASES[name]
     model, objective, batch_at = mlp_objective()
     start = [p.detach().clone() for p in model.parameters()]
     unrolled = unroll(objective, start, make_recurse(), steps=15).params
-
-    reference = small_mlp(seed=0)
-    opt = make_torch(reference.parameters())
-    for k in range(15):
-        inputs, targets = batch_at(k)
-        opt.zero_grad()
-        torch.nn.functional.mse_loss(reference(inputs), targets).backward()
-        opt.step()
-    for mine, theirs in zip(unrolled, reference.parameters()):
+    for mine, theirs in zip(unrolled, torch_optim_trajectory(make_torch, batch_at)):
         assert torch.equal(mine.detach(), theirs.detach())
 
 
@@ -70,14 +74,8 @@ def test_unroll_torch_follows_the_torch_optim_trajectory():
     start = [p.detach().clone() for p in model.parameters()]
     # eps = 0: higher's Adam adds eps outside sqrt(1 - beta2^t), torch.optim inside; otherwise the same math.
     unrolled = unroll_torch(objective, start, torch.optim.Adam(start, lr=0.01, eps=0.0), steps=15).params
-    reference = small_mlp(seed=0)
-    opt = torch.optim.Adam(reference.parameters(), lr=0.01, eps=0.0)
-    for k in range(15):
-        inputs, targets = batch_at(k)
-        opt.zero_grad()
-        torch.nn.functional.mse_loss(reference(inputs), targets).backward()
-        opt.step()
-    for mine, theirs in zip(unrolled, reference.parameters()):
+    reference = torch_optim_trajectory(lambda params: torch.optim.Adam(params, lr=0.01, eps=0.0), batch_at)
+    for mine, theirs in zip(unrolled, reference):
         torch.testing.assert_close(mine.detach(), theirs.detach(), rtol=1e-12, atol=1e-14)
 
 

@@ -40,6 +40,28 @@ class TrainingResult:
     def to_dict(self) -> dict:
         return dict(self.__dict__)
 
+    def record(self, task: SupervisedTask, model, on_eval) -> None:
+        """Measure the validation loss now; raise Diverged if it is not finite."""
+        valid_loss = task.valid_loss(model)
+        if not math.isfinite(valid_loss):
+            raise self.diverged(f"validation loss {valid_loss} at gradient evaluation {self.gradient_evaluations}")
+        self.curve.append((self.gradient_evaluations, valid_loss))
+        if on_eval is not None:
+            on_eval(self.gradient_evaluations, valid_loss)
+
+    def diverged(self, reason: str) -> "Diverged":
+        """A Diverged error carrying this (partial) result."""
+        error = Diverged(reason)
+        error.result = self
+        return error
+
+    def finish(self, task: SupervisedTask, model, seconds: float, nonfinite_steps: int) -> "TrainingResult":
+        self.seconds, self.nonfinite_steps = seconds, nonfinite_steps
+        self.final_valid_loss = self.curve[-1][1]
+        self.best_valid_loss = min(loss for _, loss in self.curve)
+        self.valid_accuracy = task.valid_accuracy(model)
+        return self
+
     @classmethod
     def from_dict(cls, data: dict) -> "TrainingResult":
         data = dict(data)
@@ -69,14 +91,6 @@ def train(task: SupervisedTask, optimizer: rc.Optimizer, *, steps: int, batch_si
     result = TrainingResult()
     consecutive_rollbacks = 0
     start = time.perf_counter()
-
-    def fail(reason: str):
-        result.seconds = time.perf_counter() - start
-        result.nonfinite_steps = opt.nonfinite_steps
-        error = Diverged(reason)
-        error.result = result
-        return error
-
     for step in range(1, steps + 1):
         inputs, targets = next(batches)
         opt.zero_grad()
@@ -86,24 +100,14 @@ def train(task: SupervisedTask, optimizer: rc.Optimizer, *, steps: int, batch_si
         rolled_back = opt.nonfinite_steps
         opt.step()
         consecutive_rollbacks = consecutive_rollbacks + 1 if opt.nonfinite_steps > rolled_back else 0
+        result.seconds, result.nonfinite_steps = time.perf_counter() - start, opt.nonfinite_steps
         if consecutive_rollbacks >= patience:
-            raise fail(f"{patience} consecutive steps rolled back as non-finite (training loss {loss.item():.3g}) "
-                       f"by gradient evaluation {result.gradient_evaluations}")
+            raise result.diverged(f"{patience} consecutive steps rolled back as non-finite (training loss "
+                                  f"{loss.item():.3g}) by gradient evaluation {result.gradient_evaluations}")
         if step % eval_every == 0 or step == steps:
-            valid_loss = task.valid_loss(model)
-            if not math.isfinite(valid_loss):
-                raise fail(f"validation loss {valid_loss} at gradient evaluation {result.gradient_evaluations}")
-            result.curve.append((result.gradient_evaluations, valid_loss))
-            if on_eval is not None:
-                on_eval(result.gradient_evaluations, valid_loss)
-
-    result.seconds = time.perf_counter() - start
-    result.final_valid_loss = result.curve[-1][1]
-    result.best_valid_loss = min(loss for _, loss in result.curve)
-    result.valid_accuracy = task.valid_accuracy(model)
-    result.nonfinite_steps = opt.nonfinite_steps
+            result.record(task, model, on_eval)
     result.hyperparameters = opt.history()
-    return result
+    return result.finish(task, model, time.perf_counter() - start, opt.nonfinite_steps)
 
 
 def train_unrolled(task: SupervisedTask, optimizer: rc.Optimizer, meta_optimizer: rc.Optimizer, *, steps: int,
@@ -129,26 +133,15 @@ def train_unrolled(task: SupervisedTask, optimizer: rc.Optimizer, meta_optimizer
         trainer.meta_step()
         rolled_back = rolled_back + 1 if trainer.nonfinite_steps > before else 0
         result.gradient_evaluations += unroll_steps + 1
+        result.seconds, result.nonfinite_steps = time.perf_counter() - start, trainer.nonfinite_steps
         if rolled_back >= patience:
-            result.seconds = time.perf_counter() - start
-            result.nonfinite_steps = trainer.nonfinite_steps
-            error = Diverged(f"{patience} consecutive meta-steps rolled back as non-finite by gradient evaluation "
-                             f"{result.gradient_evaluations}")
-            error.result = result
-            raise error
+            raise result.diverged(f"{patience} consecutive meta-steps rolled back as non-finite by gradient "
+                                  f"evaluation {result.gradient_evaluations}")
         with torch.no_grad():
             for param, value in zip(model.parameters(), trainer.params):
                 param.copy_(value)
-        valid_loss = task.valid_loss(model)
-        result.curve.append((result.gradient_evaluations, valid_loss))
         for name, value in trainer.hyperparameters().items():
             if name in result.hyperparameters:
                 result.hyperparameters[name].append(value)
-        if on_eval is not None:
-            on_eval(result.gradient_evaluations, valid_loss)
-    result.seconds = time.perf_counter() - start
-    result.final_valid_loss = result.curve[-1][1]
-    result.best_valid_loss = min(loss for _, loss in result.curve)
-    result.valid_accuracy = task.valid_accuracy(model)
-    result.nonfinite_steps = trainer.nonfinite_steps
-    return result
+        result.record(task, model, on_eval)
+    return result.finish(task, model, time.perf_counter() - start, trainer.nonfinite_steps)
