@@ -217,6 +217,9 @@ class HyperOptimizer(torch.optim.Optimizer):
                 loss = closure()
             if loss is None:
                 raise ValueError("rc.HyperOptimizer.step: the closure returned None; it must return the loss")
+            if not isinstance(loss, Tensor) or loss.numel() != 1:
+                found = f"shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else type(loss).__name__
+                raise ValueError(f"rc.HyperOptimizer.step: the closure must return the scalar loss, got {found}")
         grads = self._model_grads()
         with torch.enable_grad():
             points = [None if level.last_update is None else level.last_update.raw for level in self.levels]

@@ -136,8 +136,11 @@ class MetaTrainer:
 
     def state_dict(self) -> dict:
         """Everything a resumed run needs: every level's values and optimizer
-        state, the top normaliser, the step counters."""
-        return {"values": [[t.clone() for t in values] for values in self.values],
+        state, the top normaliser, the step counters and the global RNG state
+        (restored by :meth:`load_state_dict`, for objectives that draw from it)."""
+        from recurse.checkpoint import rng_state
+
+        return {"rng": rng_state(), "values": [[t.clone() for t in values] for values in self.values],
                 "states": _detach_tree(self.states), "top_norm_state": _detach_tree(self.top_norm_state),
                 "inner_step": self.inner_step, "meta_steps": self.meta_steps,
                 "nonfinite_steps": self.nonfinite_steps, "last_meta_loss": self.last_meta_loss}
@@ -145,6 +148,8 @@ class MetaTrainer:
     def load_state_dict(self, state_dict: dict) -> None:
         """Continue exactly where :meth:`state_dict` was taken (the objective
         must give the same batch for the same inner step)."""
+        from recurse.checkpoint import set_rng_state
+
         values = state_dict["values"]
         if len(values) != len(self.values) or any(len(a) != len(b) for a, b in zip(values, self.values)):
             raise ValueError(f"rc.MetaTrainer.load_state_dict: the checkpoint has {len(values)} levels of sizes "
@@ -157,6 +162,7 @@ class MetaTrainer:
         self.nonfinite_steps, self.last_meta_loss = state_dict["nonfinite_steps"], state_dict["last_meta_loss"]
         for optimizer, level in zip(self.optimizers[:-1], self.values[1:]):
             optimizer.raw = level[0]
+        set_rng_state(state_dict["rng"])
 
     def _level_loss(self, level: int, values: list[Tensor]) -> Tensor:
         """The objective of level ``level`` at ``values`` (theta for level 0)."""

@@ -52,12 +52,20 @@ def test_a_killed_search_resumes_with_every_grid_cell_run_once(tmp_path):
 
     trials = load_trials(storage, name)
     completed = [t for t in trials if t.state == COMPLETE]
-    stale = [t for t in trials if t.state == FAIL]
     assert len(completed) == 8
     grid = SEARCH_SPACES["adam"]["lr"].grid(8)
     assert sorted(t.params["lr"] for t in completed) == sorted(grid)  # every cell once: none lost, none twice
-    assert len(stale) == 1 and FAIL_REASON not in stale[0].user_attrs
-    assert [t.user_attrs[RETRY_OF] for t in completed if RETRY_OF in t.user_attrs] == [stale[0].number]
+    # The killed trial was either heard from (a heartbeat): failed as stale and its parameters rerun; or
+    # killed before Optuna's first heartbeat: then Optuna never fails it and it stays RUNNING, while the
+    # grid reruns its cell. Either way the completed trials are exact.
+    stale = [t for t in trials if t.state == FAIL]
+    orphans = [t for t in trials if t.state == RUNNING]
+    assert len(stale) + len(orphans) == 1
+    retried = [t.user_attrs[RETRY_OF] for t in completed if RETRY_OF in t.user_attrs]
+    if stale:
+        assert FAIL_REASON not in stale[0].user_attrs and retried == [stale[0].number]
+    else:
+        assert retried == []
 
 
 def test_two_workers_share_one_postgresql_study():

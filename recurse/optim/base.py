@@ -230,10 +230,9 @@ class Optimizer:
 def _check_hyper(owner: str, hyper: Any) -> Optimizer | None:
     if hyper is None or isinstance(hyper, Optimizer):
         return hyper
-    raise TypeError(
-        f"{owner}: hyper= must be an rc.Optimizer (for example rc.SGD(1e-4)) or None, "
-        f"got {type(hyper).__module__}.{type(hyper).__qualname__}"
-    )
+    found = (f"the class {hyper.__module__}.{hyper.__qualname__}" if isinstance(hyper, type)
+             else f"{type(hyper).__module__}.{type(hyper).__qualname__}")
+    raise TypeError(f"{owner}: hyper= must be an rc.Optimizer (for example rc.SGD(1e-4)) or None, got {found}")
 
 
 def finite_float(owner: str, name: str, value: Any) -> float:

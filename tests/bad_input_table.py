@@ -1,0 +1,160 @@
+"""Every misuse a user can make that recurse catches, with the error it gets.
+
+One row per misuse: (id, what the user did, a call that does it, the error
+type, a regex of the message). ``tests/test_bad_input.py`` runs every row;
+``docs/bad_input.md`` is this table in Markdown, written by
+
+    python tests/bad_input_table.py > docs/bad_input.md
+
+and a test checks the two agree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import torch
+
+import recurse as rc
+
+
+class CommandLineError(Exception):
+    """What ``python -m recurse`` printed on stderr when it exited non-zero."""
+
+
+def command_line(*argv: str) -> None:
+    from recurse.cli import main
+
+    errors = io.StringIO()
+    with contextlib.redirect_stderr(errors), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = main(list(argv))
+        except SystemExit as exit_:  # argparse rejects bad choices with exit code 2
+            code = exit_.code
+    if code:
+        raise CommandLineError(errors.getvalue().strip().splitlines()[-1])
+
+
+def _params(*tensors):
+    return lambda: list(tensors)
+
+
+def _model_params():
+    torch.manual_seed(0)
+    return list(torch.nn.Linear(4, 2).parameters())
+
+
+def _closure_step(value):
+    opt = rc.HyperOptimizer(_model_params(), rc.SGD(0.1))
+    return opt.step(lambda: value)
+
+
+def _graph(steps, **options):
+    params = _model_params()
+    return rc.graph.build({"weight": params[:1], "bias": params[1:]}, {"a": "A", "b": "B"}, steps, **options)
+
+
+ROWS = [
+    ("negative-lr", "a negative learning rate", lambda: rc.SGD(-0.1), ValueError,
+     r"lr must be a finite number > 0, got -0.1"),
+    ("zero-lr", "a zero learning rate", lambda: rc.SGD(0.0), ValueError, r"lr must be a finite number > 0, got 0.0"),
+    ("nan-lr", "a NaN learning rate", lambda: rc.Adam(float("nan")), ValueError, r"lr must be .* got nan"),
+    ("beta2-at-1", "beta2 = 1", lambda: rc.Adam(1e-3, betas=(0.9, 1.0)), ValueError,
+     r"beta2 must be a number in the open interval \(0, 1\), got 1.0"),
+    ("negative-beta1", "a negative beta1", lambda: rc.Adam(1e-3, betas=(-0.1, 0.99)), ValueError,
+     r"beta1 must be .* or exactly 0 \(off\), got -0.1"),
+    ("betas-not-a-pair", "betas given as one number", lambda: rc.Adam(1e-3, betas=0.9), ValueError,
+     r"betas must be a pair \(beta1, beta2\), got 0.9"),
+    ("momentum-above-1", "momentum above 1", lambda: rc.SGD(0.1, momentum=1.5), ValueError,
+     r"momentum must be .*got 1.5"),
+    ("zero-eps", "eps = 0", lambda: rc.RMSprop(1e-2, eps=0.0), ValueError, r"eps must be a finite number > 0, got 0.0"),
+    ("lr-as-string", "a learning rate given as a string", lambda: rc.SGD("0.1"), TypeError,
+     r"lr must be a real number, got str '0.1'"),
+    ("nesterov-without-momentum", "Nesterov without momentum", lambda: rc.SGD(0.1, nesterov=True), ValueError,
+     r"nesterov=True needs momentum > 0 and dampening = 0, got momentum=0.0"),
+    ("hyper-not-an-optimizer", "hyper= given a torch.optim class", lambda: rc.SGD(0.1, hyper=torch.optim.SGD),
+     TypeError, r"hyper= must be an rc.Optimizer .* got the class torch.optim.sgd.SGD"),
+    ("learn-an-off-knob", "learning a knob that is 0 (off)", lambda: rc.SGD(0.1, learn=("momentum",)), ValueError,
+     r"cannot learn 'momentum': it is 0"),
+    ("learn-unknown-name", "learn= naming a knob the optimizer lacks", lambda: rc.SGD(0.1, learn=("gamma",)),
+     ValueError, r"learn= names unknown hyperparameter 'gamma'"),
+    ("unknown-normalizer", "an unknown normaliser", lambda: rc.SGD(0.1, normalize="batch"), ValueError,
+     r"normalize must be None, 'rms'"),
+    ("negative-accumulator", "a negative initial accumulator", lambda: rc.Adagrad(0.1, initial_accumulator_value=-1.0),
+     ValueError, r"initial_accumulator_value must be >= 0"),
+    ("negative-depth", "a tower of depth < 0", lambda: rc.tower(rc.SGD(0.1), depth=-1), ValueError,
+     r"depth must be an integer >= 0, got -1"),
+    ("fractional-depth", "a fractional depth", lambda: rc.tower(rc.SGD(0.1), depth=2.5), ValueError,
+     r"depth must be an integer >= 0, got 2.5"),
+    ("stack-non-optimizer", "a non-optimizer in rc.stack", lambda: rc.stack(rc.SGD(0.1), "sgd"), TypeError,
+     r"argument 1 must be an rc.Optimizer, got str"),
+    ("empty-params", "an empty parameter list", lambda: rc.HyperOptimizer([], rc.SGD(0.1)), ValueError,
+     r"got an empty parameter list"),
+    ("torch-optimizer", "a torch.optim class as the tower",
+     lambda: rc.HyperOptimizer(_model_params(), torch.optim.SGD), TypeError, r"must be an rc.Optimizer"),
+    ("mixed-dtypes", "parameters of mixed dtypes",
+     lambda: rc.HyperOptimizer([torch.zeros(3, requires_grad=True),
+                                torch.zeros(3, dtype=torch.float64, requires_grad=True)], rc.SGD(0.1)),
+     ValueError, r"parameter 1 is torch.float64 on cpu but parameter 0 is torch.float32 on cpu"),
+    ("no-requires-grad", "a parameter that does not require grad",
+     lambda: rc.HyperOptimizer([torch.zeros(3)], rc.SGD(0.1)), ValueError,
+     r"parameter 0 \(shape \(3,\)\) does not require grad"),
+    ("integer-param", "an integer parameter", lambda: rc.HyperOptimizer([torch.zeros(3, dtype=torch.long)], rc.SGD(0.1)),
+     TypeError, r"parameter 0 has dtype torch.int64; expected floating point"),
+    ("single-tensor", "one tensor instead of a list", lambda: rc.HyperOptimizer(torch.zeros(3, requires_grad=True),
+                                                                                  rc.SGD(0.1)),
+     TypeError, r"params must be an iterable of tensors, got a single tensor"),
+    ("group-options", "options in a param group",
+     lambda: rc.HyperOptimizer([{"params": [torch.zeros(3, requires_grad=True)], "lr": 0.1}], rc.SGD(0.1)),
+     ValueError, r"param group 0 sets \['lr'\]"),
+    ("hyper-with-nothing-to-learn", "hyper= on an optimizer that learns nothing",
+     lambda: rc.HyperOptimizer(_model_params(), rc.SGD(0.1, learn=(), hyper=rc.SGD(0.1))), ValueError,
+     r"has hyper= but nothing to learn"),
+    ("bad-guard", "an unknown guard mode", lambda: rc.HyperOptimizer(_model_params(), rc.SGD(0.1), guard="ignore"),
+     ValueError, r"guard must be one of \('skip', 'raise', 'off'\), got 'ignore'"),
+    ("closure-returns-none", "a closure that returns None", lambda: _closure_step(None), ValueError,
+     r"the closure returned None; it must return the loss"),
+    ("closure-non-scalar", "a closure whose loss is not a scalar", lambda: _closure_step(torch.ones(3)), ValueError,
+     r"the closure must return the scalar loss, got shape \(3,\)"),
+    ("unroll-non-scalar", "an unroll objective that is not a scalar",
+     lambda: rc.unroll(lambda p, k: p[0] * 2, [torch.zeros(2)], rc.SGD(0.1), steps=2), ValueError,
+     r"the objective must return a scalar tensor, got \(2,\) at inner step 0"),
+    ("unroll-zero-steps", "an unroll of 0 steps",
+     lambda: rc.unroll(lambda p, k: p[0].sum(), [torch.zeros(2)], rc.SGD(0.1), steps=0), ValueError,
+     r"steps must be an integer >= 1, got 0"),
+    ("meta-trainer-steps", "unroll_steps not matching the levels",
+     lambda: rc.MetaTrainer([torch.zeros(2)], lambda p, k: p[0].sum(), [rc.SGD(0.1), rc.SGD(0.1), rc.SGD(0.1)],
+                            unroll_steps=[3]), ValueError, r"unroll_steps needs one count per learned level \(2\), got \[3\]"),
+    ("graph-two-steppers", "a group stepped by two optimizers", lambda: _graph({"a": ["weight", "bias"], "b": "bias"}),
+     rc.graph.GraphError, r"group 'bias' is stepped by 2 optimizers \['a', 'b'\]"),
+    ("graph-unreached", "a trainable group stepped by none", lambda: _graph({"a": "weight"}), rc.graph.GraphError,
+     r"trainable group 'bias' is stepped by no optimizer"),
+    ("graph-untied-cycle", "a cycle that is not a declared tie",
+     lambda: _graph({"a": ["weight", "b.hyper"], "b": ["bias", "a.hyper"]}), rc.graph.GraphError,
+     r"cycle .* is not a declared tie"),
+    ("storage-url", "an Optuna storage URL that cannot be opened",
+     lambda: rc.baselines.open_storage("nosuchdriver://x"), ValueError,
+     r"cannot open Optuna storage 'nosuchdriver://x'"),
+    ("cli-unknown-task", "an unknown task name on the command line",
+     lambda: command_line("compare", "--task", "cifar"), CommandLineError, r"invalid choice: 'cifar'"),
+    ("cli-unknown-method", "an unknown method name on the command line",
+     lambda: command_line("compare", "--methods", "bayes", "--quiet"), CommandLineError,
+     r"recurse: error: unknown method 'bayes'"),
+    ("cli-bad-device", "an unknown device on the command line", lambda: command_line("demo", "--device", "nonsense"),
+     CommandLineError, r"recurse: error: unknown --device 'nonsense'"),
+]
+
+
+def markdown() -> str:
+    lines = ["# Bad input and the errors it gets", "",
+             "Every row is a test (`tests/test_bad_input.py` runs `tests/bad_input_table.py`). Errors name the "
+             "bad value and what was expected; nothing is updated before the check passes.", "",
+             "| id | misuse | error | message (regex) |", "|---|---|---|---|"]
+    for row_id, misuse, _, error, message in ROWS:
+        lines.append(f"| {row_id} | {misuse} | `{error.__name__}` | `{message.replace('|', '&#124;')}` |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown(), end="")

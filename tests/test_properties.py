@@ -1,0 +1,109 @@
+"""Property tests (hypothesis): random shapes, dtypes, groups, hyperparameters
+and depths. Example counts are fixed by the settings below."""
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import recurse as rc
+
+PROPERTY_SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+shapes = st.lists(st.integers(0, 4), min_size=0, max_size=3).map(tuple)  # () is 0-d; a 0 makes it empty
+dtypes = st.sampled_from([torch.float32, torch.float64])
+
+
+@st.composite
+def optimizer_pairs(draw):
+    """(recurse optimizer, torch.optim factory) with the same random settings."""
+    lr = draw(st.floats(1e-4, 0.5))
+    kind = draw(st.sampled_from(["sgd", "adam", "adamw", "rmsprop", "adagrad"]))
+    if kind == "sgd":
+        momentum = draw(st.sampled_from([0.0, 0.5, 0.9]))
+        nesterov = momentum > 0 and draw(st.booleans())
+        weight_decay = draw(st.sampled_from([0.0, 1e-2]))
+        return (rc.SGD(lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov),
+                lambda p: torch.optim.SGD(p, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov))
+    if kind in ("adam", "adamw"):
+        betas = (draw(st.floats(0.0, 0.99)), draw(st.floats(0.5, 0.999)))
+        weight_decay = draw(st.sampled_from([0.0, 1e-2]))
+        ours, theirs = (rc.Adam, torch.optim.Adam) if kind == "adam" else (rc.AdamW, torch.optim.AdamW)
+        return (ours(lr, betas=betas, weight_decay=weight_decay),
+                lambda p: theirs(p, lr=lr, betas=betas, weight_decay=weight_decay))
+    if kind == "rmsprop":
+        centered = draw(st.booleans())
+        return rc.RMSprop(lr, centered=centered), lambda p: torch.optim.RMSprop(p, lr=lr, centered=centered)
+    return rc.Adagrad(lr), lambda p: torch.optim.Adagrad(p, lr=lr)
+
+
+@PROPERTY_SETTINGS
+@given(group_shapes=st.lists(st.lists(shapes, min_size=1, max_size=3), min_size=1, max_size=3), dtype=dtypes,
+       pair=optimizer_pairs(), seed=st.integers(0, 2**16))
+def test_depth_zero_is_torch_optim_on_any_shapes_dtypes_and_groups(group_shapes, dtype, pair, seed):
+    ours, make_theirs = pair
+    generator = torch.Generator().manual_seed(seed)
+    starts = [[torch.randn(shape, generator=generator, dtype=dtype) for shape in group] for group in group_shapes]
+    mine = [[t.clone().requires_grad_() for t in group] for group in starts]
+    theirs = [[t.clone().requires_grad_() for t in group] for group in starts]
+    opt = rc.HyperOptimizer([{"params": group} for group in mine], ours)
+    reference = make_theirs([p for group in theirs for p in group])
+    for _ in range(4):
+        grads = [torch.randn(t.shape, generator=generator, dtype=dtype) for group in starts for t in group]
+        for params in (mine, theirs):
+            for param, grad in zip([p for group in params for p in group], grads):
+                param.grad = grad.clone()
+        opt.step()
+        reference.step()
+    for a, b in zip([p for group in mine for p in group], [p for group in theirs for p in group]):
+        assert torch.equal(a, b)
+
+
+@PROPERTY_SETTINGS
+@given(depth=st.integers(0, 6), tie=st.booleans(), base_lr=st.floats(1e-4, 10.0), hyper_lr=st.floats(1e-4, 1.0),
+       seed=st.integers(0, 2**16), dim=st.integers(1, 8))
+def test_towers_on_random_quadratics_never_hold_a_non_finite_value(depth, tie, base_lr, hyper_lr, seed, dim):
+    task = rc.problems.QuadraticFamily(dim, seed=seed).sample()
+    theta = torch.zeros(dim, dtype=torch.float64, requires_grad=True)
+    tower = rc.tower(rc.SGD(base_lr), depth, tie=True) if tie and depth else rc.stack(
+        rc.SGD(base_lr), *[rc.SGD(hyper_lr) for _ in range(depth)])
+    opt = rc.HyperOptimizer([theta], tower)
+    for _ in range(30):
+        opt.zero_grad()
+        task.loss(theta).backward()
+        opt.step()
+        assert torch.isfinite(theta).all()
+        assert all(torch.isfinite(level.optimizer.raw).all() for level in opt.levels)
+    assert opt.step_count + opt.nonfinite_steps == 30
+
+
+@PROPERTY_SETTINGS
+@given(depth=st.integers(0, 4), stop_at=st.integers(0, 12), seed=st.integers(0, 2**16),
+       family=st.sampled_from(["sgd", "adam"]))
+def test_state_dict_round_trips_at_any_step(depth, stop_at, seed, family):
+    task = rc.problems.QuadraticFamily(4, seed=seed).sample()
+
+    def build():
+        theta = torch.zeros(4, dtype=torch.float64, requires_grad=True)
+        base = rc.SGD(0.01, momentum=0.5) if family == "sgd" else rc.Adam(0.05)
+        return theta, rc.HyperOptimizer([theta], rc.stack(base, *[rc.SGD(1e-3, normalize="rms")
+                                                                  for _ in range(depth)]))
+
+    def run(theta, opt, steps):
+        for _ in range(steps):
+            opt.zero_grad()
+            task.loss(theta).backward()
+            opt.step()
+
+    whole_theta, whole = build()
+    run(whole_theta, whole, 12)
+    first_theta, first = build()
+    run(first_theta, first, stop_at)
+    saved = first.state_dict()
+    resumed_theta, resumed = build()
+    with torch.no_grad():
+        resumed_theta.copy_(first_theta)
+    resumed.load_state_dict(saved)
+    run(resumed_theta, resumed, 12 - stop_at)
+    assert torch.equal(resumed_theta, whole_theta)
+    assert resumed.hyperparameters() == whole.hyperparameters()
