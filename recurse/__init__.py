@@ -4,10 +4,10 @@ Any optimizer can learn another optimizer's hyperparameters, which can be
 learned in turn, to any depth.
 """
 
-from recurse import baselines, checkpoint, constraints, graph, problems, transforms
+from recurse import baselines, checkpoint, constraints, exact, graph, problems, transforms
 from recurse.hyper import HyperOptimizer
 from recurse.meta import MetaTrainer
-from recurse.optim import SGD, Adagrad, Adam, AdamW, Hyperparameter, Optimizer, RMSprop
+from recurse.optim import SGD, Adagrad, Adam, AdamW, Hyperparameter, Newton, Optimizer, RMSprop
 from recurse.tower import stack, tower
 from recurse.unroll import UnrollResult, model_objective, unroll, unroll_torch
 
@@ -21,10 +21,12 @@ __all__ = [
     "HyperOptimizer",
     "Hyperparameter",
     "MetaTrainer",
+    "Newton",
     "Optimizer",
     "RMSprop",
     "UnrollResult",
     "constraints",
+    "exact",
     "graph",
     "model_objective",
     "stack",

@@ -220,6 +220,11 @@ class HyperOptimizer(torch.optim.Optimizer):
             if not isinstance(loss, Tensor) or loss.numel() != 1:
                 found = f"shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else type(loss).__name__
                 raise ValueError(f"rc.HyperOptimizer.step: the closure must return the scalar loss, got {found}")
+        if self.levels[0].optimizer.needs_loss_graph:
+            if closure is None:
+                raise ValueError(f"rc.HyperOptimizer.step: {self.levels[0].optimizer!r} needs the loss; call "
+                                 "step(closure) with a closure that returns it without calling backward")
+            closure = self._gradients_from(loss)
         grads = self._model_grads()
         with torch.enable_grad():
             points = [None if level.last_update is None else level.last_update.raw for level in self.levels]
@@ -233,6 +238,19 @@ class HyperOptimizer(torch.optim.Optimizer):
         self.last_hypergradients, self._hypergradient_points = hypergradients, points
         self._commit(proposal)
         return loss
+
+    def _gradients_from(self, loss: Tensor) -> Callable[[], Tensor]:
+        """Fill .grad from ``loss`` keeping its graph, for a level 0 that
+        differentiates the loss again (Newton); returns a closure giving it."""
+        if not loss.requires_grad:
+            raise ValueError("rc.HyperOptimizer.step: the closure's loss does not depend on the parameters "
+                             "(was backward called inside it, or the loss detached?)")
+        with torch.enable_grad():
+            grads = torch.autograd.grad(loss, self._params, retain_graph=True, allow_unused=True,
+                                        materialize_grads=True)
+        for param, grad in zip(self._params, grads):
+            param.grad = grad.detach()
+        return lambda: loss
 
     def _model_grads(self) -> list[Tensor]:
         grads = []
@@ -290,7 +308,9 @@ class HyperOptimizer(torch.optim.Optimizer):
             optimizer = level.optimizer
             if index == 0:
                 targets = [p.detach() for p in self._params]
-                if optimizer.is_learned and optimizer.update_depends_on_params():
+                if optimizer.needs_loss_graph:  # it differentiates the loss at the very parameters
+                    targets = list(self._params)
+                elif optimizer.is_learned and optimizer.update_depends_on_params():
                     # Kept by the last update, and the model changes in place.
                     targets = [p.clone() for p in targets]
                 target_grads = grads

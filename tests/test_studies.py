@@ -54,3 +54,31 @@ def test_depth_sweep_quick_measures_every_depth(tmp_path):
     assert [row["depth"] for row in rows] == [0, 1, 2, 4, 8]
     assert all(math.isfinite(row["valid_loss"]) and row["ms_per_step"] > 0 for row in rows)
     assert (tmp_path / "depth_sweep.png").stat().st_size > 10_000
+
+
+def test_one_exact_step_quick_reaches_the_closed_form_in_one_newton_step(tmp_path):
+    closed, one_step, basins = load("one_exact_step").main(["--quick", "--out", str(tmp_path)])
+    float64 = [row["relative_error"] for row in closed if row["dtype"] == "float64"]
+    assert max(float64) < 1e-12
+    assert {row["order"] for row in one_step} == {1, 2, 3, 4}
+    assert all(math.isfinite(row["start_loss"]) for row in one_step)
+    assert {row["method"] for row in basins} == {"gradient descent", "Newton", "Taylor order 3"}
+    for name in ("closed_form.csv", "one_step.csv", "basins.csv", "summary.md"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert (tmp_path / "basins.png").stat().st_size > 10_000
+
+
+def test_precision_quick_locates_minimisers_to_about_sqrt_eps_by_values(tmp_path):
+    rows = load("precision").main(["--quick", "--out", str(tmp_path)])
+    by_values = [row for row in rows if row["method"].startswith("function values")]
+    for row in by_values:  # never better than eps, never worse than 10 sqrt(eps) (the formula's scale)
+        eps = {"float32": 2.0**-24, "float64": 2.0**-53}[row["dtype"]]
+        assert row["error"] < 10 * math.sqrt(eps)
+    assert (tmp_path / "precision.png").stat().st_size > 10_000
+
+
+def test_flatness_quick_measures_every_method(tmp_path):
+    rows = load("flatness").main(["--quick", "--out", str(tmp_path)])
+    assert len(rows) == len(load("flatness").methods())
+    assert all(math.isfinite(row["sharpness"]) and row["sharpness"] > 0 for row in rows)
+    assert (tmp_path / "flatness.png").stat().st_size > 10_000

@@ -3,7 +3,8 @@
 from recurse.optim.adagrad import Adagrad
 from recurse.optim.adam import Adam, AdamW
 from recurse.optim.base import Hyperparameter, Optimizer
+from recurse.optim.newton import Newton
 from recurse.optim.rmsprop import RMSprop
 from recurse.optim.sgd import SGD
 
-__all__ = ["Adagrad", "Adam", "AdamW", "Hyperparameter", "Optimizer", "RMSprop", "SGD"]
+__all__ = ["Adagrad", "Adam", "AdamW", "Hyperparameter", "Newton", "Optimizer", "RMSprop", "SGD"]

@@ -88,6 +88,9 @@ class Optimizer:
     """
 
     hyperparameter_specs: ClassVar[tuple[Hyperparameter, ...]] = ()
+    # True for rules that need the loss's graph (Newton's Hessian): the
+    # online engine then requires step(closure) and takes the gradient itself.
+    needs_loss_graph: ClassVar[bool] = False
 
     def __init__(
         self,

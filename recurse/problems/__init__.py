@@ -1,6 +1,7 @@
 """Tasks to optimize, all generated offline or shipped by a package."""
 
 from recurse.problems.digits import MNIST1D, Digits
+from recurse.problems.landscapes import Cubic, XCosPiX
 from recurse.problems.quadratic import Quadratic, QuadraticFamily
 from recurse.problems.regression import LinearRegression, SyntheticRegression
 from recurse.problems.rosenbrock import Rosenbrock
@@ -16,5 +17,5 @@ def make_task(name: str, **options) -> SupervisedTask:
     return TASKS[name](**options)
 
 
-__all__ = ["MNIST1D", "TASKS", "Digits", "LinearRegression", "Quadratic", "QuadraticFamily", "Rosenbrock",
-           "SupervisedTask", "SyntheticRegression", "make_task"]
+__all__ = ["MNIST1D", "TASKS", "Cubic", "Digits", "LinearRegression", "Quadratic", "QuadraticFamily", "Rosenbrock",
+           "SupervisedTask", "SyntheticRegression", "XCosPiX", "make_task"]
