@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 import recurse as rc
 from recurse.problems import Quadratic, QuadraticFamily
+from recurse.reporting import saved_figure
 
 
 @dataclass
@@ -124,27 +125,20 @@ def write_outputs(out: Path, config: dict, results: dict[str, list[RunResult]]) 
 
 
 def plot(path: Path, results: dict[str, list[RunResult]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, (loss_axis, lr_axis) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for name, runs in results.items():
-        steps = range(1, len(runs[0].losses) + 1)
-        mean_loss = [statistics.geometric_mean([max(r.losses[i], 1e-300) for r in runs]) for i in range(len(steps))]
-        loss_axis.plot(steps, mean_loss, label=name)
-        lr_axis.plot(steps, runs[0].learned_lr, label=name)
-    loss_axis.set(xlabel="step (= gradient evaluations)", ylabel="loss f(theta), geometric mean over tasks",
-                  yscale="log", title="Quadratic family, 10-d")
-    lr_axis.set(xlabel="step (= gradient evaluations)", ylabel="level-0 learning rate (task 0)", yscale="log",
-                title="Learning rate learned online")
-    for axis in (loss_axis, lr_axis):
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    with saved_figure(path, 1, 2, figsize=(12, 4.5)) as (_, (loss_axis, lr_axis)):
+        for name, runs in results.items():
+            steps = range(1, len(runs[0].losses) + 1)
+            mean_loss = [statistics.geometric_mean([max(r.losses[i], 1e-300) for r in runs])
+                         for i in range(len(steps))]
+            loss_axis.plot(steps, mean_loss, label=name)
+            lr_axis.plot(steps, runs[0].learned_lr, label=name)
+        loss_axis.set(xlabel="step (= gradient evaluations)", ylabel="loss f(theta), geometric mean over tasks",
+                      yscale="log", title="Quadratic family, 10-d")
+        lr_axis.set(xlabel="step (= gradient evaluations)", ylabel="level-0 learning rate (task 0)", yscale="log",
+                    title="Learning rate learned online")
+        for axis in (loss_axis, lr_axis):
+            axis.grid(alpha=0.3)
+            axis.legend(fontsize=8)
 
 
 def run_demo(*, tasks: int = 10, steps: int = 200, device: str = "cpu", out: Path | None = None,

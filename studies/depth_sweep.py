@@ -15,8 +15,6 @@ results/depth_sweep/<quick|full>).
 
 from __future__ import annotations
 
-import argparse
-import csv
 import json
 import resource
 import statistics
@@ -26,6 +24,8 @@ from pathlib import Path
 
 MAX_DEPTH = 8
 QUICK_DEPTHS = [0, 1, 2, 4, 8]
+
+from recurse.reporting import saved_figure, study_folder, study_parser, write_csv
 
 
 def measure(depth: int, steps: int, seed: int, device: str) -> dict:
@@ -55,18 +55,15 @@ def measure(depth: int, steps: int, seed: int, device: str) -> dict:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="depths 0, 1, 2, 4, 8, 150 steps, one seed (about 30 s)")
+    parser = study_parser(__doc__, "depths 0, 1, 2, 4, 8, 150 steps, one seed (about 30 s)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--measure", nargs=3, type=int, metavar=("DEPTH", "STEPS", "SEED"),
                         help="internal: measure one run in this process and print it as JSON")
     args = parser.parse_args(argv)
     if args.measure:
         print(json.dumps(measure(*args.measure, args.device)))
         return None
-    out = args.out or Path("results") / "depth_sweep" / ("quick" if args.quick else "full")
-    out.mkdir(parents=True, exist_ok=True)
+    out = study_folder(args, "depth_sweep")
     steps, seeds = (150, [0]) if args.quick else (1000, [0, 1, 2])
     depths = QUICK_DEPTHS if args.quick else list(range(MAX_DEPTH + 1))
 
@@ -78,10 +75,7 @@ def main(argv=None):
             printed = subprocess.run(command, check=True, capture_output=True, text=True).stdout
             rows.append(json.loads(printed.strip().splitlines()[-1]))
 
-    with open(out / "results.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out / "results.csv", rows)
     summary = _summary(rows, steps, seeds, args.device)
     (out / "summary.md").write_text(summary + "\n")
     _plot(out / "depth_sweep.png", rows)
@@ -110,22 +104,14 @@ def _summary(rows, steps, seeds, device) -> str:
 
 
 def _plot(path: Path, rows) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     depths = _depths(rows)
-    figure, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for axis, key, label in zip(axes, ("valid_loss", "ms_per_step", "peak_memory_growth_mb"),
-                                ("final validation loss", "ms per step", "peak memory growth, MB")):
-        axis.plot(depths, _per_depth(rows, key), marker="o")
-        axis.set(xlabel="tower depth", ylabel=label)
-        axis.grid(alpha=0.3)
-    axes[0].set_yscale("log")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    with saved_figure(path, 1, 3, figsize=(13, 3.8)) as (figure, axes):
+        for axis, key, label in zip(axes, ("valid_loss", "ms_per_step", "peak_memory_growth_mb"),
+                                    ("final validation loss", "ms per step", "peak memory growth, MB")):
+            axis.plot(depths, _per_depth(rows, key), marker="o")
+            axis.set(xlabel="tower depth", ylabel=label)
+            axis.grid(alpha=0.3)
+        axes[0].set_yscale("log")
 
 
 if __name__ == "__main__":

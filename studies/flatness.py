@@ -16,8 +16,6 @@ results/flatness/<quick|full>).
 
 from __future__ import annotations
 
-import argparse
-import csv
 import statistics
 from pathlib import Path
 
@@ -28,6 +26,7 @@ import recurse as rc
 from recurse import exact
 from recurse.baselines.compare import tower_optimizer
 from recurse.problems import Digits
+from recurse.reporting import saved_figure, study_folder, study_parser, write_csv
 
 HIDDEN = 32
 
@@ -61,22 +60,16 @@ def measure(task, model) -> dict:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="300 steps, one seed (about 30 s)")
-    parser.add_argument("--out", type=Path, default=None)
+    parser = study_parser(__doc__, "300 steps, one seed (about 30 s)")
     args = parser.parse_args(argv)
-    out = args.out or Path("results") / "flatness" / ("quick" if args.quick else "full")
-    out.mkdir(parents=True, exist_ok=True)
+    out = study_folder(args, "flatness")
     steps, seeds = (300, [0]) if args.quick else (3000, [0, 1, 2])
     task = Digits(dtype=torch.float64)
     rows = []
     for name, build in methods().items():
         for seed in seeds:
             rows.append({"method": name, "seed": seed, **measure(task, _trained_model(task, build, steps, seed))})
-    with open(out / "results.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out / "results.csv", rows)
     summary = _summary(rows, steps, seeds)
     (out / "summary.md").write_text(summary + "\n")
     _plot(out / "flatness.png", rows)
@@ -132,22 +125,14 @@ def _spearman(a, b) -> float:
 
 
 def _plot(path: Path, rows) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(7, 4.5))
-    for method in dict.fromkeys(row["method"] for row in rows):
-        group = [row for row in rows if row["method"] == method]
-        axis.scatter([row["sharpness"] for row in group], [row["gap"] for row in group], label=method)
-    axis.set(xscale="log", xlabel="sharpness: top Hessian eigenvalue of the training loss",
-             ylabel="validation loss - training loss", title="Flatness vs generalisation gap, digits MLP")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    with saved_figure(path, figsize=(7, 4.5)) as (figure, axis):
+        for method in dict.fromkeys(row["method"] for row in rows):
+            group = [row for row in rows if row["method"] == method]
+            axis.scatter([row["sharpness"] for row in group], [row["gap"] for row in group], label=method)
+        axis.set(xscale="log", xlabel="sharpness: top Hessian eigenvalue of the training loss",
+                 ylabel="validation loss - training loss", title="Flatness vs generalisation gap, digits MLP")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
 
 
 if __name__ == "__main__":

@@ -21,8 +21,6 @@ DIR (default results/one_exact_step/<quick|full>).
 
 from __future__ import annotations
 
-import argparse
-import csv
 import math
 from pathlib import Path
 
@@ -31,6 +29,7 @@ import torch
 import recurse as rc
 from recurse import exact
 from recurse.problems import Cubic, Digits, LinearRegression, QuadraticFamily, Rosenbrock, XCosPiX
+from recurse.reporting import saved_figure, study_folder, study_parser, write_csv
 
 LEARNING_RATES = [10.0 ** e for e in range(-5, 1)]
 
@@ -175,18 +174,15 @@ def saddle_trajectory(steps: int = 12) -> list[float]:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="3 tasks, no digits, 60 basin starts (about 30 s)")
-    parser.add_argument("--out", type=Path, default=None)
+    parser = study_parser(__doc__, "3 tasks, no digits, 60 basin starts (about 30 s)")
     args = parser.parse_args(argv)
-    out = args.out or Path("results") / "one_exact_step" / ("quick" if args.quick else "full")
-    out.mkdir(parents=True, exist_ok=True)
+    out = study_folder(args, "one_exact_step")
     closed = closed_form_rows(3 if args.quick else 20)
     one_step = one_step_rows(args.quick)
     basins = basin_rows(60 if args.quick else 300)
     saddle = saddle_trajectory()
     for name, rows in (("closed_form", closed), ("one_step", one_step), ("basins", basins)):
-        _write_csv(out / f"{name}.csv", rows)
+        write_csv(out / f"{name}.csv", rows)
     summary = _summary(closed, one_step, basins, saddle)
     (out / "summary.md").write_text(summary + "\n")
     _plot_basins(out / "basins.png", basins)
@@ -225,37 +221,23 @@ def _summary(closed, one_step, basins, saddle) -> str:
     return "\n".join(lines)
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
 
 def _plot_basins(path: Path, basins) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     colours = {"local minimum": "tab:orange", "global minimum": "tab:green", "maximum": "tab:red",
                "elsewhere": "tab:gray", "diverged": "black", "singular": "tab:purple"}
     methods = list(dict.fromkeys(row["method"] for row in basins))
-    figure, axis = plt.subplots(figsize=(8, 3.5))
-    xs = torch.linspace(-1, 2, 400, dtype=torch.float64)
-    axis.plot(xs, xs * torch.cos(torch.pi * xs), color="tab:blue", lw=1, label="f(x) = x cos(pi x)")
-    for level, method in enumerate(methods):
-        for outcome, colour in colours.items():
-            starts = [row["start"] for row in basins if row["method"] == method and row["outcome"] == outcome]
-            if starts:
-                axis.scatter(starts, [-1.6 - 0.25 * level] * len(starts), s=8, color=colour,
-                             label=outcome if level == 0 else None)
-        axis.text(2.05, -1.6 - 0.25 * level, method, va="center", fontsize=8)
-    axis.set(xlabel="starting point x0", ylabel="f(x)", title="Where each method ends, by starting point")
-    axis.legend(fontsize=7, loc="upper left", ncol=2)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    with saved_figure(path, figsize=(8, 3.5)) as (figure, axis):
+        xs = torch.linspace(-1, 2, 400, dtype=torch.float64)
+        axis.plot(xs, xs * torch.cos(torch.pi * xs), color="tab:blue", lw=1, label="f(x) = x cos(pi x)")
+        for level, method in enumerate(methods):
+            for outcome, colour in colours.items():
+                starts = [row["start"] for row in basins if row["method"] == method and row["outcome"] == outcome]
+                if starts:
+                    axis.scatter(starts, [-1.6 - 0.25 * level] * len(starts), s=8, color=colour,
+                                 label=outcome if level == 0 else None)
+            axis.text(2.05, -1.6 - 0.25 * level, method, va="center", fontsize=8)
+        axis.set(xlabel="starting point x0", ylabel="f(x)", title="Where each method ends, by starting point")
+        axis.legend(fontsize=7, loc="upper left", ncol=2)
 
 
 if __name__ == "__main__":

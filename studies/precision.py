@@ -22,8 +22,6 @@ results/precision/<quick|full>).
 
 from __future__ import annotations
 
-import argparse
-import csv
 import math
 import statistics
 from pathlib import Path
@@ -32,6 +30,7 @@ import torch
 from scipy.optimize import minimize_scalar
 
 from recurse.problems import LinearRegression
+from recurse.reporting import saved_figure, study_folder, study_parser, write_csv
 
 EPS = {"float32": 2.0**-24, "float64": 2.0**-53}
 
@@ -95,12 +94,9 @@ def by_gradient(slope, center: float) -> float:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="5 problems of each kind (a few seconds)")
-    parser.add_argument("--out", type=Path, default=None)
+    parser = study_parser(__doc__, "5 problems of each kind (a few seconds)")
     args = parser.parse_args(argv)
-    out = args.out or Path("results") / "precision" / ("quick" if args.quick else "full")
-    out.mkdir(parents=True, exist_ok=True)
+    out = study_folder(args, "precision")
     count = 5 if args.quick else 50
     rows = []
     for dtype in (torch.float32, torch.float64):
@@ -113,10 +109,7 @@ def main(argv=None):
                                        ("gradient (bisection on f')", lambda: by_gradient(slope, center))):
                     rows.append({"dtype": name, "problem": problem, "method": method, "seed": seed,
                                  "error": abs(locate() - center)})
-    with open(out / "results.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out / "results.csv", rows)
     summary = _summary(rows)
     (out / "summary.md").write_text(summary + "\n")
     _plot(out / "precision.png", rows)
@@ -139,27 +132,19 @@ def _summary(rows) -> str:
 
 
 def _plot(path: Path, rows) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(8, 4))
-    labels, data = [], []
-    for problem, method, dtype in _groups(rows):
-        labels.append(f"{dtype}\n{method.split(' (')[0]}\n{problem.split(',')[0][:18]}")
-        data.append([max(r["error"], 1e-300) for r in rows
-                     if (r["problem"], r["method"], r["dtype"]) == (problem, method, dtype)])
-    axis.boxplot(data)
-    axis.set_xticks(range(1, len(labels) + 1), labels, fontsize=6)
-    for dtype, style in (("float32", "--"), ("float64", ":")):
-        axis.axhline(math.sqrt(EPS[dtype]), ls=style, color="tab:red", lw=1, label=f"sqrt(eps), {dtype}")
-        axis.axhline(EPS[dtype], ls=style, color="tab:gray", lw=1, label=f"eps, {dtype}")
-    axis.set(yscale="log", ylabel="|x_hat - x*|", title="Where the minimiser can be located")
-    axis.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    with saved_figure(path, figsize=(8, 4)) as (figure, axis):
+        labels, data = [], []
+        for problem, method, dtype in _groups(rows):
+            labels.append(f"{dtype}\n{method.split(' (')[0]}\n{problem.split(',')[0][:18]}")
+            data.append([max(r["error"], 1e-300) for r in rows
+                         if (r["problem"], r["method"], r["dtype"]) == (problem, method, dtype)])
+        axis.boxplot(data)
+        axis.set_xticks(range(1, len(labels) + 1), labels, fontsize=6)
+        for dtype, style in (("float32", "--"), ("float64", ":")):
+            axis.axhline(math.sqrt(EPS[dtype]), ls=style, color="tab:red", lw=1, label=f"sqrt(eps), {dtype}")
+            axis.axhline(EPS[dtype], ls=style, color="tab:gray", lw=1, label=f"eps, {dtype}")
+        axis.set(yscale="log", ylabel="|x_hat - x*|", title="Where the minimiser can be located")
+        axis.legend(fontsize=7)
 
 
 if __name__ == "__main__":

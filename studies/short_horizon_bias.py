@@ -15,12 +15,9 @@ Writes ``results.csv`` and ``learning_rates.png`` to DIR
 
 from __future__ import annotations
 
-import argparse
-import csv
-from pathlib import Path
-
 import recurse as rc
 from recurse.problems import SyntheticRegression
+from recurse.reporting import saved_figure, study_folder, study_parser, write_csv
 
 START_LR = 1e-3
 
@@ -50,13 +47,10 @@ def train(task, build, batch_size, steps):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="500 steps, batches 32 and 512 (about 10 s): a smoke run; the drift of the lr below its start shows after ~1,000 steps, in the full run")
-    parser.add_argument("--out", type=Path, default=None)
+    parser = study_parser(__doc__, "500 steps, batches 32 and 512 (about 10 s): a smoke run; the drift of the lr below its start shows after ~1,000 steps, in the full run")
     args = parser.parse_args(argv)
     steps, batch_sizes = (500, (32, 512)) if args.quick else (1500, (32, 128, 512))
-    out = args.out or Path("results") / "short_horizon_bias" / ("quick" if args.quick else "full")
-    out.mkdir(parents=True, exist_ok=True)
+    out = study_folder(args, "short_horizon_bias")
 
     task = SyntheticRegression(seed=0)
     rows, trajectories = [], {}
@@ -74,34 +68,23 @@ def main(argv=None):
     for row in rows:
         print(f"| {row['batch_size']} | {row['method']} | {row['valid_mse']:.4g} | {row['lr_max']:.2e} | "
               f"{row['lr_end']:.2e} | {row['nonfinite_steps']} |")
-    with open(out / "results.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out / "results.csv", rows)
     plot(out / "learning_rates.png", trajectories, batch_sizes)
     print(f"\nwrote {out}/results.csv, learning_rates.png")
 
 
 def plot(path, trajectories, batch_sizes):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(1, len(batch_sizes), figsize=(5 * len(batch_sizes), 4), squeeze=False)
-    for axis, batch_size in zip(axes[0], batch_sizes):
-        for (size, name), lrs in trajectories.items():
-            if size == batch_size and "depth" in name:
-                axis.plot(range(1, len(lrs) + 1), lrs, label=name)
-        for fixed in (0.1, 0.3):
-            axis.axhline(fixed, color="grey", linestyle=":", linewidth=1)
-        axis.set(xlabel="step (= gradient evaluations)", ylabel="level-0 learning rate", yscale="log",
-                 title=f"batch {batch_size} (dotted: fixed rates that work)")
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    with saved_figure(path, 1, len(batch_sizes), figsize=(5 * len(batch_sizes), 4), squeeze=False) as (figure, axes):
+        for axis, batch_size in zip(axes[0], batch_sizes):
+            for (size, name), lrs in trajectories.items():
+                if size == batch_size and "depth" in name:
+                    axis.plot(range(1, len(lrs) + 1), lrs, label=name)
+            for fixed in (0.1, 0.3):
+                axis.axhline(fixed, color="grey", linestyle=":", linewidth=1)
+            axis.set(xlabel="step (= gradient evaluations)", ylabel="level-0 learning rate", yscale="log",
+                     title=f"batch {batch_size} (dotted: fixed rates that work)")
+            axis.grid(alpha=0.3)
+            axis.legend(fontsize=8)
 
 
 if __name__ == "__main__":

@@ -27,8 +27,6 @@ Writes stacks.csv, sensitivity.csv, sensitivity.png, summary.md to DIR
 
 from __future__ import annotations
 
-import argparse
-import csv
 import math
 import statistics
 from pathlib import Path
@@ -37,6 +35,7 @@ import recurse as rc
 from recurse.baselines import Diverged, train
 from recurse.baselines.compare import tower_optimizer
 from recurse.problems import Digits
+from recurse.reporting import saved_figure, study_folder, study_parser, write_csv
 
 HIDDEN = 128
 INITIAL_LRS = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1e0, 1e1]
@@ -61,12 +60,9 @@ def final_loss(task, optimizer, *, steps, seed):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="150 steps, one seed, heights up to 4 (about a minute)")
-    parser.add_argument("--out", type=Path, default=None)
+    parser = study_parser(__doc__, "150 steps, one seed, heights up to 4 (about a minute)")
     args = parser.parse_args(argv)
-    out = args.out or Path("results") / "ultimate_optimizer" / ("quick" if args.quick else "full")
-    out.mkdir(parents=True, exist_ok=True)
+    out = study_folder(args, "ultimate_optimizer")
     steps, seeds, max_height = (150, [0], 4) if args.quick else (1000, [0, 1, 2], 6)
     task = Digits()
 
@@ -87,8 +83,8 @@ def main(argv=None):
             losses = [final_loss(task, sgd_stack(height, initial_lr), steps=steps, seed=seed)[0] for seed in seeds]
             sensitivity[(height, initial_lr)] = statistics.mean(losses)
 
-    _write_csv(out / "stacks.csv", stack_rows)
-    _write_csv(out / "sensitivity.csv", [{"height": h, "initial_lr": lr, "valid_loss": loss}
+    write_csv(out / "stacks.csv", stack_rows)
+    write_csv(out / "sensitivity.csv", [{"height": h, "initial_lr": lr, "valid_loss": loss}
                                          for (h, lr), loss in sensitivity.items()])
     summary = _summary(stack_rows, sensitivity, steps, seeds)
     (out / "summary.md").write_text(summary + "\n")
@@ -117,32 +113,18 @@ def _summary(stack_rows, sensitivity, steps, seeds) -> str:
     return "\n".join(lines)
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def _heat_map(path: Path, sensitivity) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
     grid = np.array([[sensitivity[(height, lr)] for lr in INITIAL_LRS] for height in range(1, 5)])
-    figure, axis = plt.subplots(figsize=(8, 3.6))
-    image = axis.imshow(np.log10(grid), aspect="auto", cmap="viridis")
-    axis.set_xticks(range(len(INITIAL_LRS)), [f"{lr:g}" for lr in INITIAL_LRS])
-    axis.set_yticks(range(4), [f"height {h}" for h in range(1, 5)])
-    for (row, column), value in np.ndenumerate(grid):
-        axis.text(column, row, f"{value:.2g}", ha="center", va="center", color="w", fontsize=8)
-    axis.set(xlabel="initial learning rate of SGD (level 0)", title="Final validation loss (log10 colour), digits")
-    figure.colorbar(image, ax=axis, label="log10 validation loss")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    with saved_figure(path, figsize=(8, 3.6)) as (figure, axis):
+        image = axis.imshow(np.log10(grid), aspect="auto", cmap="viridis")
+        axis.set_xticks(range(len(INITIAL_LRS)), [f"{lr:g}" for lr in INITIAL_LRS])
+        axis.set_yticks(range(4), [f"height {h}" for h in range(1, 5)])
+        for (row, column), value in np.ndenumerate(grid):
+            axis.text(column, row, f"{value:.2g}", ha="center", va="center", color="w", fontsize=8)
+        axis.set(xlabel="initial learning rate of SGD (level 0)", title="Final validation loss (log10 colour), digits")
+        figure.colorbar(image, ax=axis, label="log10 validation loss")
 
 
 if __name__ == "__main__":

@@ -18,14 +18,12 @@ Default DIR: results/vs_optuna/<quick|full>. Rerunning resumes.
 
 from __future__ import annotations
 
-import argparse
-import csv
 import statistics
-from pathlib import Path
 
 import optuna
 
 from recurse.baselines.compare import compare
+from recurse.reporting import study_folder, study_parser, write_csv
 
 TARGET_LOSS_RATIO = 1.05
 TARGET_EVALUATION_RATIO = 1 / 8
@@ -69,12 +67,10 @@ def verdict_table(rows: list[dict]) -> str:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="SGD only, 150 steps, one seed (about a minute)")
-    parser.add_argument("--out", type=Path, default=None)
+    parser = study_parser(__doc__, "SGD only, 150 steps, one seed (about a minute)")
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    out = args.out or Path("results") / "vs_optuna" / ("quick" if args.quick else "full")
+    out = study_folder(args, "vs_optuna")
     steps, seeds, optimizers = (150, [0], ["sgd"]) if args.quick else (500, [0, 1, 2], ["sgd", "adam"])
 
     rows = []
@@ -85,11 +81,7 @@ def main(argv=None):
                            quiet=args.quick)
             rows += verdict_rows(task, optimizer, runs)
 
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "verdict.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out / "verdict.csv", rows)
     table = verdict_table(rows)
     (out / "verdict.md").write_text(table + "\n")
     print(f"{steps} steps per run, 16 trials per Optuna study, seeds {seeds}; target: loss ratio <= "

@@ -1,7 +1,6 @@
 """Property tests (hypothesis): random shapes, dtypes, groups, hyperparameters
 and depths. Example counts are fixed by the settings below."""
 
-import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

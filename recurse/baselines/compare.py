@@ -25,7 +25,6 @@ Optuna SQLite database), so rerunning with the same folder resumes.
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 import statistics
@@ -50,6 +49,7 @@ from recurse.baselines.storage import sqlite_url
 from recurse.baselines.training import Diverged, TrainingResult, train, train_unrolled
 from recurse.problems import make_task
 from recurse.problems.supervised import SupervisedTask
+from recurse.reporting import saved_figure, write_csv
 
 START = {"sgd": {"lr": 0.01}, "adam": {"lr": 1e-3}}
 HYPER_LR = (0.05, 0.01)  # level 1, levels >= 2
@@ -251,49 +251,37 @@ def write_report(out: Path, config: dict, runs: list[MethodRun], studies: dict) 
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(config, indent=2))
     rows = summary_rows(runs)
-    with open(out / "summary.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out / "summary.csv", rows)
     (out / "summary.md").write_text(markdown_table(rows) + "\n")
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     first_seed = runs[0].seed
-    figure, axis = plt.subplots(figsize=(7, 4.5))
-    for run in runs:
-        if run.seed != first_seed:
-            continue
-        if run.search_curve:
-            xs, ys = zip(*run.search_curve)
-            axis.step(xs, ys, where="post", label=f"{run.method} (best trial so far)")
-        elif run.result.curve:
-            xs, ys = zip(*run.result.curve)
-            axis.plot(xs, ys, label=run.method)
-    axis.set(xscale="log", yscale="log", xlabel="gradient evaluations", ylabel="validation loss",
-             title=f"{config['task']}, {config['optimizer']}, seed {first_seed}")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(out / "loss_vs_evaluations.png", dpi=120)
-    plt.close(figure)
-
-    figure, axis = plt.subplots(figsize=(7, 4.5))
-    for run in runs:
-        if run.seed == first_seed and not run.search_curve:
-            for name, values in run.result.hyperparameters.items():
-                axis.plot(range(1, len(values) + 1), values, label=f"{run.method}: {name}")
-    axis.set(yscale="log", xlabel="step (meta-step for unrolled methods)", ylabel="learned value",
-             title="Learned hyperparameters")
-    axis.grid(alpha=0.3)
-    if axis.lines:
+    with saved_figure(out / "loss_vs_evaluations.png") as (_, axis):
+        for run in runs:
+            if run.seed != first_seed:
+                continue
+            if run.search_curve:
+                xs, ys = zip(*run.search_curve)
+                axis.step(xs, ys, where="post", label=f"{run.method} (best trial so far)")
+            elif run.result.curve:
+                xs, ys = zip(*run.result.curve)
+                axis.plot(xs, ys, label=run.method)
+        axis.set(xscale="log", yscale="log", xlabel="gradient evaluations", ylabel="validation loss",
+                 title=f"{config['task']}, {config['optimizer']}, seed {first_seed}")
+        axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(out / "hyperparameters.png", dpi=120)
-    plt.close(figure)
+
+    with saved_figure(out / "hyperparameters.png") as (_, axis):
+        for run in runs:
+            if run.seed == first_seed and not run.search_curve:
+                for name, values in run.result.hyperparameters.items():
+                    axis.plot(range(1, len(values) + 1), values, label=f"{run.method}: {name}")
+        axis.set(yscale="log", xlabel="step (meta-step for unrolled methods)", ylabel="learned value",
+                 title="Learned hyperparameters")
+        axis.grid(alpha=0.3)
+        if axis.lines:
+            axis.legend(fontsize=8)
+
+    import matplotlib.pyplot as plt  # after saved_figure chose the off-screen backend
 
     for (sampler, seed), study in studies.items():
         if seed != first_seed:

@@ -1,0 +1,54 @@
+"""What every study, the demo and rc.compare share to report results:
+CSV tables, saved figures, and the --quick/--out command line of a study."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+from pathlib import Path
+from typing import Iterator
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """Rows of dicts (the first row's keys are the header) to ``path``."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+@contextlib.contextmanager
+def saved_figure(path: Path, rows: int = 1, columns: int = 1, **subplot_options) -> Iterator:
+    """``with saved_figure(path) as (figure, axes): ...`` draws off-screen
+    (Agg) with ``matplotlib.pyplot.subplots(rows, columns, **subplot_options)``
+    and saves a 120-dpi PNG to ``path`` on exit."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    subplot_options.setdefault("figsize", (7, 4.5))
+    figure, axes = plt.subplots(rows, columns, **subplot_options)
+    try:
+        yield figure, axes
+        figure.tight_layout()
+        figure.savefig(path, dpi=120)
+    finally:
+        plt.close(figure)
+
+
+def study_parser(doc: str, quick_help: str) -> argparse.ArgumentParser:
+    """The command line every study shares: ``--quick`` and ``--out``."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default results/<study>/<quick|full>)")
+    return parser
+
+
+def study_folder(args: argparse.Namespace, study: str) -> Path:
+    """``args.out``, or results/<study>/<quick|full>; created."""
+    out = args.out or Path("results") / study / ("quick" if args.quick else "full")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
