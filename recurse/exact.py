@@ -191,7 +191,10 @@ def taylor_step(loss_fn: Callable[[Tensor], Tensor], x: Tensor, order: int, *, l
     try:
         step = -torch.linalg.solve(hessian_, derivatives[0])
     except RuntimeError:
-        raise ValueError("rc.exact.taylor_step: the Hessian is singular at x; no order >= 2 step exists") from None
+        step = torch.full_like(x, math.nan)
+    if not torch.isfinite(step).all():
+        raise ValueError("rc.exact.taylor_step: the Hessian is singular at x; no order >= 2 step exists "
+                         "(a damped Newton step, rc.exact.newton_direction(..., damping=...), still does)")
     for _ in range(iterations if order >= 3 else 0):
         model_gradient, model_hessian = _model_derivatives(derivatives, step)
         try:

@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import json
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
@@ -52,3 +53,21 @@ def study_folder(args: argparse.Namespace, study: str) -> Path:
     out = args.out or Path("results") / study / ("quick" if args.quick else "full")
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def cached(out: Path | None, key: str, compute: Callable[[], dict]) -> dict:
+    """``compute()``'s JSON-able result, kept in ``out/runs/<key>.json``: a
+    rerun with the same output folder reuses every finished run, so a long
+    study that was interrupted resumes where it stopped. The file is written
+    atomically (a kill never leaves half a result)."""
+    if out is None:
+        return compute()
+    path = Path(out) / "runs" / f"{key}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    result = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(result))
+    temporary.replace(path)
+    return result

@@ -25,7 +25,7 @@ from pathlib import Path
 MAX_DEPTH = 8
 QUICK_DEPTHS = [0, 1, 2, 4, 8]
 
-from recurse.reporting import saved_figure, study_folder, study_parser, write_csv
+from recurse.reporting import cached, saved_figure, study_folder, study_parser, write_csv
 
 
 def measure(depth: int, steps: int, seed: int, device: str) -> dict:
@@ -72,8 +72,12 @@ def main(argv=None):
         for seed in seeds:  # a fresh process per run: its peak memory is this run's alone
             command = [sys.executable, __file__, "--measure", str(depth), str(steps), str(seed),
                        "--device", args.device]
-            printed = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-            rows.append(json.loads(printed.strip().splitlines()[-1]))
+
+            def run(command=command):
+                printed = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+                return json.loads(printed.strip().splitlines()[-1])
+
+            rows.append(cached(out, f"depth{depth}-seed{seed}-{args.device}", run))
 
     write_csv(out / "results.csv", rows)
     summary = _summary(rows, steps, seeds, args.device)

@@ -26,7 +26,7 @@ import recurse as rc
 from recurse import exact
 from recurse.baselines.compare import tower_optimizer
 from recurse.problems import Digits
-from recurse.reporting import saved_figure, study_folder, study_parser, write_csv
+from recurse.reporting import cached, saved_figure, study_folder, study_parser, write_csv
 
 HIDDEN = 32
 
@@ -68,7 +68,9 @@ def main(argv=None):
     rows = []
     for name, build in methods().items():
         for seed in seeds:
-            rows.append({"method": name, "seed": seed, **measure(task, _trained_model(task, build, steps, seed))})
+            measured = cached(out, f"{name}-seed{seed}".replace(" ", "_").replace(",", ""),
+                              lambda: measure(task, _trained_model(task, build, steps, seed)))
+            rows.append({"method": name, "seed": seed, **measured})
     write_csv(out / "results.csv", rows)
     summary = _summary(rows, steps, seeds)
     (out / "summary.md").write_text(summary + "\n")

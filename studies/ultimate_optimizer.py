@@ -35,7 +35,7 @@ import recurse as rc
 from recurse.baselines import Diverged, train
 from recurse.baselines.compare import tower_optimizer
 from recurse.problems import Digits
-from recurse.reporting import saved_figure, study_folder, study_parser, write_csv
+from recurse.reporting import cached, saved_figure, study_folder, study_parser, write_csv
 
 HIDDEN = 128
 INITIAL_LRS = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1e0, 1e1]
@@ -50,13 +50,17 @@ def sgd_stack(height: int, initial_lr: float = 0.01) -> rc.Optimizer:
     return tower_optimizer("sgd", height - 1, start={"lr": initial_lr})
 
 
-def final_loss(task, optimizer, *, steps, seed):
-    """(final validation loss, accuracy, seconds); NaN loss if the run diverged."""
-    try:
-        result = train(task, optimizer, steps=steps, batch_size=128, seed=seed, hidden=HIDDEN)
-    except Diverged as error:
-        return math.nan, math.nan, error.result.seconds
-    return result.final_valid_loss, result.valid_accuracy, result.seconds
+def final_loss(out, key, task, build, *, steps, seed):
+    """(final validation loss, accuracy, seconds); NaN loss if the run diverged.
+    Cached in ``out`` under ``key``: an interrupted study resumes."""
+    def run():
+        try:
+            result = train(task, build(), steps=steps, batch_size=128, seed=seed, hidden=HIDDEN)
+        except Diverged as error:
+            return {"measured": [math.nan, math.nan, error.result.seconds]}
+        return {"measured": [result.final_valid_loss, result.valid_accuracy, result.seconds]}
+
+    return tuple(cached(out, f"{key}-seed{seed}", run)["measured"])
 
 
 def main(argv=None):
@@ -69,7 +73,8 @@ def main(argv=None):
     stack_rows = []
     for family, build in (("SGD", sgd_stack), ("Adam", adam_stack)):
         for height in range(1, max_height + 1):
-            measured = [final_loss(task, build(height), steps=steps, seed=seed) for seed in seeds]
+            measured = [final_loss(out, f"{family}-height{height}", task, lambda: build(height), steps=steps, seed=seed)
+                        for seed in seeds]
             losses = [loss for loss, _, _ in measured]
             stack_rows.append({"stack": "/".join([family] * height), "height": height,
                                "valid_loss_mean": statistics.mean(losses),
@@ -80,7 +85,8 @@ def main(argv=None):
     sensitivity = {}
     for height in range(1, 5):
         for initial_lr in INITIAL_LRS:
-            losses = [final_loss(task, sgd_stack(height, initial_lr), steps=steps, seed=seed)[0] for seed in seeds]
+            losses = [final_loss(out, f"sensitivity-height{height}-lr{initial_lr:g}", task,
+                                 lambda: sgd_stack(height, initial_lr), steps=steps, seed=seed)[0] for seed in seeds]
             sensitivity[(height, initial_lr)] = statistics.mean(losses)
 
     write_csv(out / "stacks.csv", stack_rows)

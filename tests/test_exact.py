@@ -150,6 +150,9 @@ BAD = {
     "singular hessian without damping": (
         lambda: exact.newton_direction(lambda p: (p[0][0] - 1) ** 2, [torch.zeros(2, dtype=torch.float64)]),
         ValueError, r"not positive definite \(smallest eigenvalue 0 with damping 0\)"),
+    "singular hessian in a Taylor step": (
+        lambda: exact.taylor_step(lambda x: (x[0] - 1) ** 2, torch.zeros(2, dtype=torch.float64), 2), ValueError,
+        "the Hessian is singular at x"),
     "Newton without a closure": (lambda: _newton_step_without_closure(), ValueError, "needs the loss"),
     "unknown method": (lambda: rc.Newton(method="lbfgs"), ValueError, "method must be 'exact' or 'cg'"),
 }

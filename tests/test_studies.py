@@ -82,3 +82,12 @@ def test_flatness_quick_measures_every_method(tmp_path):
     assert len(rows) == len(load("flatness").methods())
     assert all(math.isfinite(row["sharpness"]) and row["sharpness"] > 0 for row in rows)
     assert (tmp_path / "flatness.png").stat().st_size > 10_000
+
+
+def test_an_interrupted_study_resumes_from_its_finished_runs(tmp_path):
+    first = load("flatness").main(["--quick", "--out", str(tmp_path)])
+    finished = sorted((tmp_path / "runs").glob("*.json"))
+    assert len(finished) == len(first)
+    finished[0].unlink()  # as if the study had been killed before its last run
+    again = load("flatness").main(["--quick", "--out", str(tmp_path)])
+    assert again == first and len(list((tmp_path / "runs").glob("*.json"))) == len(first)

@@ -49,7 +49,7 @@ from recurse.baselines.storage import sqlite_url
 from recurse.baselines.training import Diverged, TrainingResult, train, train_unrolled
 from recurse.problems import make_task
 from recurse.problems.supervised import SupervisedTask
-from recurse.reporting import saved_figure, write_csv
+from recurse.reporting import cached, saved_figure, write_csv
 
 START = {"sgd": {"lr": 0.01}, "adam": {"lr": 1e-3}}
 HYPER_LR = (0.05, 0.01)  # level 1, levels >= 2
@@ -192,19 +192,13 @@ def compare(task: str | SupervisedTask = "digits", *, methods: Sequence[str] = D
 
 
 def _cached(out: Path | None, method: str, seed: int, compute) -> MethodRun:
-    """A tower run is deterministic given its seed: reuse a finished one from ``out``."""
-    if out is None:
-        return compute()
-    path = out / "runs" / f"{method}-seed{seed}.json"
-    if path.exists():
-        data = json.loads(path.read_text())
-        return MethodRun(method, seed, TrainingResult.from_dict(data["result"]), failed=data["failed"])
-    run = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps({"result": run.result.to_dict(), "failed": run.failed}))
-    temporary.replace(path)
-    return run
+    """A run is deterministic given its seed: reuse a finished one from ``out``."""
+    def as_dict():
+        run = compute()
+        return {"result": run.result.to_dict(), "failed": run.failed}
+
+    data = cached(out, f"{method}-seed{seed}", as_dict)
+    return MethodRun(method, seed, TrainingResult.from_dict(data["result"]), failed=data["failed"])
 
 
 def summary_rows(runs: list[MethodRun]) -> list[dict]:
