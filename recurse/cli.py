@@ -52,7 +52,8 @@ def _add_compare(commands) -> None:
     compare.add_argument("--task", choices=sorted(TASKS), default="digits", help="task (default digits)")
     compare.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
                          help="fixed, depthN, grid, random, tpe (default: %(default)s)")
-    compare.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd", help="base optimizer (default sgd)")
+    compare.add_argument("--optimizer", choices=["sgd", "adam", "newton"], default="sgd",
+                         help="base optimizer (default sgd)")
     compare.add_argument("--knobs", nargs="+", default=["lr"], help="hyperparameters Optuna searches (default lr)")
     compare.add_argument("--budget", type=_positive_int, default=3200,
                          help="gradient evaluations per Optuna search (default 3200 = 16 trials of 200 steps)")
@@ -75,7 +76,8 @@ def _add_search(commands) -> None:
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     search.add_argument("--task", choices=sorted(TASKS), default="digits", help="task (default digits)")
-    search.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd", help="optimizer (default sgd)")
+    search.add_argument("--optimizer", choices=["sgd", "adam", "newton"], default="sgd",
+                        help="optimizer (default sgd)")
     search.add_argument("--knobs", nargs="+", default=["lr"], help="hyperparameters to search (default lr)")
     search.add_argument("--sampler", choices=list(SAMPLERS), default="tpe", help="Optuna sampler (default tpe)")
     search.add_argument("--pruner", choices=list(PRUNERS), default="none", help="Optuna pruner (default none)")

@@ -71,6 +71,7 @@ class HessianOperator:
             self.grads = _flat(torch.autograd.grad(loss, self.leaves, create_graph=True, allow_unused=True,
                                                    materialize_grads=True))
         self.size = self.grads.numel()
+        self.products = 0  # Hessian-vector products computed (each costs about two gradient evaluations)
 
     @classmethod
     def of(cls, loss_fn: LossFn, params: Sequence[Tensor], where: str) -> "HessianOperator":
@@ -81,6 +82,7 @@ class HessianOperator:
     def __call__(self, vector: Tensor) -> Tensor:
         if not self.grads.requires_grad:  # a loss linear in the params
             return torch.zeros_like(vector)
+        self.products += 1
         products = torch.autograd.grad(self.grads, self.leaves, grad_outputs=vector, retain_graph=True,
                                        allow_unused=True, materialize_grads=True)
         return _flat(products).detach()
@@ -90,6 +92,7 @@ class HessianOperator:
         identity = torch.eye(self.size, dtype=self.grads.dtype, device=self.grads.device)
         if not self.grads.requires_grad:
             return torch.zeros_like(identity)
+        self.products += self.size
         rows = torch.autograd.grad(self.grads, self.leaves, grad_outputs=identity, is_grads_batched=True,
                                    retain_graph=True, allow_unused=True, materialize_grads=True)
         matrix = torch.cat([row.reshape(self.size, -1) for row in rows], dim=1).detach()
@@ -102,10 +105,13 @@ def hvp(loss_fn: LossFn, params: Sequence[Tensor], vector: Tensor) -> Tensor:
 
 
 def conjugate_gradient(matvec: Callable[[Tensor], Tensor], rhs: Tensor, *, max_iterations: int | None = None,
-                       tolerance: float = 1e-10) -> tuple[Tensor, int]:
+                       tolerance: float = 1e-10, truncate: bool = False) -> tuple[Tensor, int]:
     """Solve A x = rhs for symmetric positive definite A given by ``matvec``.
-    Stops when ||r|| <= tolerance ||rhs||. Raises ValueError on a direction of
-    non-positive curvature (A is not positive definite)."""
+    Stops when ||r|| <= tolerance ||rhs||. On a direction of non-positive
+    curvature (A is not positive definite) it raises ValueError, or with
+    ``truncate=True`` returns the iterate reached so far, or ``rhs`` itself if
+    that happens at the first iteration (truncated Newton, as Steihaug's CG
+    does: for a Newton system that is the steepest-descent direction)."""
     x = torch.zeros_like(rhs)
     residual = rhs.clone()
     direction = residual.clone()
@@ -117,6 +123,8 @@ def conjugate_gradient(matvec: Callable[[Tensor], Tensor], rhs: Tensor, *, max_i
         product = matvec(direction)
         curvature = direction.dot(product)
         if curvature <= 0:
+            if truncate:
+                return (x if iteration else rhs), iteration
             raise ValueError(f"conjugate gradient met curvature {curvature.item():.3g} <= 0 at iteration "
                              f"{iteration}: the system is not positive definite")
         step = squared / curvature
@@ -129,22 +137,25 @@ def conjugate_gradient(matvec: Callable[[Tensor], Tensor], rhs: Tensor, *, max_i
 
 
 def newton_direction(loss_fn: LossFn, params: Sequence[Tensor], *, damping: float | Tensor = 0.0,
-                     method: str = "exact", cg_iterations: int | None = None) -> list[Tensor]:
+                     method: str = "exact", cg_iterations: int | None = None, strict: bool = False) -> list[Tensor]:
     """d = -(H + damping I)^{-1} g at ``params``, shaped like ``params``.
 
-    ``method="exact"``: dense Hessian and a Cholesky solve (small problems).
-    ``method="cg"``: conjugate gradient on Hessian-vector products. A
-    Hessian plus damping that is not positive definite (a saddle point, a
+    ``method="exact"``: dense Hessian and a Cholesky solve (small problems);
+    a Hessian plus damping that is not positive definite (a saddle point, a
     maximum, a singular Hessian without damping) raises ValueError naming its
-    smallest eigenvalue (exact) or the negative curvature found (CG).
-    ``damping`` may be a tensor: d is differentiable in it.
+    smallest eigenvalue. ``method="cg"``: conjugate gradient on
+    Hessian-vector products, truncated where it meets negative curvature
+    (the direction built so far; steepest descent if at once), the usual
+    Hessian-free fallback for non-convex losses; ``strict=True`` raises there
+    instead. ``damping`` may be a tensor: d is differentiable in it.
     """
     operator = HessianOperator.of(loss_fn, params, "rc.exact.newton_direction")
-    return _unflat(solve_newton(operator, damping=damping, method=method, cg_iterations=cg_iterations), params)
+    direction = solve_newton(operator, damping=damping, method=method, cg_iterations=cg_iterations, strict=strict)
+    return _unflat(direction, params)
 
 
 def solve_newton(operator: HessianOperator, *, damping: float | Tensor = 0.0, method: str = "exact",
-                 cg_iterations: int | None = None) -> Tensor:
+                 cg_iterations: int | None = None, strict: bool = False) -> Tensor:
     """The flat Newton direction for a :class:`HessianOperator` (see :func:`newton_direction`)."""
     if method not in ("exact", "cg"):
         raise ValueError(f"rc.Newton: method must be 'exact' or 'cg', got {method!r}")
@@ -162,7 +173,7 @@ def solve_newton(operator: HessianOperator, *, damping: float | Tensor = 0.0, me
         return -torch.cholesky_solve(gradient_.unsqueeze(1), factor).squeeze(1)
     try:
         direction, _ = conjugate_gradient(lambda v: operator(v) + damping * v, -gradient_,
-                                          max_iterations=cg_iterations)
+                                          max_iterations=cg_iterations, truncate=not strict)
     except ValueError as error:
         raise ValueError(f"rc.Newton: {error}; add damping (rc.Newton(damping=...)) or start elsewhere") from None
     return direction

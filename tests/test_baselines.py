@@ -138,3 +138,15 @@ def test_any_optuna_storage_object_works_and_resumes(linear, tmp_path):
     run_search(linear, sampler="random", trials=2, steps=20, storage=journal(), study_name="j")
     study = run_search(linear, sampler="random", trials=3, steps=20, storage=journal(), study_name="j")
     assert len(study.trials) == 3
+
+
+def test_newton_takes_part_with_its_hessian_products_counted(linear, tmp_path):
+    runs = compare(linear, optimizer="newton", methods=["fixed", "depth1", "random"], budget=40, steps=10,
+                   batch_size=64, seeds=[0], out=tmp_path, quiet=True)
+    by_method = {run.method: run for run in runs}
+    fixed = by_method["fixed"].result
+    # Each step: one gradient plus two evaluations per Hessian-vector product (10 CG iterations at most).
+    assert 10 * 3 <= fixed.gradient_evaluations <= 10 * (1 + 2 * 10)
+    assert by_method["random"].result.gradient_evaluations > 4 * 10
+    assert all(math.isfinite(run.result.final_valid_loss) for run in runs)
+    assert fixed.final_valid_loss < 0.05  # damped Newton-CG fits the linear task in a few steps

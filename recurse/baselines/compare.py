@@ -3,7 +3,9 @@
     rows = rc.baselines.compare("digits", methods=["fixed", "depth1", "depth2", "unroll10", "grid", "random", "tpe"],
                                 optimizer="sgd", budget=3200, steps=200, seeds=[0, 1, 2], out="results/compare")
 
-Methods (all of one base ``optimizer``, "sgd" or "adam"):
+Methods (all of one base ``optimizer``: "sgd", "adam", or "newton", damped
+Newton with 10 CG iterations per step, whose Hessian-vector products are
+counted as two gradient evaluations each):
 
 - ``fixed``: the optimizer at its starting hyperparameters, one run.
 - ``depthN``: an online tower of height N started from the same values; the
@@ -18,8 +20,10 @@ Methods (all of one base ``optimizer``, "sgd" or "adam"):
 
 Every run trains through :func:`recurse.baselines.training.train`, so
 gradient evaluations are counted by one piece of code for every method. A
-run of ``steps`` steps costs ``steps`` evaluations whatever it learns; a
-search costs ``budget``. Results are cached in ``out`` (runs/*.json and the
+first-order run of ``steps`` steps costs ``steps`` evaluations whatever it
+learns, and a search of ``budget // steps`` such runs costs ``budget``; a
+Newton step costs one gradient plus two evaluations per Hessian-vector
+product, and the table reports what each method really spent. Results are cached in ``out`` (runs/*.json and the
 Optuna SQLite database), so rerunning with the same folder resumes.
 """
 
@@ -51,7 +55,7 @@ from recurse.problems import make_task
 from recurse.problems.supervised import SupervisedTask
 from recurse.reporting import cached, saved_figure, write_csv
 
-START = {"sgd": {"lr": 0.01}, "adam": {"lr": 1e-3}}
+START = {"sgd": {"lr": 0.01}, "adam": {"lr": 1e-3}, "newton": {"lr": 1.0, "damping": 1.0}}
 HYPER_LR = (0.05, 0.01)  # level 1, levels >= 2
 UNROLL_META_LR = 0.1
 DEFAULT_METHODS = ("fixed", "depth1", "depth2", "unroll10", "grid", "random", "tpe")
@@ -62,19 +66,11 @@ def tower_optimizer(optimizer: str, depth: int, *, start: dict | None = None) ->
     ``depth`` SGD levels that learn level 0's lr (level 1 at lr 0.05, higher
     levels at 0.01, each normalising its incoming hypergradient by its running
     RMS)."""
-    base = OPTIMIZERS[optimizer](**(START[optimizer] if start is None else start))
+    start = START[optimizer] if start is None else start
     if depth == 0:
-        return base
-    base = type(base)(**{**_constructor_values(base), "learn": ("lr",)})
+        return OPTIMIZERS[optimizer](**start)
     levels = [rc.SGD(HYPER_LR[0] if level == 1 else HYPER_LR[1], normalize="rms") for level in range(1, depth + 1)]
-    return rc.stack(base, *levels)
-
-
-def _constructor_values(optimizer: rc.Optimizer) -> dict:
-    values = dict(optimizer.initial_values)
-    if "beta1" in values:
-        values["betas"] = (values.pop("beta1"), values.pop("beta2"))
-    return values
+    return rc.stack(OPTIMIZERS[optimizer](**start, learn=("lr",)), *levels)
 
 
 def parse_method(name: str) -> tuple[str, int | None]:
@@ -116,8 +112,7 @@ def run_tower(task: SupervisedTask, optimizer: str, depth: int, *, steps: int, b
 def run_unrolled(task: SupervisedTask, optimizer: str, unroll_steps: int, *, steps: int, batch_size: int | None,
                  seed: int) -> MethodRun:
     method = f"unroll{unroll_steps}"
-    base = OPTIMIZERS[optimizer](**START[optimizer])
-    base = type(base)(**{**_constructor_values(base), "learn": ("lr",)})
+    base = OPTIMIZERS[optimizer](**START[optimizer], learn=("lr",))
     try:
         result = train_unrolled(task, base, rc.Adam(UNROLL_META_LR), steps=steps, unroll_steps=unroll_steps,
                                 batch_size=batch_size, seed=seed)

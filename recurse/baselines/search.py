@@ -54,18 +54,23 @@ class Knob:
         return [float(f"{value:.6g}") if 0 < i < count - 1 else value for i, value in enumerate(values)]
 
 
-def _sgd(lr: float = 0.01, momentum: float = 0.0) -> rc.Optimizer:
-    return rc.SGD(lr, momentum=momentum)
+def _sgd(lr: float = 0.01, momentum: float = 0.0, **options) -> rc.Optimizer:
+    return rc.SGD(lr, momentum=momentum, **options)
 
 
-def _adam(lr: float = 1e-3, beta1: float = 0.9) -> rc.Optimizer:
-    return rc.Adam(lr, betas=(beta1, 0.999))
+def _adam(lr: float = 1e-3, beta1: float = 0.9, **options) -> rc.Optimizer:
+    return rc.Adam(lr, betas=(beta1, 0.999), **options)
 
 
-OPTIMIZERS: dict[str, Callable[..., rc.Optimizer]] = {"sgd": _sgd, "adam": _adam}
+def _newton(lr: float = 1.0, damping: float = 1.0, **options) -> rc.Optimizer:
+    return rc.Newton(lr, damping=damping, method="cg", cg_iterations=10, **options)
+
+
+OPTIMIZERS: dict[str, Callable[..., rc.Optimizer]] = {"sgd": _sgd, "adam": _adam, "newton": _newton}
 SEARCH_SPACES: dict[str, dict[str, Knob]] = {
     "sgd": {"lr": Knob("lr", 1e-3, 10.0), "momentum": Knob("momentum", 0.0, 0.99, log=False)},
     "adam": {"lr": Knob("lr", 1e-4, 1e-1), "beta1": Knob("beta1", 0.5, 0.99, log=False)},
+    "newton": {"lr": Knob("lr", 1e-2, 1.0), "damping": Knob("damping", 1e-3, 10.0)},
 }
 SAMPLERS = ("grid", "random", "tpe")
 PRUNERS = ("none", "median", "halving", "hyperband")

@@ -91,14 +91,18 @@ def train(task: SupervisedTask, optimizer: rc.Optimizer, *, steps: int, batch_si
     result = TrainingResult()
     consecutive_rollbacks = 0
     start = time.perf_counter()
+    second_order = opt.levels[0].optimizer.needs_loss_graph
     for step in range(1, steps + 1):
         inputs, targets = next(batches)
         opt.zero_grad()
-        loss = task.loss(model, inputs, targets)
-        loss.backward()
-        result.gradient_evaluations += 1
         rolled_back = opt.nonfinite_steps
-        opt.step()
+        if second_order:
+            loss = _second_order_step(opt, lambda: task.loss(model, inputs, targets), result)
+        else:
+            loss = task.loss(model, inputs, targets)
+            loss.backward()
+            result.gradient_evaluations += 1
+            opt.step()
         consecutive_rollbacks = consecutive_rollbacks + 1 if opt.nonfinite_steps > rolled_back else 0
         result.seconds, result.nonfinite_steps = time.perf_counter() - start, opt.nonfinite_steps
         if consecutive_rollbacks >= patience:
@@ -108,6 +112,21 @@ def train(task: SupervisedTask, optimizer: rc.Optimizer, *, steps: int, batch_si
             result.record(task, model, on_eval)
     result.hyperparameters = opt.history()
     return result.finish(task, model, time.perf_counter() - start, opt.nonfinite_steps)
+
+
+def _second_order_step(opt, loss_of_batch, result: TrainingResult):
+    """One step of an optimizer that differentiates the loss again (Newton):
+    its cost is one gradient plus two gradient evaluations per Hessian-vector
+    product (Pearlmutter's trick costs about a forward and a backward pass)."""
+    level = opt.levels[0]
+    before = level.state["hessian_vector_products"] if level.state else 0
+    try:
+        loss = opt.step(loss_of_batch)
+    except ValueError as error:  # an indefinite Hessian: this run cannot take its step
+        raise result.diverged(str(error)) from None
+    after = level.state["hessian_vector_products"] if level.state else 0
+    result.gradient_evaluations += 1 + 2 * (after - before)
+    return loss
 
 
 def train_unrolled(task: SupervisedTask, optimizer: rc.Optimizer, meta_optimizer: rc.Optimizer, *, steps: int,

@@ -12,11 +12,16 @@ class Newton(Optimizer):
         d_t = -(H_t + damping I)^{-1} g_t ,   p_t = p_{t-1} + lr * d_t
 
     with H_t the Hessian of the loss at p_{t-1}. ``method="exact"`` forms H
-    (small problems); ``method="cg"`` solves with conjugate gradient on
-    Hessian-vector products (large ones). When H + damping I is not positive
-    definite (a saddle point, a maximum, a singular H without damping) the
-    step raises ValueError saying so: Newton's step would not descend. lr and
+    (small problems); when H + damping I is not positive definite (a saddle
+    point, a maximum, a singular H without damping) the step raises
+    ValueError saying so: Newton's step would not descend. ``method="cg"``
+    solves with conjugate gradient on Hessian-vector products (large ones)
+    and, on a non-convex loss, stops where it meets negative curvature
+    (truncated Newton; steepest descent if at the first iteration). lr and
     damping are hyperparameters like any other (learnable by a level above).
+    The state counts the Hessian-vector products spent so far
+    (``state["hessian_vector_products"]``; the exact method counts one per
+    Hessian row), the cost to put beside a first-order method's gradients.
 
     Newton needs the loss, not only its gradient: give the HyperOptimizer a
     closure that returns the loss *without* calling backward (the engine
@@ -42,7 +47,7 @@ class Newton(Optimizer):
         self.method, self.cg_iterations = method, cg_iterations
 
     def init(self, params):
-        return {}
+        return {"hessian_vector_products": 0}
 
     def update(self, params, grads, state, hyper, *, closure=None):
         from recurse.exact import HessianOperator, _unflat, solve_newton
@@ -53,4 +58,5 @@ class Newton(Optimizer):
         operator = HessianOperator(closure(), params, "rc.Newton")
         direction = _unflat(solve_newton(operator, damping=hyper["damping"], method=self.method,
                                          cg_iterations=self.cg_iterations), params)
+        state = {"hessian_vector_products": state["hessian_vector_products"] + operator.products}
         return [p.detach() + hyper["lr"] * d for p, d in zip(params, direction)], state
