@@ -1,4 +1,4 @@
-"""Command line: ``python -m recurse demo | compare | search``."""
+"""Command line: ``python -m recurse demo | compare | search | run | graph``."""
 
 from __future__ import annotations
 
@@ -15,7 +15,14 @@ EXAMPLES = """examples:
   python -m recurse compare --task mnist1d --optimizer adam --seeds 0 1 2 3 4
   python -m recurse search --task digits --sampler tpe --trials 16 \\
       --storage postgresql+psycopg://user@dbhost:5432/studies --worker-trials 4   # run on 4 machines
+  python -m recurse run ultimate_optimizer --quick
+  python -m recurse run depth_sweep --quick --device cuda
+  python -m recurse graph adam:1e-3 sgd:1e-2 sgd:1e-3              # a depth-2 tower, as text
+  python -m recurse graph adam:1e-3 sgd:1e-2 --tie 3 --format png --out tower.png
 """
+
+STUDIES = Path(__file__).resolve().parent.parent / "studies"
+OPTIMIZER_NAMES = ("sgd", "adam", "adamw", "rmsprop", "adagrad", "newton")
 
 QUICK = {"budget": 1600, "steps": 100, "seeds": [0, 1]}
 
@@ -38,7 +45,23 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_compare(commands)
     _add_search(commands)
+    run = commands.add_parser("run", help="run a study script from studies/ (forwards its options)",
+                              epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("study", help=f"one of: {', '.join(available_studies()) or '(studies/ not found)'}")
+    run.add_argument("options", nargs=argparse.REMAINDER, help="the study's own options, e.g. --quick --out DIR")
+    graph = commands.add_parser("graph", help="describe or draw a tower's optimization graph",
+                                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    graph.add_argument("levels", nargs="+", metavar="NAME:LR",
+                       help=f"the tower from level 0 up, each NAME:LR with NAME in {', '.join(OPTIMIZER_NAMES)}")
+    graph.add_argument("--tie", type=_positive_int, default=None, metavar="DEPTH",
+                       help="the top level steps itself, tied over DEPTH levels")
+    graph.add_argument("--format", choices=["text", "dot", "json", "png"], default="text")
+    graph.add_argument("--out", type=Path, default=None, help="write there instead of printing (png needs it)")
     return parser
+
+
+def available_studies() -> list[str]:
+    return sorted(path.stem for path in STUDIES.glob("*.py") if not path.stem.startswith("_"))
 
 
 def _add_compare(commands) -> None:
@@ -159,11 +182,63 @@ def _run_search(args) -> None:
         print(f"best validation loss {best.value:.4g} with {best.params}")
 
 
+def _run_study(args) -> None:
+    import importlib.util
+
+    if args.study not in available_studies():
+        raise ValueError(f"unknown study {args.study!r}; expected one of {available_studies()} (in {STUDIES})")
+    spec = importlib.util.spec_from_file_location(args.study, STUDIES / f"{args.study}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(args.options)
+
+
+def _optimizer_from_spec(text: str):
+    import recurse as rc
+
+    name, _, lr = text.partition(":")
+    classes = {"sgd": rc.SGD, "adam": rc.Adam, "adamw": rc.AdamW, "rmsprop": rc.RMSprop, "adagrad": rc.Adagrad,
+               "newton": rc.Newton}
+    if name.lower() not in classes:
+        raise ValueError(f"unknown optimizer {name!r} in {text!r}; expected NAME:LR with NAME one of {OPTIMIZER_NAMES}")
+    try:
+        return classes[name.lower()](float(lr)) if lr else classes[name.lower()]()
+    except ValueError as error:
+        raise ValueError(f"bad level {text!r}: {error}") from None
+
+
+def _run_graph(args) -> None:
+    import torch
+
+    import recurse as rc
+
+    levels = [_optimizer_from_spec(text) for text in args.levels]
+    if args.tie:
+        levels[-1] = rc.tower(levels[-1], args.tie, tie=True)
+    tower = rc.stack(*levels)
+    graph = rc.graph.build({"model": [torch.zeros(1, requires_grad=True)]}, {"model_opt": tower},
+                           {"model_opt": "model"})
+    if args.format == "png":
+        if args.out is None:
+            raise ValueError("--format png needs --out FILE.png")
+        rc.graph.draw(graph, args.out)
+        print(f"wrote {args.out}")
+        return
+    text = {"text": rc.graph.describe, "dot": rc.graph.to_dot, "json": rc.graph.to_json}[args.format](graph)
+    if args.out is None:
+        print(text)
+    else:
+        args.out.write_text(text + "\n")
+        print(f"wrote {args.out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        {"demo": _run_demo, "compare": _run_compare, "search": _run_search}[args.command](args)
+        commands = {"demo": _run_demo, "compare": _run_compare, "search": _run_search, "run": _run_study,
+                    "graph": _run_graph}
+        commands[args.command](args)
     except Exception as error:  # one line for the user; the traceback with --debug
         if args.debug:
             raise

@@ -241,6 +241,34 @@ def from_dot(text: str) -> nx.DiGraph:
     return graph
 
 
+def draw(graph: nx.DiGraph, path) -> None:
+    """A PNG of the graph (matplotlib): optimizers in the order they step,
+    left to right; groups as squares, optimizers as circles, ties dashed."""
+    from recurse.reporting import saved_figure
+
+    ties = set(graph.graph.get("ties", []))
+    tie_edges = {(u, hyper_group(owner)) for u in ties for owner in ties}
+    acyclic = nx.DiGraph(edge for edge in graph.edges if edge not in tie_edges)
+    acyclic.add_nodes_from(graph.nodes)
+    for layer, nodes in enumerate(nx.topological_generations(acyclic)):
+        for node in nodes:
+            acyclic.nodes[node]["layer"] = layer
+    positions = nx.multipartite_layout(acyclic, subset_key="layer")
+    with saved_figure(path, figsize=(2.5 * len(list(nx.topological_generations(acyclic))) + 2, 3.5)) as (_, axis):
+        for kind, shape, colour in ((GROUP, "s", "tab:blue"), (OPTIMIZER, "o", "tab:orange")):
+            nodes = [n for n, d in graph.nodes(data=True) if d["kind"] == kind]
+            nx.draw_networkx_nodes(graph, positions, nodelist=nodes, node_shape=shape, node_color=colour,
+                                   node_size=700, alpha=0.8, ax=axis)
+        solid = [edge for edge in graph.edges if edge not in tie_edges]
+        nx.draw_networkx_edges(graph, positions, edgelist=solid, ax=axis, arrows=True, node_size=700)
+        nx.draw_networkx_edges(graph, positions, edgelist=[e for e in graph.edges if e in tie_edges], ax=axis,
+                               style="dashed", arrows=True, connectionstyle="arc3,rad=0.4", node_size=700)
+        labels = {n: n if d["kind"] == GROUP else f"{n}\n{d['label']}" for n, d in graph.nodes(data=True)}
+        nx.draw_networkx_labels(graph, positions, labels=labels, font_size=7, ax=axis)
+        axis.set_title("who steps whom (squares: parameter groups, circles: optimizers, dashed: ties)", fontsize=9)
+        axis.axis("off")
+
+
 def from_hyper_optimizer(optimizer) -> nx.DiGraph:
     """The graph of an ``rc.HyperOptimizer``: its parameters as group ``model``,
     stepped by ``level0``, whose hyperparameters are stepped by ``level0/1``, ..."""

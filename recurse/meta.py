@@ -129,7 +129,7 @@ class MetaTrainer:
             self.states = [_detach_tree(state_) for state_ in self.states[:-1]] + [state]
             self.top_norm_state = norm_state
             for optimizer, values in zip(self.optimizers[:-1], self.values[1:]):
-                optimizer.raw = values[0]
+                optimizer.assign_raw(values[0])
         self.meta_steps += 1
         self.last_meta_loss = loss.item()
         return self.last_meta_loss
@@ -161,7 +161,7 @@ class MetaTrainer:
         self.inner_step, self.meta_steps = state_dict["inner_step"], state_dict["meta_steps"]
         self.nonfinite_steps, self.last_meta_loss = state_dict["nonfinite_steps"], state_dict["last_meta_loss"]
         for optimizer, level in zip(self.optimizers[:-1], self.values[1:]):
-            optimizer.raw = level[0]
+            optimizer.assign_raw(level[0])
         set_rng_state(state_dict["rng"])
 
     def _level_loss(self, level: int, values: list[Tensor]) -> Tensor:

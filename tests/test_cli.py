@@ -49,3 +49,37 @@ def test_search_and_compare_reject_unknown_names(capsys):
     assert "unknown method 'bayes'" in capsys.readouterr().err
     assert main(["search", "--storage", "nosuchdriver://x", "--trials", "1"]) == 1
     assert "cannot open Optuna storage 'nosuchdriver://x'" in capsys.readouterr().err
+
+
+def test_graph_describes_and_draws_a_tower(tmp_path, capsys):
+    assert main(["graph", "adam:1e-3", "sgd:1e-2", "sgd:1e-3"]) == 0
+    printed = capsys.readouterr().out
+    assert "model_opt/2: rc.SGD(lr=0.001) steps model_opt/1.hyper" in printed
+    assert main(["graph", "sgd:0.1", "--tie", "3", "--format", "dot", "--out", str(tmp_path / "t.dot")]) == 0
+    assert "style=dashed" in (tmp_path / "t.dot").read_text()
+    assert main(["graph", "adam:1e-3", "sgd:1e-2", "--format", "png", "--out", str(tmp_path / "t.png")]) == 0
+    assert (tmp_path / "t.png").stat().st_size > 5_000
+    assert main(["graph", "lbfgs:1"]) == 1
+    assert "unknown optimizer 'lbfgs'" in capsys.readouterr().err
+
+
+def test_run_forwards_options_to_a_study(tmp_path, capsys):
+    assert main(["run", "precision", "--quick", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "results.csv").exists() and "sqrt(eps)" in capsys.readouterr().out
+    assert main(["run", "nosuch"]) == 1
+    assert "unknown study 'nosuch'" in capsys.readouterr().err
+
+
+def test_the_main_job_runs_end_to_end_within_two_minutes(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "recurse", "demo", "--quiet", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert time.monotonic() - start < 120
+    for name in ("config.json", "metrics.csv", "summary.md", "demo.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert "| SGD depth 2 |" in done.stdout

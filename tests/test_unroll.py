@@ -146,6 +146,8 @@ def test_meta_training_lowers_the_loss_and_learns_the_lr():
         last = trainer.meta_step()
     assert last < 0.5 * first
     assert trainer.hyperparameters()["0.lr"] > 1.5e-3  # started at 1e-3, far below 1/L (about 0.034)
+    # The meta-trained optimizer now runs at its learned values wherever it is used next.
+    assert trainer.optimizers[0].current_values()["lr"] == pytest.approx(trainer.hyperparameters()["0.lr"])
 
 
 def test_first_order_drops_exactly_the_second_derivative_terms():

@@ -207,6 +207,14 @@ class Optimizer:
         values.update(zip(self.learnable, constrained.unbind()))
         return values
 
+    def assign_raw(self, raw: Tensor) -> None:
+        """Take ``raw`` (unconstrained learnable values, e.g. after meta-training)
+        as this optimizer's values: learned or fixed, the next step uses them."""
+        self.raw = raw.detach()
+        values = self.hyper_values(self.raw)
+        for name in self.learnable:
+            self.initial_values[name] = float(values[name])
+
     def spec(self, name: str) -> Hyperparameter:
         """The declaration of hyperparameter ``name``."""
         for spec in self.hyperparameter_specs:

@@ -1,0 +1,33 @@
+"""Every script in examples/ runs (quick settings) and does what it says."""
+
+import importlib.util
+from pathlib import Path
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_example_is_tested():
+    assert sorted(path.stem for path in EXAMPLES.glob("*.py")) == ["custom_optimizer", "meta_training", "train_loop"]
+
+
+def test_train_loop_learns_the_rate(capsys):
+    learned, valid_loss = load("train_loop").main(["--steps", "150"])
+    assert learned[-1] > 10 * learned[0] and valid_loss < 0.5
+    assert "validation loss" in capsys.readouterr().out
+
+
+def test_custom_optimizer_works_as_a_level():
+    start, end, values = load("custom_optimizer").main()
+    assert end < 0.1 * start and values["0.lr"] != 1e-3 and values["1.lr"] != 0.05
+
+
+def test_meta_training_learns_a_rate_that_transfers():
+    learned, before, after = load("meta_training").main(["--tasks", "3"])
+    assert learned > 2e-3 and after < before
