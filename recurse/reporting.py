@@ -45,7 +45,18 @@ def study_parser(doc: str, quick_help: str) -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help=quick_help)
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default results/<study>/<quick|full>)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
+
+
+def progress(iterable, args: argparse.Namespace, description: str):
+    """``iterable`` with a tqdm progress bar, off with ``--quiet`` or when
+    stderr is not a terminal (CI logs, pipes)."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=description, disable=getattr(args, "quiet", False) or not sys.stderr.isatty())
 
 
 def study_folder(args: argparse.Namespace, study: str) -> Path:

@@ -25,7 +25,7 @@ from pathlib import Path
 MAX_DEPTH = 8
 QUICK_DEPTHS = [0, 1, 2, 4, 8]
 
-from recurse.reporting import cached, saved_figure, study_folder, study_parser, write_csv
+from recurse.reporting import cached, progress, saved_figure, study_folder, study_parser, write_csv
 
 
 def measure(depth: int, steps: int, seed: int, device: str) -> dict:
@@ -68,7 +68,7 @@ def main(argv=None):
     depths = QUICK_DEPTHS if args.quick else list(range(MAX_DEPTH + 1))
 
     rows = []
-    for depth in depths:
+    for depth in progress(depths, args, "depths"):
         for seed in seeds:  # a fresh process per run: its peak memory is this run's alone
             command = [sys.executable, __file__, "--measure", str(depth), str(steps), str(seed),
                        "--device", args.device]

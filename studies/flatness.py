@@ -26,7 +26,7 @@ import recurse as rc
 from recurse import exact
 from recurse.baselines.compare import tower_optimizer
 from recurse.problems import Digits
-from recurse.reporting import cached, saved_figure, study_folder, study_parser, write_csv
+from recurse.reporting import cached, progress, saved_figure, study_folder, study_parser, write_csv
 
 HIDDEN = 32
 
@@ -66,7 +66,7 @@ def main(argv=None):
     steps, seeds = (300, [0]) if args.quick else (3000, [0, 1, 2])
     task = Digits(dtype=torch.float64)
     rows = []
-    for name, build in methods().items():
+    for name, build in progress(methods().items(), args, "methods"):
         for seed in seeds:
             measured = cached(out, f"{name}-seed{seed}".replace(" ", "_").replace(",", ""),
                               lambda: measure(task, _trained_model(task, build, steps, seed)))

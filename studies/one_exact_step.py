@@ -31,7 +31,7 @@ import torch
 import recurse as rc
 from recurse import exact
 from recurse.problems import Cubic, Digits, LinearRegression, QuadraticFamily, Rosenbrock, XCosPiX
-from recurse.reporting import saved_figure, study_folder, study_parser, write_csv
+from recurse.reporting import progress, saved_figure, study_folder, study_parser, write_csv
 
 LEARNING_RATES = [10.0 ** e for e in range(-5, 1)]
 DAMPING = 1e-4
@@ -105,10 +105,10 @@ def first_order_steps_to_reach(loss_fn, start, target, make_optimizer, max_steps
     return best
 
 
-def one_step_rows(quick: bool) -> list[dict]:
+def one_step_rows(quick: bool, args=None) -> list[dict]:
     rows = []
     max_steps = 1000 if quick else 20000
-    for name, loss_fn, start, max_order in problems(quick):
+    for name, loss_fn, start, max_order in progress(list(problems(quick)), args, "one-step problems"):
         start_loss = loss_fn(start).item()
         dimension = start.numel()
         for order in range(1, max_order + 1):
@@ -135,11 +135,11 @@ def one_step_rows(quick: bool) -> list[dict]:
     return rows
 
 
-def basin_rows(points: int) -> list[dict]:
+def basin_rows(points: int, args=None) -> list[dict]:
     landscape = XCosPiX()
     (local_x, _), (global_x, _) = landscape.minima()
     rows = []
-    for index in range(points):
+    for index in progress(range(points), args, "basin starts"):
         start = landscape.low + (landscape.high - landscape.low) * (index + 0.5) / points
         for method in ("gradient descent", "Newton", "Taylor order 3"):
             x = torch.tensor([start], dtype=torch.float64)
@@ -182,8 +182,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     out = study_folder(args, "one_exact_step")
     closed = closed_form_rows(3 if args.quick else 20)
-    one_step = one_step_rows(args.quick)
-    basins = basin_rows(60 if args.quick else 300)
+    one_step = one_step_rows(args.quick, args)
+    basins = basin_rows(60 if args.quick else 300, args)
     saddle = saddle_trajectory()
     for name, rows in (("closed_form", closed), ("one_step", one_step), ("basins", basins)):
         write_csv(out / f"{name}.csv", rows)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import recurse as rc
 from recurse.problems import SyntheticRegression
-from recurse.reporting import saved_figure, study_folder, study_parser, write_csv
+from recurse.reporting import progress, saved_figure, study_folder, study_parser, write_csv
 
 START_LR = 1e-3
 
@@ -54,7 +54,7 @@ def main(argv=None):
 
     task = SyntheticRegression(seed=0)
     rows, trajectories = [], {}
-    for batch_size in batch_sizes:
+    for batch_size in progress(batch_sizes, args, "batch sizes"):
         for name, build in methods().items():
             valid_loss, lrs, nonfinite = train(task, build, batch_size, steps)
             rows.append({"batch_size": batch_size, "method": name, "valid_mse": valid_loss,

@@ -35,7 +35,7 @@ import recurse as rc
 from recurse.baselines import Diverged, train
 from recurse.baselines.compare import tower_optimizer
 from recurse.problems import Digits
-from recurse.reporting import cached, saved_figure, study_folder, study_parser, write_csv
+from recurse.reporting import cached, progress, saved_figure, study_folder, study_parser, write_csv
 
 HIDDEN = 128
 INITIAL_LRS = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1e0, 1e1]
@@ -72,7 +72,7 @@ def main(argv=None):
 
     stack_rows = []
     for family, build in (("SGD", sgd_stack), ("Adam", adam_stack)):
-        for height in range(1, max_height + 1):
+        for height in progress(range(1, max_height + 1), args, f"{family} stacks"):
             measured = [final_loss(out, f"{family}-height{height}", task, lambda: build(height), steps=steps, seed=seed)
                         for seed in seeds]
             losses = [loss for loss, _, _ in measured]
@@ -83,7 +83,7 @@ def main(argv=None):
                                "seconds_mean": statistics.mean(sec for _, _, sec in measured)})
 
     sensitivity = {}
-    for height in range(1, 5):
+    for height in progress(range(1, 5), args, "sensitivity"):
         for initial_lr in INITIAL_LRS:
             losses = [final_loss(out, f"sensitivity-height{height}-lr{initial_lr:g}", task,
                                  lambda: sgd_stack(height, initial_lr), steps=steps, seed=seed)[0] for seed in seeds]

@@ -19,6 +19,7 @@ Default DIR: results/vs_optuna/<quick|full>. Rerunning resumes.
 from __future__ import annotations
 
 import statistics
+import sys
 
 import optuna
 
@@ -78,7 +79,7 @@ def main(argv=None):
         for optimizer in optimizers:
             runs = compare(task, methods=["fixed", "depth2", "grid", "random", "tpe"], optimizer=optimizer,
                            budget=16 * steps, steps=steps, seeds=seeds, out=out / f"{task}-{optimizer}",
-                           quiet=args.quick)
+                           quiet=args.quiet or not sys.stderr.isatty())
             rows += verdict_rows(task, optimizer, runs)
 
     write_csv(out / "verdict.csv", rows)
