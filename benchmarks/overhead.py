@@ -3,7 +3,9 @@
 MLP 784-128-10, batch 256, random data. For each optimizer family (SGD,
 Adam learning all its knobs, Adam learning only lr) it times torch.optim and recurse stacks of depth 0, 1, 2, 4, 8 (each
 level the same family) and prints ms/step, the ratio to torch.optim, and
-the cost of each extra level as a fraction of a depth-0 step.
+the cost of the levels as a fraction of a depth-0 step: averaged over all
+levels, and marginal (from one measured depth to the next), since the first
+learned level costs more than the ones above it.
 
     python benchmarks/overhead.py [--steps 200] [--repeats 5] [--device cuda]
 """
@@ -75,8 +77,9 @@ def main(argv=None):
 
     print(f"recurse {rc.__version__}, torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}")
     print(f"MLP 784-128-10, batch 256; median of {args.repeats} rounds x {args.steps} steps, methods interleaved\n")
-    print("| family | method | ms/step | ratio to torch.optim | extra level cost (% of depth-0 step) |")
-    print("|---|---|---|---|---|")
+    print("| family | method | ms/step | ratio to torch.optim | mean cost per level (% of depth-0 step) | "
+          "marginal cost per level since the previous depth (%) |")
+    print("|---|---|---|---|---|---|")
     for family in ("SGD", "Adam", "Adam, lr only"):
         methods = [("torch.optim", 0)] + [(f"recurse depth {d}", d) for d in DEPTHS]
         runners = {name: make_runner(name, family, depth, device, inputs, labels) for name, depth in methods}
@@ -88,9 +91,16 @@ def main(argv=None):
                 samples[name].append(time_steps(run, args.steps, device))
         medians = {name: statistics.median(values) for name, values in samples.items()}
         baseline, depth0 = medians["torch.optim"], medians["recurse depth 0"]
+        previous = None
         for name, depth in methods:
             per_level = "" if depth == 0 else f"{100 * (medians[name] - depth0) / depth0 / depth:.1f}"
-            print(f"| {family} | {name} | {medians[name]:.3f} | {medians[name] / baseline:.2f} | {per_level} |")
+            marginal = ""
+            if previous is not None and depth > previous[1]:
+                marginal = f"{100 * (medians[name] - previous[0]) / depth0 / (depth - previous[1]):.1f}"
+            if name != "torch.optim":
+                previous = (medians[name], depth)
+            print(f"| {family} | {name} | {medians[name]:.3f} | {medians[name] / baseline:.2f} | {per_level} | "
+                  f"{marginal} |")
 
 
 if __name__ == "__main__":
