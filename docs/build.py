@@ -25,6 +25,7 @@ MODULES = {
     "recurse.baselines": rc.baselines,
     "recurse.problems": rc.problems,
     "recurse.checkpoint": rc.checkpoint,
+    "recurse.distributed": rc.distributed,
     "recurse.transforms": rc.transforms,
     "recurse.constraints": rc.constraints,
 }

@@ -4,7 +4,7 @@ Any optimizer can learn another optimizer's hyperparameters, which can be
 learned in turn, to any depth.
 """
 
-from recurse import baselines, checkpoint, constraints, exact, graph, problems, transforms
+from recurse import baselines, checkpoint, constraints, distributed, exact, graph, problems, transforms
 from recurse.hyper import HyperOptimizer
 from recurse.meta import MetaTrainer
 from recurse.optim import SGD, Adagrad, Adam, AdamW, Hyperparameter, Newton, Optimizer, RMSprop
@@ -26,6 +26,7 @@ __all__ = [
     "RMSprop",
     "UnrollResult",
     "constraints",
+    "distributed",
     "exact",
     "graph",
     "model_objective",

@@ -23,6 +23,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
+from recurse.distributed import all_ranks_agree, total
 from recurse.hyper import _advance, _all_finite, _detach_tree
 from recurse.optim.base import Optimizer, State
 from recurse.unroll import Objective, _check_options, unroll
@@ -44,12 +45,17 @@ class MetaTrainer:
     not finite is rolled back whole and counted in ``nonfinite_steps``.
     Every tensor follows the parameters' device (``device=`` moves them
     there first); the objective must compute on that device too.
+    ``distributed=True`` (under torch.distributed): each rank unrolls its own
+    share of the tasks with an objective summing over them; the meta-gradients
+    are summed over ranks (the meta-gradient of the sum over all tasks) and the
+    roll-back decision is taken jointly, so every rank learns the same values.
     """
 
     def __init__(self, params: Sequence[Tensor], objective: Objective, optimizers: Sequence[Optimizer], *,
                  unroll_steps: Sequence[int], meta_loss: str = "final",
                  validation: Callable[[list[Tensor]], Tensor] | None = None, first_order: bool = False,
-                 window: int | None = None, device: torch.device | str | None = None) -> None:
+                 window: int | None = None, device: torch.device | str | None = None,
+                 distributed: bool = False) -> None:
         optimizers = list(optimizers)
         if len(optimizers) < 2:
             raise ValueError(f"rc.MetaTrainer: needs at least two optimizers (one trains, one learns it), "
@@ -77,6 +83,7 @@ class MetaTrainer:
         self.unroll_steps = list(unroll_steps)
         self.meta_loss, self.validation = meta_loss, validation
         self.first_order, self.window = first_order, window
+        self.distributed = distributed
         # values[i]: what level i's optimizer steps (theta, then each raw vector).
         self.values: list[list[Tensor]] = [params] + [[optimizer.raw.detach()] for optimizer in optimizers[:-1]]
         self.states: list[State | None] = [None] * len(optimizers)
@@ -116,10 +123,15 @@ class MetaTrainer:
         loss = self.meta_loss_of(leaf)
         (gradient,) = torch.autograd.grad(loss, leaf, allow_unused=True)
         gradient = torch.zeros_like(leaf) if gradient is None else gradient
+        if self.distributed:
+            gradient = total(gradient)
         top = self.optimizers[-1]
         new_values, (state, norm_state, _) = _advance(top, top.raw, [leaf.detach()], [gradient], self.states[-1],
                                                       self.top_norm_state, learned=False)
-        if not _all_finite([loss.detach(), gradient, new_values[0]]):
+        finite = _all_finite([loss.detach(), gradient, new_values[0]])
+        if self.distributed:
+            finite = all_ranks_agree(finite, leaf.device)
+        if not finite:
             self.values, self.states, self.inner_step = snapshot
             self.nonfinite_steps += 1
             log.warning("rc.MetaTrainer: non-finite meta-loss or meta-gradient at meta-step %d; rolled back "

@@ -14,7 +14,8 @@ def load(name):
 
 
 def test_every_example_is_tested():
-    assert sorted(path.stem for path in EXAMPLES.glob("*.py")) == ["custom_optimizer", "meta_training", "train_loop"]
+    assert sorted(path.stem for path in EXAMPLES.glob("*.py")) == ["custom_optimizer", "ddp", "meta_training",
+                                                                    "train_loop"]
 
 
 def test_train_loop_learns_the_rate(capsys):
@@ -31,3 +32,18 @@ def test_custom_optimizer_works_as_a_level():
 def test_meta_training_learns_a_rate_that_transfers():
     learned, before, after = load("meta_training").main(["--tasks", "3"])
     assert learned > 2e-3 and after < before
+
+
+def test_ddp_runs_under_torchrun_on_two_processes():
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_addr", "127.0.0.1", "--master_port", str(port), str(EXAMPLES / "ddp.py"),
+                           "--steps", "60"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 process(es): lr" in done.stdout

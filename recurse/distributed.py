@@ -1,0 +1,64 @@
+"""recurse under torch.distributed: towers on DDP models, meta-training
+data-parallel over tasks. Nothing here replaces PyTorch's own engine.
+
+- Online towers: wrap the model in ``DistributedDataParallel`` and give its
+  parameters to ``rc.HyperOptimizer`` unchanged. DDP all-reduces (averages)
+  the gradients, every rank computes the same hypergradients from them, so
+  every level stays identical on all ranks with no extra communication.
+  :func:`check_in_sync` verifies it and fails loudly on drift.
+- Meta-training: ``rc.MetaTrainer(..., distributed=True)``: each rank
+  unrolls its own share of the tasks with an objective that *sums* over
+  them (each task's parameters then see their own, unscaled gradient); the
+  meta-gradients are summed over ranks, which is the meta-gradient of the sum
+  over all tasks, and the roll-back decision for a non-finite meta-step is
+  taken jointly.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+def is_active() -> bool:
+    """True inside an initialised torch.distributed process group."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def total(tensor: Tensor) -> Tensor:
+    """The sum of ``tensor`` over all ranks (a copy; itself when not distributed)."""
+    if not is_active():
+        return tensor
+    summed = tensor.detach().clone()
+    dist.all_reduce(summed, op=dist.ReduceOp.SUM)
+    return summed
+
+
+def all_ranks_agree(flag: bool, device) -> bool:
+    """True only if ``flag`` is true on every rank."""
+    if not is_active():
+        return flag
+    value = torch.tensor([1 if flag else 0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())
+
+
+def check_in_sync(optimizer, *, tolerance: float = 0.0) -> None:
+    """Raise RuntimeError if the hyperparameters of ``optimizer`` (an
+    ``rc.HyperOptimizer`` or ``rc.MetaTrainer``) differ across ranks by more
+    than ``tolerance``, naming the hyperparameter and the ranks' values."""
+    if not is_active():
+        return
+    names = sorted(optimizer.hyperparameters())
+    mine = torch.tensor([optimizer.hyperparameters()[name] for name in names], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        mine = mine.cuda()
+    gathered = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, mine)
+    stacked = torch.stack(gathered).cpu()
+    spread = (stacked.max(0).values - stacked.min(0).values)
+    for index in torch.nonzero(spread > tolerance).flatten().tolist():
+        values = ", ".join(f"rank {rank}: {stacked[rank, index].item()!r}" for rank in range(len(gathered)))
+        raise RuntimeError(f"rc.distributed.check_in_sync: hyperparameter {names[index]!r} differs across ranks "
+                           f"({values}); were the gradients all-reduced (DDP) before opt.step()?")

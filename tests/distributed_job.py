@@ -1,0 +1,82 @@
+"""Runs under torchrun (gloo, CPU) for tests/test_distributed.py.
+
+    torchrun --nproc_per_node 2 tests/distributed_job.py online OUT
+    torchrun --nproc_per_node 2 tests/distributed_job.py meta OUT
+
+Each rank trains on its share of one fixed batch (online: a DDP MLP under a
+depth-2 tower) or of one fixed set of tasks (meta: MetaTrainer over
+quadratics) and saves what it ended with to OUT/rank<r>.pt. The helpers
+``online_run`` and ``meta_run`` also give the single-process reference.
+"""
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+import recurse as rc
+
+STEPS, META_STEPS, TASKS = 50, 4, 4
+
+
+def batch():
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(64, 5, generator=generator, dtype=torch.float64)
+    return inputs, inputs[:, :1].sin() + 0.1 * torch.randn(64, 1, generator=generator, dtype=torch.float64)
+
+
+def model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1)).double()
+
+
+def tower():
+    return rc.stack(rc.Adam(1e-2), rc.SGD(1e-3, normalize="rms"), rc.SGD(1e-3, normalize="rms"))
+
+
+def online_run(rank=0, world=1):
+    net = model()
+    trained = torch.nn.parallel.DistributedDataParallel(net) if world > 1 else net
+    opt = rc.HyperOptimizer(trained.parameters(), tower())
+    inputs, targets = batch()
+    share = slice(rank * 64 // world, (rank + 1) * 64 // world)
+    start = time.perf_counter()
+    for _ in range(STEPS):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(trained(inputs[share]), targets[share]).backward()
+        opt.step()
+    seconds = (time.perf_counter() - start) / STEPS
+    rc.distributed.check_in_sync(opt)
+    return {"params": [p.detach().clone() for p in net.parameters()], "hyper": opt.hyperparameters(),
+            "seconds_per_step": seconds}
+
+
+def meta_run(rank=0, world=1):
+    family = rc.problems.QuadraticFamily(10, seed=0)
+    tasks = [family.sample() for _ in range(TASKS)][rank * TASKS // world:(rank + 1) * TASKS // world]
+    thetas = torch.zeros(len(tasks), 10, dtype=torch.float64)
+
+    def objective(params, k):  # a sum: each task's parameters get their own, unscaled gradient
+        return torch.stack([task.loss(theta) for task, theta in zip(tasks, params[0])]).sum()
+
+    trainer = rc.MetaTrainer([thetas], objective, [rc.SGD(0.01, learn="lr"), rc.Adam(0.05)], unroll_steps=[5],
+                             distributed=world > 1)
+    for _ in range(META_STEPS):
+        trainer.meta_step()
+    rc.distributed.check_in_sync(trainer)
+    return {"raw": trainer.optimizers[0].raw.clone(), "hyper": trainer.hyperparameters()}
+
+
+def main():
+    mode, out = sys.argv[1], Path(sys.argv[2])
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    result = online_run(rank, world) if mode == "online" else meta_run(rank, world)
+    torch.save(result, out / f"rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
