@@ -48,7 +48,8 @@ def test_a_killed_search_resumes_with_every_grid_cell_run_once(tmp_path):
     assert [t.state for t in load_trials(storage, name)].count(RUNNING) == 1
 
     time.sleep(2.5)  # past the grace period (2 heartbeats): the trial is stale
-    subprocess.run(command, check=True, timeout=300, capture_output=True)
+    rerun = subprocess.run(command, timeout=300, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
 
     trials = load_trials(storage, name)
     completed = [t for t in trials if t.state == COMPLETE]

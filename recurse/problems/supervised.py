@@ -110,6 +110,10 @@ def split(inputs: Tensor, targets: Tensor, valid_fraction: float, seed: int) -> 
 
 
 def standardize(train: Tensor, *others: Tensor) -> list[Tensor]:
-    """Scale every set by the training set's per-feature mean and std."""
-    mean, std = train.mean(0), train.std(0).clamp_min(1e-6)
+    """Scale every set by the training set's per-feature mean and std. A
+    feature that is constant on the training set is only centred (scale 1,
+    as sklearn's StandardScaler does): dividing by its ~0 std would turn a
+    rare non-zero value in another set into a huge input."""
+    mean, std = train.mean(0), train.std(0)
+    std = torch.where(std > 1e-6, std, torch.ones_like(std))
     return [(x - mean) / std for x in (train, *others)]
