@@ -6,10 +6,11 @@ learned in turn, to any depth.
 
 from recurse import baselines, checkpoint, constraints, distributed, exact, graph, problems, transforms
 from recurse.hyper import HyperOptimizer
+from recurse.learned import LSTMOptimizer
 from recurse.meta import MetaTrainer
-from recurse.optim import SGD, Adagrad, Adam, AdamW, Hyperparameter, Newton, Optimizer, RMSprop
+from recurse.optim import SGD, Adagrad, Adam, AdamW, Hyperparameter, Newton, Optimizer, PerGroup, RMSprop
 from recurse.tower import stack, tower
-from recurse.unroll import UnrollResult, model_objective, unroll, unroll_torch
+from recurse.unroll import UnrollResult, evaluate, model_objective, unroll, unroll_torch
 
 __version__ = "0.1.0"
 
@@ -19,14 +20,17 @@ __all__ = [
     "Adam",
     "AdamW",
     "HyperOptimizer",
+    "LSTMOptimizer",
     "Hyperparameter",
     "MetaTrainer",
     "Newton",
     "Optimizer",
+    "PerGroup",
     "RMSprop",
     "UnrollResult",
     "constraints",
     "distributed",
+    "evaluate",
     "exact",
     "graph",
     "model_objective",

@@ -17,6 +17,10 @@ declared tied (an optimizer that steps its own hyperparameters, built with
                            optimizers={"conv_opt": rc.Adam(1e-3, hyper=rc.SGD(1e-2)), "fc_opt": rc.SGD(0.1)},
                            steps={"conv_opt": "conv", "fc_opt": "fc"})
     print(rc.graph.describe(graph)); opt = rc.graph.GraphOptimizer(graph)
+
+``GraphOptimizer`` runs the graph online; ``per_group(graph)`` turns it into
+one ``rc.PerGroup`` optimizer for ``rc.MetaTrainer`` (e.g. two LSTMs, one
+for weights and one for biases, meta-trained together).
 """
 
 from __future__ import annotations
@@ -114,7 +118,8 @@ def _add_hyper_group(graph: nx.DiGraph, owner: str) -> None:
         return
     optimizer = graph.nodes[owner].get("optimizer")
     learnable = list(optimizer.learnable) if optimizer is not None else []
-    graph.add_node(name, kind=GROUP, params=[], hyperparameters=learnable, numel=len(learnable), shapes=[],
+    graph.add_node(name, kind=GROUP, params=[], hyperparameters=learnable,
+                   numel=0 if optimizer is None else optimizer.raw.numel(), shapes=[],
                    device=None, dtype=None)
     graph.add_edge(name, owner, relation=CONFIGURES)
 
@@ -284,6 +289,33 @@ def from_meta_trainer(trainer) -> nx.DiGraph:
         optimizers[f"level{level}"] = _label(optimizer) + unrolled
         steps[f"level{level}"] = "model" if level == 0 else hyper_group(f"level{level - 1}")
     return build({"model": trainer.params}, optimizers, steps)
+
+
+def per_group(graph: nx.DiGraph):
+    """``(params, optimizer)``: the model parameters of ``graph`` (its groups in
+    sorted order) and one ``rc.PerGroup`` whose groups are the graph's
+    optimizer nodes that step model groups, for ``rc.MetaTrainer``/``rc.unroll``
+    (``GraphOptimizer`` is the online counterpart). The optimizers' own
+    ``hyper=`` towers are not used there: the meta-optimizer is given to the
+    MetaTrainer."""
+    from recurse.optim.per_group import PerGroup
+
+    groups = sorted(name for name, data in graph.nodes(data=True) if data["kind"] == GROUP and data.get("params"))
+    offsets, params = {}, []
+    for group in groups:
+        offsets[group] = list(range(len(params), len(params) + len(graph.nodes[group]["params"])))
+        params += graph.nodes[group]["params"]
+    entries = {}
+    for name in schedule(graph):
+        stepped = sorted(g for _, g in graph.out_edges(name) if g in offsets)
+        if not stepped:
+            continue
+        optimizer = graph.nodes[name]["optimizer"]
+        if optimizer is None or optimizer.hyper is not None:
+            raise GraphError(f"optimizer node {name!r} must hold an rc.Optimizer without hyper= to be part of a "
+                             f"PerGroup, got {graph.nodes[name]['label']!r}")
+        entries[name] = (optimizer, [index for group in stepped for index in offsets[group]])
+    return params, PerGroup(entries)
 
 
 class GraphOptimizer(torch.optim.Optimizer):

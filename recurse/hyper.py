@@ -183,12 +183,8 @@ class HyperOptimizer(torch.optim.Optimizer):
         for index, (level, gradient) in enumerate(zip(self.levels, self.last_hypergradients)):
             if gradient is None:
                 continue
-            optimizer = level.optimizer
-            values = optimizer.hyper_values(self._hypergradient_points[index])
-            for position, name in enumerate(optimizer.learnable):
-                spec = optimizer.spec(name)
-                slope = spec.constraint.raw_derivative(values[name])
-                result[f"{index}.{name}"] = float(gradient[position] / slope)
+            values = level.optimizer.hypergradient_values(self._hypergradient_points[index], gradient)
+            result.update({f"{index}.{name}": value for name, value in values.items()})
         return result
 
     def history(self) -> dict[str, list[float]]:
@@ -197,7 +193,7 @@ class HyperOptimizer(torch.optim.Optimizer):
             f"{index}.{name}"
             for index, level in enumerate(self.levels)
             if level.optimizer.is_learned
-            for name in level.optimizer.learnable
+            for name in level.optimizer.tracked_names()
         ]
         columns: dict[str, list[float]] = {name: [] for name in names}
         for row in self._history:
@@ -507,8 +503,6 @@ def _all_finite(tensors: list[Tensor]) -> bool:
 def _learned_values(levels: list[_Level]) -> list[Tensor]:
     row = []
     for level in levels:
-        optimizer = level.optimizer
-        if optimizer.is_learned:
-            values = optimizer.hyper_values()
-            row.append(torch.stack([values[name] for name in optimizer.learnable]).detach())
+        if level.optimizer.is_learned:
+            row.append(level.optimizer.tracked_values())
     return row

@@ -39,10 +39,17 @@ class MetaTrainer:
     >>> trainer = rc.MetaTrainer(params, objective, [rc.SGD(0.01), rc.Adam(0.05)], unroll_steps=[20])
     >>> for _ in range(100): trainer.meta_step()
 
-    ``meta_loss``/``validation``/``first_order``/``window`` apply to the level-0
+    ``meta_loss``/``validation``/``meta_objective``/``first_order``/``window`` apply to the level-0
     unrolls (see :func:`recurse.unroll.unroll`); higher levels use the final
     meta-loss of the level below. A meta-step whose loss or meta-gradient is
-    not finite is rolled back whole and counted in ``nonfinite_steps``.
+    not finite is rolled back whole, counted in ``nonfinite_steps``, and the
+    top optimizer's learning rate is multiplied by ``backoff`` (1 keeps it).
+    Stability penalties: ``penalties`` (e.g. ``rc.transforms.L2Penalty``) are
+    functions ``penalty(raw, start)`` of the top learned meta-parameters
+    added to the meta-loss; ``update_penalty=c`` adds c * sum ||theta_{k+1} -
+    theta_k||^2 over the level-0 unrolls (see :func:`recurse.unroll.unroll`).
+    Sampled tasks: :meth:`new_task` swaps the trained parameters (and the
+    objective) while the meta-parameters and the meta-optimizer's state carry on.
     Every tensor follows the parameters' device (``device=`` moves them
     there first); the objective must compute on that device too.
     ``distributed=True`` (under torch.distributed): each rank unrolls its own
@@ -55,7 +62,8 @@ class MetaTrainer:
                  unroll_steps: Sequence[int], meta_loss: str = "final",
                  validation: Callable[[list[Tensor]], Tensor] | None = None, first_order: bool = False,
                  window: int | None = None, device: torch.device | str | None = None,
-                 distributed: bool = False) -> None:
+                 distributed: bool = False, penalties: Sequence[Callable[[Tensor, Tensor], Tensor]] = (),
+                 update_penalty: float = 0.0, backoff: float = 0.5, meta_objective: Objective | None = None) -> None:
         optimizers = list(optimizers)
         if len(optimizers) < 2:
             raise ValueError(f"rc.MetaTrainer: needs at least two optimizers (one trains, one learns it), "
@@ -69,7 +77,16 @@ class MetaTrainer:
         if len(unroll_steps) != len(optimizers) - 1:
             raise ValueError(f"rc.MetaTrainer: unroll_steps needs one count per learned level "
                              f"({len(optimizers) - 1}), got {list(unroll_steps)!r}")
-        _check_options(unroll_steps[0], meta_loss, validation, window)
+        if isinstance(backoff, bool) or not isinstance(backoff, (int, float)) or not 0 < backoff <= 1:
+            raise ValueError(f"rc.MetaTrainer: backoff must be in (0, 1], got {backoff!r}")
+        if backoff < 1 and "lr" not in optimizers[-1].initial_values:
+            raise ValueError(f"rc.MetaTrainer: backoff={backoff!r} shrinks the top optimizer's lr, but "
+                             f"{optimizers[-1]!r} has none; pass backoff=1")
+        for index, penalty in enumerate(penalties):
+            if not callable(penalty):
+                raise TypeError(f"rc.MetaTrainer: penalties[{index}] must be callable as penalty(raw, start), "
+                                f"got {type(penalty).__qualname__}")
+        _check_options(unroll_steps[0], meta_loss, validation, window, update_penalty)
         for steps in unroll_steps[1:]:
             _check_options(steps, "final", None, None)
         params = [p.detach() if device is None else p.detach().to(device) for p in params]
@@ -84,6 +101,9 @@ class MetaTrainer:
         self.meta_loss, self.validation = meta_loss, validation
         self.first_order, self.window = first_order, window
         self.distributed = distributed
+        self.penalties, self.update_penalty, self.backoff = list(penalties), update_penalty, backoff
+        self.meta_objective = meta_objective
+        self.start_raw = optimizers[-2].raw.detach().clone()
         # values[i]: what level i's optimizer steps (theta, then each raw vector).
         self.values: list[list[Tensor]] = [params] + [[optimizer.raw.detach()] for optimizer in optimizers[:-1]]
         self.states: list[State | None] = [None] * len(optimizers)
@@ -92,6 +112,7 @@ class MetaTrainer:
         self.meta_steps = 0
         self.nonfinite_steps = 0
         self.last_meta_loss = float("nan")
+        self.last_meta_gradient_norm = float("nan")  # of the top learned meta-parameters, at the last meta-step
 
     @property
     def depth(self) -> int:
@@ -106,15 +127,34 @@ class MetaTrainer:
         """``{"<level>.<name>": value}`` for every level, as the next meta-step starts."""
         values = {}
         for level, optimizer in enumerate(self.optimizers):
-            current = optimizer.hyper_values(self.values[level + 1][0]) if level < self.depth \
-                else optimizer.hyper_values()
-            values.update({f"{level}.{name}": float(value) for name, value in current.items()})
+            current = optimizer.current_values(self.values[level + 1][0] if level < self.depth else None)
+            values.update({f"{level}.{name}": value for name, value in current.items()})
         return values
 
+    def new_task(self, params: Sequence[Tensor], objective: Objective | None = None,
+                 meta_objective: Objective | None = None) -> None:
+        """Start training fresh ``params`` (on ``objective`` and
+        ``meta_objective``, where given): the
+        level-0 optimizer state (e.g. an LSTM's hidden states) and the inner
+        step count restart; every learned level and the meta-optimizer's
+        state carry on, so meta-training continues over sampled tasks."""
+        params = [p.detach().to(self.values[0][0].device) for p in params]
+        if not params:
+            raise ValueError("rc.MetaTrainer.new_task: got an empty parameter list")
+        self.values[0], self.states[0], self.inner_step = params, None, 0
+        if objective is not None:
+            self.objective = objective
+        if meta_objective is not None:
+            self.meta_objective = meta_objective
+
     def meta_loss_of(self, raw: Tensor) -> Tensor:
-        """L_d at the top learned hyperparameters ``raw``, from the current
-        carried state (advances it; used by :meth:`meta_step` and by tests)."""
-        return self._level_loss(self.depth, [raw])
+        """L_d at the top learned hyperparameters ``raw`` plus the penalties,
+        from the current carried state (advances it; used by
+        :meth:`meta_step` and by tests)."""
+        loss = self._level_loss(self.depth, [raw])
+        for penalty in self.penalties:
+            loss = loss + penalty(raw, self.start_raw)
+        return loss
 
     def meta_step(self) -> float:
         """One outermost step: returns L_d before the step."""
@@ -125,6 +165,7 @@ class MetaTrainer:
         gradient = torch.zeros_like(leaf) if gradient is None else gradient
         if self.distributed:
             gradient = total(gradient)
+        self.last_meta_gradient_norm = float(gradient.norm())
         top = self.optimizers[-1]
         new_values, (state, norm_state, _) = _advance(top, top.raw, [leaf.detach()], [gradient], self.states[-1],
                                                       self.top_norm_state, learned=False)
@@ -134,8 +175,11 @@ class MetaTrainer:
         if not finite:
             self.values, self.states, self.inner_step = snapshot
             self.nonfinite_steps += 1
+            if self.backoff < 1:
+                top.initial_values["lr"] *= self.backoff
             log.warning("rc.MetaTrainer: non-finite meta-loss or meta-gradient at meta-step %d; rolled back "
-                        "(%d so far)", self.meta_steps + 1, self.nonfinite_steps)
+                        "(%d so far), meta lr now %g", self.meta_steps + 1, self.nonfinite_steps,
+                        top.initial_values.get("lr", float("nan")))
         else:
             self.values = [_detach_tree(values) for values in self.values[:-1]] + [[new_values[0].detach()]]
             self.states = [_detach_tree(state_) for state_ in self.states[:-1]] + [state]
@@ -155,7 +199,8 @@ class MetaTrainer:
         return {"rng": rng_state(), "values": [[t.clone() for t in values] for values in self.values],
                 "states": _detach_tree(self.states), "top_norm_state": _detach_tree(self.top_norm_state),
                 "inner_step": self.inner_step, "meta_steps": self.meta_steps,
-                "nonfinite_steps": self.nonfinite_steps, "last_meta_loss": self.last_meta_loss}
+                "nonfinite_steps": self.nonfinite_steps, "last_meta_loss": self.last_meta_loss,
+                "top_values": dict(self.optimizers[-1].initial_values), "start_raw": self.start_raw.clone()}
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Continue exactly where :meth:`state_dict` was taken (the objective
@@ -172,6 +217,8 @@ class MetaTrainer:
         self.top_norm_state = state_dict["top_norm_state"]
         self.inner_step, self.meta_steps = state_dict["inner_step"], state_dict["meta_steps"]
         self.nonfinite_steps, self.last_meta_loss = state_dict["nonfinite_steps"], state_dict["last_meta_loss"]
+        self.optimizers[-1].initial_values.update(state_dict["top_values"])
+        self.start_raw = state_dict["start_raw"].to(reference.device)
         for optimizer, level in zip(self.optimizers[:-1], self.values[1:]):
             optimizer.assign_raw(level[0])
         set_rng_state(state_dict["rng"])
@@ -183,7 +230,9 @@ class MetaTrainer:
         below = level - 1
         if below == 0:
             objective, options = self.objective, {"meta_loss": self.meta_loss, "validation": self.validation,
-                                                  "window": self.window, "step_offset": self.inner_step}
+                                                  "window": self.window, "step_offset": self.inner_step,
+                                                  "update_penalty": self.update_penalty,
+                                                  "meta_objective": self.meta_objective}
         else:
             objective, options = (lambda raw, _k: self._level_loss(below, raw)), {}
         result = unroll(objective, self.values[below], self.optimizers[below], steps=self.unroll_steps[below],

@@ -11,6 +11,14 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 
+def finite_log10(values):
+    """log10 of a tensor of losses, a non-finite loss counted as 1e30 (so a
+    diverged run weighs heavily in a mean instead of turning it into NaN)."""
+    import torch
+
+    return torch.where(torch.isfinite(values), values, torch.full_like(values, 1e30)).clamp_min(1e-300).log10()
+
+
 def write_csv(path: Path, rows: list[dict]) -> None:
     """Rows of dicts (the first row's keys are the header) to ``path``."""
     with open(path, "w", newline="") as handle:

@@ -9,6 +9,7 @@ gradient first.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import torch
@@ -60,6 +61,76 @@ class RunningRMS(Normalizer):
 
     def __repr__(self) -> str:
         return f"RunningRMS(decay={self.decay}, eps={self.eps})"
+
+
+class Clip(Normalizer):
+    """Clip the level's whole gradient to norm at most ``max_norm``:
+
+        g_hat = g * min(1, max_norm / ||g||)     (||.|| over all coordinates)
+
+    as ``torch.nn.utils.clip_grad_norm_`` does, out of place and stateless.
+    """
+
+    def __init__(self, max_norm: float) -> None:
+        if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float)) or not max_norm > 0:
+            raise ValueError(f"Clip: max_norm must be a number > 0, got {max_norm!r}")
+        self.max_norm = float(max_norm)
+
+    def init(self, grads: Sequence[Tensor]) -> dict[str, Any]:
+        return {}
+
+    def apply(self, grads: Sequence[Tensor], state: dict[str, Any]) -> tuple[list[Tensor], dict[str, Any]]:
+        norm = torch.stack([g.square().sum() for g in grads]).sum().sqrt()
+        scale = torch.clamp(self.max_norm / (norm + 1e-30), max=1.0)
+        return [g * scale for g in grads], state
+
+    def __repr__(self) -> str:
+        return f"Clip(max_norm={self.max_norm})"
+
+
+class L2Penalty:
+    """A stability penalty on meta-parameters, added to the meta-loss:
+
+        weight * ||raw - center||^2
+
+    ``around="zero"``: center 0, an L2 penalty on a learned optimizer's
+    weights. ``around="start"``: center = the values at the start of
+    training, a penalty on the drift of hyperparameters from where the user
+    put them. (The meta-parameters are the unconstrained ``raw`` values: log
+    lr, logit momentum, LSTM weights.)
+    """
+
+    def __init__(self, weight: float, *, around: str = "zero") -> None:
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0 \
+                or not math.isfinite(weight):
+            raise ValueError(f"L2Penalty: weight must be a finite number >= 0, got {weight!r}")
+        if around not in ("zero", "start"):
+            raise ValueError(f"L2Penalty: around must be 'zero' or 'start', got {around!r}")
+        self.weight, self.around = float(weight), around
+
+    def __call__(self, raw: Tensor, start: Tensor) -> Tensor:
+        center = start.detach() if self.around == "start" else torch.zeros_like(raw)
+        return self.weight * (raw - center).square().sum()
+
+    def __repr__(self) -> str:
+        return f"L2Penalty({self.weight:g}, around={self.around!r})"
+
+
+def log_sign(gradient: Tensor, p: float = 10.0) -> Tensor:
+    """L2L's preprocessing of each coordinate into two inputs of similar scale:
+
+        (log(|g|) / p, sign(g))   if |g| >= exp(-p)
+        (-1, exp(p) * g)          otherwise
+
+    ``gradient`` of shape (N,) gives (N, 2). Differentiable (the log is only
+    taken where |g| >= exp(-p), so a zero gradient gives finite derivatives).
+    """
+    threshold = math.exp(-p)
+    large = gradient.abs() >= threshold
+    magnitude = torch.where(large, gradient.abs(), torch.ones_like(gradient))
+    first = torch.where(large, torch.log(magnitude) / p, -torch.ones_like(gradient))
+    second = torch.where(large, torch.sign(gradient), gradient / threshold)
+    return torch.stack([first, second], dim=1)
 
 
 def make_normalizer(normalize: str | Normalizer | None) -> Normalizer | None:

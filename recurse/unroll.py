@@ -48,7 +48,8 @@ class UnrollResult:
 def unroll(objective: Objective, params: Sequence[Tensor], optimizer: Optimizer, *, steps: int,
            raw: Tensor | None = None, state: State | None = None, meta_loss: str = "final",
            validation: Callable[[list[Tensor]], Tensor] | None = None, first_order: bool = False,
-           window: int | None = None, step_offset: int = 0) -> UnrollResult:
+           window: int | None = None, step_offset: int = 0, update_penalty: float = 0.0,
+           meta_objective: Objective | None = None) -> UnrollResult:
     """Run ``steps`` steps of a recurse ``optimizer`` on ``objective`` from ``params``.
 
     ``objective(params, k)`` is the loss at inner step k (k counts from
@@ -57,8 +58,13 @@ def unroll(objective: Objective, params: Sequence[Tensor], optimizer: Optimizer,
     unconstrained form (see :mod:`recurse.constraints`); None runs the
     optimizer at its fixed values, with the very kernels torch.optim uses.
     ``state`` continues a previous unroll's optimizer state.
+    ``update_penalty=c`` adds c * sum_k ||theta_{k+1} - theta_k||^2 over the
+    tracked steps to the meta-loss (a stability penalty on update size).
+    ``meta_objective(params, k)``, when given, replaces f_k in the meta-loss
+    (not in the inner gradients): e.g. the sum of per-task log losses of a
+    batch of tasks, so that every task counts by its relative progress.
     """
-    _check_options(steps, meta_loss, validation, window)
+    _check_options(steps, meta_loss, validation, window, update_penalty)
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"rc.unroll: optimizer must be an rc.Optimizer (or use rc.unroll_torch for torch.optim), "
                         f"got {type(optimizer).__qualname__}")
@@ -67,16 +73,16 @@ def unroll(objective: Objective, params: Sequence[Tensor], optimizer: Optimizer,
                          "support gradient normalisers yet, build it with normalize=None")
     with torch.enable_grad():  # inner gradients are needed even when the caller is in no_grad
         return _unroll(objective, list(params), optimizer, steps, raw, state, meta_loss, validation, first_order,
-                       window, step_offset)
+                       window, step_offset, update_penalty, meta_objective)
 
 
 def _unroll(objective, params, optimizer, steps, raw, state, meta_loss, validation, first_order, window,
-            step_offset) -> UnrollResult:
+            step_offset, update_penalty, meta_objective) -> UnrollResult:
     state = optimizer.init(params) if state is None else state
     hyper = optimizer.hyper_values() if raw is None else optimizer.hyper_values(raw)
     fixed_hyper = optimizer.hyper_values() if raw is None else optimizer.hyper_values(raw.detach())
     tracked_from = steps - (window or steps)
-    tracked_losses, losses = [], []
+    tracked_losses, losses, update_sizes = [], [], []
     for step in range(steps):
         tracked = step >= tracked_from
         if not tracked:
@@ -85,15 +91,27 @@ def _unroll(objective, params, optimizer, steps, raw, state, meta_loss, validati
         loss = objective(params, step_offset + step)
         _check_loss(loss, step_offset + step)
         if step > 0 and tracked:
-            tracked_losses.append(loss)
+            tracked_losses.append(loss if meta_objective is None else meta_objective(params, step_offset + step))
         losses.append(loss.item())
-        grads = torch.autograd.grad(loss, params, create_graph=tracked and not first_order, allow_unused=True)
+        # A sum/mean meta-loss backpropagates through this loss again later.
+        keep = tracked and meta_loss in ("sum", "mean") and meta_objective is None
+        grads = torch.autograd.grad(loss, params, create_graph=tracked and not first_order, retain_graph=keep or None,
+                                    allow_unused=True)
         grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
-        params, state = optimizer.update(params, grads, state, hyper if tracked else fixed_hyper)
-    final = validation(params) if meta_loss == "validation" else objective(params, step_offset + steps)
+        new_params, state = optimizer.update(params, grads, state, hyper if tracked else fixed_hyper)
+        if update_penalty and tracked:
+            update_sizes.append(sum((new - old).square().sum() for new, old in zip(new_params, params)))
+        params = new_params
+    if meta_loss == "validation":
+        final = validation(params)
+    else:
+        final = (objective if meta_objective is None else meta_objective)(params, step_offset + steps)
     _check_loss(final, step_offset + steps)
     tracked_losses.append(final)
-    return UnrollResult(_combine(meta_loss, final, tracked_losses), params, state, losses)
+    result = _combine(meta_loss, final, tracked_losses)
+    if update_sizes:
+        result = result + update_penalty * torch.stack(update_sizes).sum()
+    return UnrollResult(result, params, state, losses)
 
 
 def unroll_torch(objective: Objective, params: Sequence[Tensor], optimizer: torch.optim.Optimizer, *, steps: int,
@@ -138,7 +156,7 @@ def _combine(meta_loss: str, final: Tensor, tracked_losses: list[Tensor]) -> Ten
     return total / len(tracked_losses) if meta_loss == "mean" else total
 
 
-def _check_options(steps, meta_loss, validation, window) -> None:
+def _check_options(steps, meta_loss, validation, window, update_penalty=0.0) -> None:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"rc.unroll: steps must be an integer >= 1, got {steps!r}")
     if meta_loss not in META_LOSSES:
@@ -147,6 +165,9 @@ def _check_options(steps, meta_loss, validation, window) -> None:
         raise ValueError("rc.unroll: meta_loss='validation' needs validation=<function of the final params>")
     if window is not None and (isinstance(window, bool) or not isinstance(window, int) or not 1 <= window <= steps):
         raise ValueError(f"rc.unroll: window must be an integer in [1, steps={steps}], got {window!r}")
+    if isinstance(update_penalty, bool) or not isinstance(update_penalty, (int, float)) \
+            or not 0 <= update_penalty < float("inf"):
+        raise ValueError(f"rc.unroll: update_penalty must be a finite number >= 0, got {update_penalty!r}")
 
 
 def _check_loss(loss, step: int) -> None:
@@ -170,3 +191,30 @@ def model_objective(model: torch.nn.Module, loss_fn: Callable[[Tensor, Tensor], 
         return loss_fn(functional(inputs, params=params), targets)
 
     return objective
+
+
+def evaluate(optimizer: Optimizer, losses: Callable[[list[Tensor], int], Tensor], params: Sequence[Tensor], *,
+             steps: int) -> tuple[Tensor, list[Tensor]]:
+    """Run ``optimizer`` at its current values for ``steps`` steps from
+    ``params`` (no meta-gradient: how a learned optimizer is tested on
+    held-out tasks). ``losses(params, k)`` may return one loss or a tensor
+    of per-task losses (a batch of independent tasks); the gradient is that
+    of their sum. Returns ``(history, params)``: the losses before each step
+    and after the last, detached, shape ``(steps + 1, *losses.shape)``, and
+    the final parameters."""
+    _check_options(steps, "final", None, None)
+    params = [p.detach() for p in params]
+    state = optimizer.init(params)
+    hyper = _detach_tree(optimizer.hyper_values())
+    history = []
+    with torch.enable_grad():
+        for step in range(steps + 1):
+            params = [p.detach().requires_grad_() for p in params]
+            values = losses(params, step)
+            history.append(values.detach())
+            if step == steps:
+                break
+            grads = torch.autograd.grad(values.sum(), params, allow_unused=True)
+            grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+            params, state = optimizer.update([p.detach() for p in params], grads, _detach_tree(state), hyper)
+    return torch.stack(history), [p.detach() for p in params]

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import recurse as rc
 from recurse.problems import MNIST1D, Digits, LinearRegression, Rosenbrock, SyntheticRegression, make_task
 
 
@@ -59,3 +60,28 @@ def test_model_does_not_touch_the_global_rng():
 def test_unknown_task_name_lists_the_known_ones():
     with pytest.raises(ValueError, match=r"unknown task 'cifar'; expected one of \['digits', 'linear'"):
         make_task("cifar")
+
+
+def test_a_quadratic_batch_holds_the_tasks_sample_would_give_and_sums_their_losses():
+    batch = rc.problems.QuadraticFamily(4, seed=7).sample_batch(3)
+    family = rc.problems.QuadraticFamily(4, seed=7)
+    theta = torch.randn(3, 4, dtype=torch.float64)
+    singles = [family.sample() for _ in range(3)]
+    for index, task in enumerate(singles):
+        assert torch.equal(batch.task(index).weights, task.weights)
+        assert batch.losses(theta)[index].item() == pytest.approx(task.loss(theta[index]).item(), rel=1e-14)
+    assert batch.loss(theta).item() == pytest.approx(batch.losses(theta).sum().item(), rel=1e-14)
+    with pytest.raises(ValueError, match="count must be an integer >= 1, got 0"):
+        family.sample_batch(0)
+
+
+def test_a_feature_constant_on_the_training_set_is_centred_not_blown_up():
+    from recurse.problems.supervised import standardize
+
+    train = torch.tensor([[1.0, 5.0], [3.0, 5.0]])
+    other = torch.tensor([[2.0, 6.0]])
+    train_scaled, other_scaled = standardize(train, other)
+    assert train_scaled[:, 1].tolist() == [0.0, 0.0]
+    assert other_scaled[0, 1].item() == 1.0  # 6 - 5, not (6 - 5) / 1e-6
+    task = Digits(seed=0)
+    assert task.valid_inputs.abs().max().item() < 100

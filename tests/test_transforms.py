@@ -36,3 +36,31 @@ def test_normalised_sgd_takes_the_same_steps_whatever_the_gradient_scale(scale):
         (reference - target).square().sum().backward()
         ref_opt.step()
     assert torch.allclose(x, reference, rtol=1e-9, atol=1e-12)
+
+
+def test_clip_matches_torch_clip_grad_norm_and_leaves_small_gradients_alone():
+    from recurse.transforms import Clip
+
+    generator = torch.Generator().manual_seed(0)
+    grads = [torch.randn(3, 2, generator=generator, dtype=torch.float64), torch.randn(4, generator=generator,
+                                                                                       dtype=torch.float64)]
+    for max_norm in (0.5, 100.0):
+        clipped, _ = Clip(max_norm).apply(grads, {})
+        holders = [torch.zeros_like(g, requires_grad=True) for g in grads]
+        for holder, grad in zip(holders, grads):
+            holder.grad = grad.clone()
+        torch.nn.utils.clip_grad_norm_(holders, max_norm)  # its coefficient has + 1e-6 in the denominator
+        for mine, holder in zip(clipped, holders):
+            torch.testing.assert_close(mine, holder.grad, rtol=1e-6, atol=0)
+    assert torch.equal(Clip(100.0).apply(grads, {})[0][0], grads[0])
+
+
+def test_a_clipped_level_steps_a_tower_with_bounded_updates():
+    from recurse.transforms import Clip
+
+    x = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    opt = rc.HyperOptimizer([x], rc.SGD(1.0, normalize=Clip(0.1)))
+    opt.zero_grad()
+    (1e6 * x.sum()).backward()
+    opt.step()
+    assert x.detach().norm().item() == pytest.approx(0.1, rel=1e-12)

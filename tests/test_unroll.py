@@ -2,6 +2,7 @@
 differences, nesting to depth 3, truncation, safety and memory."""
 
 import gc
+import math
 import warnings
 
 import pytest
@@ -170,6 +171,42 @@ def test_first_order_drops_exactly_the_second_derivative_terms():
     assert not torch.allclose(full, first)
 
 
+@pytest.mark.parametrize("meta_loss", ["sum", "mean"])
+def test_first_order_sum_and_mean_are_the_totals_of_first_order_final_losses(meta_loss):
+    """sum_k f(theta_k): each term's first-order meta-gradient is that of a k-step "final" unroll."""
+    task = QuadraticFamily(dim=5, seed=2).sample()
+    theta = torch.randn(5, dtype=torch.float64)
+    objective = lambda params, k: task.loss(params[0])  # noqa: E731
+    optimizer = rc.Adam(0.05, learn="lr")
+    raw = optimizer.raw.clone().requires_grad_()
+
+    def meta_gradient(steps, kind):
+        result = unroll(objective, [theta], optimizer, steps=steps, raw=raw, first_order=True, meta_loss=kind)
+        return torch.autograd.grad(result.meta_loss, raw)[0]
+
+    expected = sum(meta_gradient(steps, "final") for steps in range(1, 5))
+    expected = expected / 4 if meta_loss == "mean" else expected
+    torch.testing.assert_close(meta_gradient(4, meta_loss), expected, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("meta_loss", ["final", "sum"])
+def test_a_meta_objective_enters_the_meta_loss_but_not_the_inner_steps(meta_loss):
+    task = QuadraticFamily(dim=5, seed=3).sample()
+    objective = lambda params, k: task.loss(params[0])  # noqa: E731
+    optimizer = rc.SGD(0.01, learn="lr")
+    raw = optimizer.raw.clone().requires_grad_()
+    start = [torch.randn(5, dtype=torch.float64)]
+    plain = unroll(objective, start, optimizer, steps=4, raw=raw, meta_loss=meta_loss)
+    logged = unroll(objective, start, optimizer, steps=4, raw=raw, meta_loss=meta_loss,
+                    meta_objective=lambda params, k: task.loss(params[0]).log())
+    assert logged.losses == plain.losses  # the same trajectory
+    expected = sum(math.log(value) for value in plain.losses[1:]) if meta_loss == "sum" else 0.0
+    expected += math.log(task.loss(plain.params[0]).item())
+    assert logged.meta_loss.item() == pytest.approx(expected, rel=1e-12)
+    (gradient,) = torch.autograd.grad(logged.meta_loss, raw)
+    assert torch.isfinite(gradient).all() and gradient.item() != 0
+
+
 def test_a_window_backpropagates_through_the_last_steps_only():
     model, objective, _ = mlp_objective()
     start = [p.detach().clone() for p in model.parameters()]
@@ -308,3 +345,19 @@ def test_a_meta_trainer_resumes_bit_for_bit_from_its_state_dict():
     assert resumed.hyperparameters() == uninterrupted.hyperparameters()
     with pytest.raises(ValueError, match="the checkpoint has 3 levels"):
         quadratic_trainer([rc.SGD(0.01), rc.SGD(0.01)], [3]).load_state_dict(saved)
+
+
+def test_evaluate_follows_torch_optim_on_every_task_of_a_batch():
+    tasks = QuadraticFamily(dim=4, seed=5).sample_batch(3)
+    history, final = rc.evaluate(rc.Adam(0.05), lambda params, k: tasks.losses(params[0]),
+                          [torch.zeros(3, 4, dtype=torch.float64)], steps=30)
+    assert history.shape == (31, 3)
+    theta = torch.zeros(3, 4, dtype=torch.float64, requires_grad=True)
+    reference = torch.optim.Adam([theta], lr=0.05)
+    for step in range(30):
+        torch.testing.assert_close(history[step], tasks.losses(theta).detach(), rtol=1e-12, atol=0)
+        reference.zero_grad()
+        tasks.loss(theta).backward()
+        reference.step()
+    torch.testing.assert_close(history[30], tasks.losses(theta).detach(), rtol=1e-12, atol=0)
+    torch.testing.assert_close(final[0], theta.detach(), rtol=1e-12, atol=0)

@@ -4,7 +4,8 @@ from recurse.optim.adagrad import Adagrad
 from recurse.optim.adam import Adam, AdamW
 from recurse.optim.base import Hyperparameter, Optimizer
 from recurse.optim.newton import Newton
+from recurse.optim.per_group import PerGroup
 from recurse.optim.rmsprop import RMSprop
 from recurse.optim.sgd import SGD
 
-__all__ = ["Adagrad", "Adam", "AdamW", "Hyperparameter", "Newton", "Optimizer", "RMSprop", "SGD"]
+__all__ = ["Adagrad", "Adam", "AdamW", "Hyperparameter", "Newton", "Optimizer", "PerGroup", "RMSprop", "SGD"]

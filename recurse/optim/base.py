@@ -222,9 +222,30 @@ class Optimizer:
                 return spec
         raise KeyError(f"rc.{type(self).__name__} has no hyperparameter {name!r}")
 
-    def current_values(self) -> dict[str, float]:
-        """name -> float, the values the next step will use."""
-        return {name: float(value) for name, value in self.hyper_values().items()}
+    def current_values(self, raw: Tensor | None = None) -> dict[str, float]:
+        """name -> float, the values the next step will use (at ``raw``
+        when given). What ``hyperparameters()`` of the engines report."""
+        return {name: float(value) for name, value in self.hyper_values(raw).items()}
+
+    def tracked_names(self) -> tuple[str, ...]:
+        """Names of the learned quantities recorded in histories: one per
+        learnable hyperparameter (an optimizer whose meta-parameters are a
+        weight vector reports summaries of it instead)."""
+        return self.learnable
+
+    def tracked_values(self, raw: Tensor | None = None) -> Tensor:
+        """The values of :meth:`tracked_names` as one detached 1-D tensor (no
+        host synchronisation, so recording them every step is cheap)."""
+        values = self.hyper_values(self.raw if raw is None else raw)
+        return torch.stack([values[name] for name in self.learnable]).detach()
+
+    def hypergradient_values(self, raw: Tensor, gradient: Tensor) -> dict[str, float]:
+        """d loss / d value for each learnable hyperparameter, from
+        ``gradient`` = d loss / d ``raw``: dividing by d value / d raw (the
+        constraint's slope at the value ``raw`` gives)."""
+        values = self.hyper_values(raw)
+        return {name: float(gradient[position] / self.spec(name).constraint.raw_derivative(values[name]))
+                for position, name in enumerate(self.learnable)}
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> Optimizer:
         """Move the learnable hyperparameters next to the parameters they step."""

@@ -2,7 +2,7 @@
 
 from recurse.problems.digits import MNIST1D, Digits
 from recurse.problems.landscapes import Cubic, XCosPiX
-from recurse.problems.quadratic import Quadratic, QuadraticFamily
+from recurse.problems.quadratic import Quadratic, QuadraticBatch, QuadraticFamily
 from recurse.problems.regression import LinearRegression, SyntheticRegression
 from recurse.problems.rosenbrock import Rosenbrock
 from recurse.problems.supervised import SupervisedTask
@@ -17,5 +17,5 @@ def make_task(name: str, **options) -> SupervisedTask:
     return TASKS[name](**options)
 
 
-__all__ = ["MNIST1D", "TASKS", "Cubic", "Digits", "LinearRegression", "Quadratic", "QuadraticFamily", "Rosenbrock",
+__all__ = ["MNIST1D", "TASKS", "Cubic", "Digits", "LinearRegression", "Quadratic", "QuadraticBatch", "QuadraticFamily", "Rosenbrock",
            "SupervisedTask", "SyntheticRegression", "XCosPiX", "make_task"]

@@ -34,6 +34,33 @@ class Quadratic:
         return float(2 * torch.linalg.eigvalsh(self.weights.T @ self.weights).max())
 
 
+@dataclass
+class QuadraticBatch:
+    """Many tasks solved side by side: ``theta`` of shape (tasks, dim).
+
+    ``loss`` is the *sum* of the task losses, so each task's rows of the
+    gradient are exactly that task's gradient: any coordinatewise optimizer
+    (SGD, Adam, an LSTM optimizer) run on the batch runs on every task
+    independently, in one set of tensor ops.
+    """
+
+    weights: Tensor  # (tasks, dim, dim)
+    targets: Tensor  # (tasks, dim)
+
+    def __len__(self) -> int:
+        return self.weights.shape[0]
+
+    def losses(self, theta: Tensor) -> Tensor:
+        """f_i(theta_i) for every task, shape (tasks,)."""
+        return (torch.einsum("tij,tj->ti", self.weights, theta) - self.targets).square().sum(-1)
+
+    def loss(self, theta: Tensor) -> Tensor:
+        return self.losses(theta).sum()
+
+    def task(self, index: int) -> Quadratic:
+        return Quadratic(self.weights[index], self.targets[index])
+
+
 class QuadraticFamily:
     """Sampler of 10-d (by default) quadratic tasks, seeded and offline."""
 
@@ -49,3 +76,10 @@ class QuadraticFamily:
         weights = torch.randn(self.dim, self.dim, generator=self.generator, dtype=self.dtype)
         targets = torch.randn(self.dim, generator=self.generator, dtype=self.dtype)
         return Quadratic(weights.to(self.device), targets.to(self.device))
+
+    def sample_batch(self, count: int) -> QuadraticBatch:
+        """``count`` tasks, the same ones ``count`` calls of :meth:`sample` would give."""
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"QuadraticFamily.sample_batch: count must be an integer >= 1, got {count!r}")
+        tasks = [self.sample() for _ in range(count)]
+        return QuadraticBatch(torch.stack([t.weights for t in tasks]), torch.stack([t.targets for t in tasks]))

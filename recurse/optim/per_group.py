@@ -1,0 +1,126 @@
+"""One optimizer per parameter group, as one optimizer.
+
+"Learning to learn" needed two LSTMs on CIFAR (one for the convolutional
+layers, one for the fully connected ones). ``PerGroup`` gives each group of
+parameters its own optimizer and presents them as a single ``rc.Optimizer``,
+whose meta-parameters are the concatenation of the groups' ``raw`` vectors,
+so ``rc.MetaTrainer``, ``rc.unroll`` and the online towers learn all of them
+at once. ``rc.graph.per_group(graph)`` builds one from an optimization graph.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from recurse.optim.base import Optimizer
+
+
+class PerGroup(Optimizer):
+    """``PerGroup({"weights": (rc.LSTMOptimizer(seed=0), [0, 2]), "biases": (rc.LSTMOptimizer(seed=1), [1, 3])})``
+
+    Each entry is ``name: (optimizer, indices)``: that optimizer steps the
+    parameters at ``indices`` of the list the PerGroup is given; every index
+    must belong to exactly one group. Hyperparameters are reported as
+    ``"<group>.<name>"``. The groups' optimizers must not have ``hyper=`` of
+    their own: give it to the PerGroup, which learns them all.
+    """
+
+    def __init__(self, groups: Mapping[str, tuple[Optimizer, Sequence[int]]], **options) -> None:
+        owner = "rc.PerGroup"
+        if not groups:
+            raise ValueError(f"{owner}: needs at least one group")
+        seen: dict[int, str] = {}
+        for name, entry in groups.items():
+            if not (isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], Optimizer)):
+                raise TypeError(f"{owner}: group {name!r} must be (rc.Optimizer, indices), got {entry!r}")
+            optimizer, indices = entry
+            if optimizer.hyper is not None:
+                raise ValueError(f"{owner}: group {name!r}'s optimizer {optimizer!r} has hyper= of its own; "
+                                 "give hyper= to the PerGroup instead")
+            for index in indices:
+                if index in seen:
+                    raise ValueError(f"{owner}: parameter {index} is in groups {seen[index]!r} and {name!r}; "
+                                     "each parameter is stepped by one optimizer")
+                seen[index] = name
+        if sorted(seen) != list(range(len(seen))):
+            raise ValueError(f"{owner}: the indices must cover 0 .. n-1 exactly once, got {sorted(seen)}")
+        super().__init__(learn=(), **options)
+        self.groups = {name: (optimizer, list(indices)) for name, (optimizer, indices) in groups.items()}
+        self.learnable = tuple(f"{name}.{learned}" for name, (optimizer, _) in self.groups.items()
+                               for learned in optimizer.learnable)
+        self.raw = torch.cat([optimizer.raw.reshape(-1) for optimizer, _ in self.groups.values()])
+
+    def _pieces(self, raw: Tensor | None) -> list[Tensor | None]:
+        """``raw`` split into the groups' raw vectors (None stays None)."""
+        if raw is None:
+            return [None] * len(self.groups)
+        return list(raw.split([optimizer.raw.numel() for optimizer, _ in self.groups.values()]))
+
+    def init(self, params):
+        return {name: optimizer.init([params[i] for i in indices])
+                for name, (optimizer, indices) in self.groups.items()}
+
+    def update_depends_on_params(self):
+        return any(optimizer.update_depends_on_params() for optimizer, _ in self.groups.values())
+
+    def update(self, params, grads, state, hyper, *, closure=None):
+        if closure is not None:
+            raise ValueError("rc.PerGroup: an optimizer that needs the loss (closure) cannot be one of the groups")
+        new_params: list[Tensor | None] = [None] * len(params)
+        new_state = {}
+        for name, (optimizer, indices) in self.groups.items():
+            stepped, new_state[name] = optimizer.update([params[i] for i in indices], [grads[i] for i in indices],
+                                                        state[name], hyper[name])
+            for index, value in zip(indices, stepped):
+                new_params[index] = value
+        return new_params, new_state
+
+    # --- the groups' values, side by side ---------------------------------
+
+    def hyper_values(self, raw: Tensor | None = None):
+        """``{group: that group's hyper_values}``; learned (or at ``raw``) when the PerGroup is."""
+        if raw is None and self.is_learned:
+            raw = self.raw
+        return {name: optimizer.hyper_values(piece)
+                for (name, (optimizer, _)), piece in zip(self.groups.items(), self._pieces(raw))}
+
+    def assign_raw(self, raw: Tensor) -> None:
+        self.raw = raw.detach()
+        for (optimizer, _), piece in zip(self.groups.values(), self._pieces(self.raw)):
+            optimizer.assign_raw(piece)
+
+    def current_values(self, raw: Tensor | None = None) -> dict[str, float]:
+        if raw is None and self.is_learned:
+            raw = self.raw
+        return {f"{name}.{key}": value
+                for (name, (optimizer, _)), piece in zip(self.groups.items(), self._pieces(raw))
+                for key, value in optimizer.current_values(piece).items()}
+
+    def tracked_names(self) -> tuple[str, ...]:
+        return tuple(f"{name}.{key}" for name, (optimizer, _) in self.groups.items()
+                     for key in optimizer.tracked_names())
+
+    def tracked_values(self, raw: Tensor | None = None) -> Tensor:
+        pieces = self._pieces(self.raw if raw is None else raw)
+        return torch.cat([optimizer.tracked_values(piece) for (optimizer, _), piece in zip(self.groups.values(), pieces)
+                          if optimizer.tracked_names()])
+
+    def hypergradient_values(self, raw: Tensor, gradient: Tensor) -> dict[str, float]:
+        return {f"{name}.{key}": value
+                for (name, (optimizer, _)), piece, grad in zip(self.groups.items(), self._pieces(raw),
+                                                               self._pieces(gradient))
+                for key, value in optimizer.hypergradient_values(piece, grad).items()}
+
+    def to(self, device, dtype) -> PerGroup:
+        for optimizer, _ in self.groups.values():
+            optimizer.to(device, dtype)
+        self.raw = self.raw.to(device=device, dtype=dtype)
+        return self
+
+    def __repr__(self) -> str:
+        groups = ", ".join(f"{name!r}: {optimizer!r}" for name, (optimizer, _) in self.groups.items())
+        hyper = "" if self.hyper is None else f", hyper={self.hyper!r}"
+        return f"rc.PerGroup({{{groups}}}{hyper})"

@@ -1,0 +1,98 @@
+"""rc.PerGroup: one optimizer per parameter group (as L2L's separate LSTMs),
+against the groups stepped one by one, closed-form hypergradients and float64
+finite differences; built from an optimization graph."""
+
+import pytest
+import torch
+
+import recurse as rc
+
+
+def mlp_params(seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    shapes = [(6, 3), (6,), (2, 6), (2,)]
+    return [torch.randn(shape, generator=generator, dtype=torch.float64) for shape in shapes]
+
+
+def mlp_loss(params, inputs, targets):
+    hidden = torch.tanh(inputs @ params[0].T + params[1])
+    return (hidden @ params[2].T + params[3] - targets).square().mean()
+
+
+def data(seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(32, 3, generator=generator, dtype=torch.float64), \
+        torch.randn(32, 2, generator=generator, dtype=torch.float64)
+
+
+def test_each_group_is_stepped_exactly_as_its_optimizer_alone_would():
+    params, grads = mlp_params(0), mlp_params(1)
+    weights, biases = rc.Adam(0.01), rc.SGD(0.1, momentum=0.9)
+    grouped = rc.PerGroup({"weights": (rc.Adam(0.01), [0, 2]), "biases": (rc.SGD(0.1, momentum=0.9), [1, 3])})
+    state = grouped.init(params)
+    alone = {"weights": weights.init([params[0], params[2]]), "biases": biases.init([params[1], params[3]])}
+    for _ in range(3):
+        new, state = grouped.step(params, grads, state)
+        new_w, alone["weights"] = weights.step([params[0], params[2]], [grads[0], grads[2]], alone["weights"])
+        new_b, alone["biases"] = biases.step([params[1], params[3]], [grads[1], grads[3]], alone["biases"])
+        assert all(torch.equal(a, b) for a, b in zip(new, [new_w[0], new_b[0], new_w[1], new_b[1]]))
+        params = new
+
+
+def test_online_hypergradients_are_per_group_dot_products_of_consecutive_gradients():
+    """SGD over SGD per group: d L_t / d lr_group = -g_t[group] . g_{t-1}[group]."""
+    inputs, targets = data()
+    params = [p.clone().requires_grad_() for p in mlp_params()]
+    opt = rc.HyperOptimizer(params, rc.PerGroup({"w": (rc.SGD(0.05), [0, 2]), "b": (rc.SGD(0.05), [1, 3])},
+                                                hyper=rc.SGD(1e-3)))
+    previous = None
+    for _ in range(4):
+        opt.zero_grad()
+        mlp_loss(params, inputs, targets).backward()
+        grads = [p.grad.clone() for p in params]
+        opt.step()
+        if previous is not None:
+            for group, indices in (("w", [0, 2]), ("b", [1, 3])):
+                expected = -sum((grads[i] * previous[i]).sum() for i in indices).item()
+                assert opt.hypergradients()[f"0.{group}.lr"] == pytest.approx(expected, rel=1e-10)
+        previous = grads
+    assert set(opt.hyperparameters()) >= {"0.w.lr", "0.b.lr", "1.lr"}
+    assert opt.hyperparameters()["0.w.lr"] != opt.hyperparameters()["0.b.lr"]
+
+
+def two_lstm_graph(params):
+    return rc.graph.build({"weights": [params[0], params[2]], "biases": [params[1], params[3]]},
+                          {"lstm_w": rc.LSTMOptimizer(hidden_size=4, seed=0),
+                           "lstm_b": rc.LSTMOptimizer(hidden_size=4, seed=1)},
+                          {"lstm_w": "weights", "lstm_b": "biases"})
+
+
+def test_two_lstms_from_a_graph_meta_train_together_and_their_meta_gradient_matches_finite_differences():
+    inputs, targets = data()
+    params, grouped = rc.graph.per_group(two_lstm_graph(mlp_params()))
+    assert set(grouped.groups) == {"lstm_w", "lstm_b"}
+    assert grouped.groups["lstm_w"][1] == [2, 3] and grouped.groups["lstm_b"][1] == [0, 1]  # biases sort first
+
+    def objective(values, step):
+        return mlp_loss([values[2], values[0], values[3], values[1]], inputs, targets)
+
+    def meta_loss(raw):
+        return rc.unroll(objective, params, grouped, steps=4, raw=raw, meta_loss="sum").meta_loss
+
+    raw = grouped.raw.clone().requires_grad_()
+    (gradient,) = torch.autograd.grad(meta_loss(raw), raw)
+    direction = torch.randn(raw.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    step = 1e-4
+    with torch.no_grad():
+        values = [meta_loss(grouped.raw + shift * step * direction).item() for shift in (-2, -1, 1, 2)]
+    finite_difference = (values[0] - 8 * values[1] + 8 * values[2] - values[3]) / (12 * step)
+    assert (gradient @ direction).item() == pytest.approx(finite_difference, rel=1e-6)
+
+    trainer = rc.MetaTrainer(params, objective, [grouped, rc.Adam(1e-2)], unroll_steps=[5], meta_loss="sum")
+    start = {name: optimizer.raw.clone() for name, (optimizer, _) in grouped.groups.items()}
+    for _ in range(3):
+        trainer.meta_step()
+    for name, (optimizer, _) in grouped.groups.items():
+        assert not torch.equal(optimizer.raw, start[name]), f"{name} did not learn"
+    assert set(trainer.hyperparameters()) == {"0.lstm_w.weights.rms", "0.lstm_b.weights.rms", "1.lr", "1.beta1",
+                                              "1.beta2", "1.eps", "1.weight_decay"}
