@@ -27,6 +27,15 @@ def write_csv(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
+def publish(out: Path, summary: str, tables: dict[str, list[dict]]) -> None:
+    """What a study leaves behind: each table as ``out/<name>.csv``, the
+    Markdown ``summary`` as ``out/summary.md``, and the summary printed."""
+    for name, rows in tables.items():
+        write_csv(out / f"{name}.csv", rows)
+    (out / "summary.md").write_text(summary + "\n")
+    print(summary)
+
+
 @contextlib.contextmanager
 def saved_figure(path: Path, rows: int = 1, columns: int = 1, **subplot_options) -> Iterator:
     """``with saved_figure(path) as (figure, axes): ...`` draws off-screen

@@ -25,7 +25,7 @@ from pathlib import Path
 MAX_DEPTH = 8
 QUICK_DEPTHS = [0, 1, 2, 4, 8]
 
-from recurse.reporting import cached, progress, saved_figure, study_folder, study_parser, write_csv
+from recurse.reporting import cached, progress, publish, saved_figure, study_folder, study_parser
 
 
 def measure(depth: int, steps: int, seed: int, device: str) -> dict:
@@ -79,11 +79,8 @@ def main(argv=None):
 
             rows.append(cached(out, f"depth{depth}-seed{seed}-{args.device}", run))
 
-    write_csv(out / "results.csv", rows)
-    summary = _summary(rows, steps, seeds, args.device)
-    (out / "summary.md").write_text(summary + "\n")
+    publish(out, _summary(rows, steps, seeds, args.device), {"results": rows})
     _plot(out / "depth_sweep.png", rows)
-    print(summary)
     return rows
 
 

@@ -26,7 +26,7 @@ import recurse as rc
 from recurse import exact
 from recurse.baselines.compare import tower_optimizer
 from recurse.problems import Digits
-from recurse.reporting import cached, progress, saved_figure, study_folder, study_parser, write_csv
+from recurse.reporting import cached, progress, publish, saved_figure, study_folder, study_parser
 
 HIDDEN = 32
 
@@ -71,11 +71,8 @@ def main(argv=None):
             measured = cached(out, f"{name}-seed{seed}".replace(" ", "_").replace(",", ""),
                               lambda: measure(task, _trained_model(task, build, steps, seed)))
             rows.append({"method": name, "seed": seed, **measured})
-    write_csv(out / "results.csv", rows)
-    summary = _summary(rows, steps, seeds)
-    (out / "summary.md").write_text(summary + "\n")
+    publish(out, _summary(rows, steps, seeds), {"results": rows})
     _plot(out / "flatness.png", rows)
-    print(summary)
     return rows
 
 

@@ -32,7 +32,7 @@ from torch import Tensor
 
 import recurse as rc
 from recurse.problems import Digits
-from recurse.reporting import progress, saved_figure, study_folder, study_parser, write_csv
+from recurse.reporting import progress, publish, saved_figure, study_folder, study_parser
 
 STEPS, UNROLL, BATCH = 100, 20, 128
 LR_GRID = [10.0**(exponent / 4) for exponent in range(-16, 3)]  # 1e-4 .. 3.2
@@ -173,12 +173,8 @@ def main(argv=None):
                 rows.append({"architecture": name, "method": method, "model": model,
                              "final_minibatch_loss": losses[-5:, model].mean().item(),
                              "valid_loss": valid_loss[model].item(), "valid_accuracy": accuracy[model].item()})
-    write_csv(out / "results.csv", rows)
-    write_csv(out / "meta_training.csv", meta_log)
-    summary = _summary(rows, args, held_out_count, meta_log)
-    (out / "summary.md").write_text(summary + "\n")
+    publish(out, _summary(rows, args, held_out_count, meta_log), {"results": rows, "meta_training": meta_log})
     _plot(out / "l2l_mlp.png", curves)
-    print(summary)
     return rows, meta_log
 
 

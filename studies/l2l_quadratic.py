@@ -33,7 +33,7 @@ from torch import Tensor
 
 import recurse as rc
 from recurse.problems import QuadraticBatch, QuadraticFamily
-from recurse.reporting import finite_log10, progress, saved_figure, study_folder, study_parser, write_csv
+from recurse.reporting import finite_log10, progress, publish, saved_figure, study_folder, study_parser
 
 DIM, STEPS, UNROLL = 10, 100, 20
 LEARNED = {"loss": "LSTM, meta-loss: sum of losses", "log": "LSTM, meta-loss: sum of log losses"}
@@ -160,12 +160,8 @@ def main(argv=None):
         for task in range(len(held_out)):
             rows.append({"method": method, "tuned_for": "-" if method in LEARNED.values() else metric, "task": task,
                          "final_loss": losses[-1, task].item(), "sum_of_losses": losses[1:, task].sum().item()})
-    write_csv(out / "results.csv", rows)
-    write_csv(out / "meta_training.csv", meta_logs)
-    summary = _summary(curves, args, meta_logs)
-    (out / "summary.md").write_text(summary + "\n")
+    publish(out, _summary(curves, args, meta_logs), {"results": rows, "meta_training": meta_logs})
     _plot(out / "l2l_quadratic.png", curves)
-    print(summary)
     return rows, meta_logs
 
 

@@ -31,7 +31,7 @@ import torch
 import recurse as rc
 from recurse import exact
 from recurse.problems import Cubic, Digits, LinearRegression, QuadraticFamily, Rosenbrock, XCosPiX
-from recurse.reporting import progress, saved_figure, study_folder, study_parser, write_csv
+from recurse.reporting import progress, publish, saved_figure, study_folder, study_parser
 
 LEARNING_RATES = [10.0 ** e for e in range(-5, 1)]
 DAMPING = 1e-4
@@ -185,12 +185,9 @@ def main(argv=None):
     one_step = one_step_rows(args.quick, args)
     basins = basin_rows(60 if args.quick else 300, args)
     saddle = saddle_trajectory()
-    for name, rows in (("closed_form", closed), ("one_step", one_step), ("basins", basins)):
-        write_csv(out / f"{name}.csv", rows)
-    summary = _summary(closed, one_step, basins, saddle)
-    (out / "summary.md").write_text(summary + "\n")
+    publish(out, _summary(closed, one_step, basins, saddle),
+            {"closed_form": closed, "one_step": one_step, "basins": basins})
     _plot_basins(out / "basins.png", basins)
-    print(summary)
     return closed, one_step, basins
 
 

@@ -30,7 +30,7 @@ import torch
 from scipy.optimize import minimize_scalar
 
 from recurse.problems import LinearRegression
-from recurse.reporting import saved_figure, study_folder, study_parser, write_csv
+from recurse.reporting import publish, saved_figure, study_folder, study_parser
 
 EPS = {"float32": 2.0**-24, "float64": 2.0**-53}
 
@@ -109,11 +109,8 @@ def main(argv=None):
                                        ("gradient (bisection on f')", lambda: by_gradient(slope, center))):
                     rows.append({"dtype": name, "problem": problem, "method": method, "seed": seed,
                                  "error": abs(locate() - center)})
-    write_csv(out / "results.csv", rows)
-    summary = _summary(rows)
-    (out / "summary.md").write_text(summary + "\n")
+    publish(out, _summary(rows), {"results": rows})
     _plot(out / "precision.png", rows)
-    print(summary)
     return rows
 
 

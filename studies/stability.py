@@ -38,7 +38,7 @@ import torch
 
 import recurse as rc
 from recurse.problems import QuadraticFamily
-from recurse.reporting import finite_log10, progress, saved_figure, study_folder, study_parser, write_csv
+from recurse.reporting import finite_log10, progress, publish, saved_figure, study_folder, study_parser
 from recurse.transforms import L2Penalty
 
 DIM, STEPS = 10, 100
@@ -100,12 +100,8 @@ def main(argv=None):
                      "mean_sum_of_losses": losses[1:].sum(0).mean().item(),
                      "mean_log10_final_loss_scaled_tasks": finite_log10(scaled[-1] / SCALE).mean().item()})
         logs += [{"variant": name, "unroll": unroll, "meta_step": index + 1, **entry} for index, entry in enumerate(log)]
-    write_csv(out / "results.csv", rows)
-    write_csv(out / "meta_training.csv", logs)
-    summary = _summary(rows, batches, task_batch, held_out_count)
-    (out / "summary.md").write_text(summary + "\n")
+    publish(out, _summary(rows, batches, task_batch, held_out_count), {"results": rows, "meta_training": logs})
     _plot(out / "stability.png", rows)
-    print(summary)
     return rows
 
 

@@ -29,7 +29,7 @@ import recurse as rc
 from recurse.baselines import Diverged, train
 from recurse.baselines.compare import tower_optimizer
 from recurse.problems import Digits
-from recurse.reporting import progress, saved_figure, study_folder, study_parser, write_csv
+from recurse.reporting import progress, publish, saved_figure, study_folder, study_parser
 
 INITIAL_LRS = [1e-4, 1e-3, 1e-2, 1e-1, 1.0]
 METHODS = {
@@ -61,11 +61,8 @@ def main(argv=None):
     task = Digits(seed=0)
     runs = [(method, lr, seed) for method in METHODS for lr in INITIAL_LRS for seed in seeds]
     rows = [run(task, method, lr, steps, seed) for method, lr, seed in progress(runs, args, "runs")]
-    write_csv(out / "results.csv", rows)
-    summary = _summary(rows, steps, seeds)
-    (out / "summary.md").write_text(summary + "\n")
+    publish(out, _summary(rows, steps, seeds), {"results": rows})
     _plot(out / "tying.png", rows)
-    print(summary)
     return rows
 
 

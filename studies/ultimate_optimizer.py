@@ -35,7 +35,7 @@ import recurse as rc
 from recurse.baselines import Diverged, train
 from recurse.baselines.compare import tower_optimizer
 from recurse.problems import Digits
-from recurse.reporting import cached, progress, saved_figure, study_folder, study_parser, write_csv
+from recurse.reporting import cached, progress, publish, saved_figure, study_folder, study_parser
 
 HIDDEN = 128
 INITIAL_LRS = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1e0, 1e1]
@@ -89,13 +89,10 @@ def main(argv=None):
                                  lambda: sgd_stack(height, initial_lr), steps=steps, seed=seed)[0] for seed in seeds]
             sensitivity[(height, initial_lr)] = statistics.mean(losses)
 
-    write_csv(out / "stacks.csv", stack_rows)
-    write_csv(out / "sensitivity.csv", [{"height": h, "initial_lr": lr, "valid_loss": loss}
-                                         for (h, lr), loss in sensitivity.items()])
-    summary = _summary(stack_rows, sensitivity, steps, seeds)
-    (out / "summary.md").write_text(summary + "\n")
+    publish(out, _summary(stack_rows, sensitivity, steps, seeds),
+            {"stacks": stack_rows, "sensitivity": [{"height": h, "initial_lr": lr, "valid_loss": loss}
+                                                   for (h, lr), loss in sensitivity.items()]})
     _heat_map(out / "sensitivity.png", sensitivity)
-    print(summary)
     return stack_rows, sensitivity
 
 
