@@ -92,7 +92,7 @@ class LSTMOptimizer(Optimizer):
         if not params:
             return [], state
         gradient = torch.cat([g.reshape(-1) for g in grads])
-        weights = self.unpack(hyper["weights"].to(gradient.dtype))
+        weights = self.unpack(hyper["weights"].to(device=gradient.device, dtype=gradient.dtype))
         if self.preprocess == "log_sign":
             inputs = log_sign(gradient, self.p)
         else:

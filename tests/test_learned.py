@@ -294,3 +294,19 @@ def test_a_meta_trainer_with_an_lstm_resumes_bit_for_bit():
 def test_a_meta_trainer_rejects_penalties_that_are_not_callable():
     with pytest.raises(TypeError, match=r"penalties\[0\] must be callable"):
         sampled_trainer(penalties=[0.1])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_meta_training_and_evaluating_an_lstm_on_cuda_matches_the_cpu():
+    results = {}
+    for device in ("cpu", "cuda"):
+        tasks = rc.problems.QuadraticFamily(5, seed=0, device=device).sample_batch(4)
+        start = [torch.zeros(4, 5, dtype=torch.float64, device=device)]
+        trainer = rc.MetaTrainer(start, lambda params, k: tasks.loss(params[0]),
+                                 [rc.LSTMOptimizer(hidden_size=4), rc.Adam(1e-2)], unroll_steps=[5], meta_loss="sum")
+        for _ in range(3):
+            trainer.meta_step()
+        history, _ = rc.evaluate(trainer.optimizers[0], lambda params, k: tasks.losses(params[0]), start, steps=10)
+        assert history.device.type == device
+        results[device] = history.cpu()
+    torch.testing.assert_close(results["cuda"], results["cpu"], rtol=1e-9, atol=1e-12)
