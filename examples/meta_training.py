@@ -2,7 +2,7 @@
 
 rc.MetaTrainer learns Adam's learning rate from 20-step unrolls on sampled
 10-d quadratics (a fresh task every few meta-steps, parameters restarting
-from zero), then the learned rate is evaluated on held-out tasks against
+from zero, via trainer.new_task), then the learned rate is evaluated on held-out tasks against
 Adam at its starting rate.
 
     python examples/meta_training.py [--tasks 20]
@@ -31,16 +31,18 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     training = rc.problems.QuadraticFamily(10, seed=0)
-    inner = rc.Adam(1e-3, learn="lr")
-    meta = rc.Adam(0.1)  # steps log lr
-    for _ in range(args.tasks):
-        task = training.sample()
-        trainer = rc.MetaTrainer([torch.zeros(10, dtype=torch.float64)], lambda p, k: task.loss(p[0]),
-                                 [inner, meta], unroll_steps=[20], meta_loss="sum")
+    start = [torch.zeros(10, dtype=torch.float64)]
+    task = training.sample()
+    trainer = rc.MetaTrainer(start, lambda p, k: task.loss(p[0]),
+                             [rc.Adam(1e-3, learn="lr"), rc.Adam(0.1)],  # the outer Adam steps log lr
+                             unroll_steps=[20], meta_loss="sum")
+    for task_number in range(args.tasks):
+        if task_number:
+            task = training.sample()
+            trainer.new_task(start, lambda p, k, task=task: task.loss(p[0]))  # the meta-state carries on
         for _ in range(5):
             trainer.meta_step()
-        inner = trainer.optimizers[0]  # carries the learned lr to the next task
-    learned = inner.current_values()["lr"]
+    learned = trainer.optimizers[0].current_values()["lr"]
 
     held_out = rc.problems.QuadraticFamily(10, seed=1)
     tasks = [held_out.sample() for _ in range(20)]

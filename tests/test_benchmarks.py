@@ -1,0 +1,45 @@
+"""The peer benchmarks run (tiny sizes) and check what they claim to check:
+recurse's hypergradient equals gdtuo's from the same state, and the three
+K-step meta-gradients (recurse, higher, torch.func) agree."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
+
+
+def load(name):
+    sys.path.insert(0, str(BENCHMARKS))  # peers_unroll imports its neighbour unroll.py
+    try:
+        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def test_recurse_and_gdtuo_compute_the_same_one_step_hypergradient():
+    assert load("peers_online").hypergradient_agreement() < 1e-10
+
+
+def test_the_peer_online_benchmark_measures_both_implementations():
+    bench = load("peers_online")
+    for implementation in ("gdtuo", "recurse"):
+        figures = bench.measure(implementation, "Adam", 2, steps=25, device="cpu")
+        assert figures["ms"] > 0 and figures["peak_mb"] > 0
+        assert 0 <= figures["loss"] < 2.3  # below the loss of a uniform guess over 10 classes
+
+
+def test_recurse_higher_and_torch_func_unrolls_give_the_same_meta_gradient(capsys):
+    rows = load("peers_unroll").main(["--steps", "3", "--repeats", "1"])
+    (steps, ms, memory, difference), = rows
+    assert steps == 3 and difference < 1e-5 and set(ms) == {"torch.func", "higher", "recurse"}
+    assert "| 3 |" in capsys.readouterr().out
+
+
+def test_the_scaling_benchmark_prints_both_tables(capsys):
+    load("scaling").main(["--steps", "1", "--sizes", "1e3"])
+    out = capsys.readouterr().out
+    assert "| 16 |" in out and "| 1e+03 |" in out and "slope:" in out
