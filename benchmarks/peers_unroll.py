@@ -18,7 +18,6 @@ relative difference of the meta-gradients from the torch.func one.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
@@ -26,7 +25,7 @@ import higher
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
-from unroll import SavedBytes, setup
+from unroll import SavedBytes, setup, unroll_parser
 
 import recurse as rc
 
@@ -87,11 +86,7 @@ IMPLEMENTATIONS = {"torch.func": with_torch_func, "higher": with_higher, "recurs
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--steps", type=int, nargs="+", default=list(UNROLL_STEPS), help="unroll lengths K")
-    args = parser.parse_args(argv)
+    args = unroll_parser(__doc__, UNROLL_STEPS).parse_args(argv)
     model, batch_at = setup(args.device)
     names = list(IMPLEMENTATIONS)
     print(f"digits MLP 64-128-10, batch 128, K SGD steps, final-loss meta-gradient w.r.t. log lr, {args.device}, "

@@ -137,12 +137,17 @@ def measure(model, batch_at, steps, variant, repeats):
     return [1000 * statistics.median(t) for t in times], memory
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def unroll_parser(doc: str, unroll_steps) -> argparse.ArgumentParser:
+    """The command line of the unroll benchmarks: --repeats, --device, --steps K ..."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--steps", type=int, nargs="+", default=list(UNROLL_STEPS), help="unroll lengths K")
-    args = parser.parse_args(argv)
+    parser.add_argument("--steps", type=int, nargs="+", default=list(unroll_steps), help="unroll lengths K")
+    return parser
+
+
+def main(argv=None):
+    args = unroll_parser(__doc__, UNROLL_STEPS).parse_args(argv)
     torch.manual_seed(0)
     model, batch_at = setup(args.device)
     print(f"digits MLP 64-128-10, batch 128, SGD inner steps, {args.device}, median of {args.repeats}, interleaved; "
