@@ -45,20 +45,27 @@ def all_ranks_agree(flag: bool, device) -> bool:
 
 
 def check_in_sync(optimizer, *, tolerance: float = 0.0) -> None:
-    """Raise RuntimeError if the hyperparameters of ``optimizer`` (an
-    ``rc.HyperOptimizer`` or ``rc.MetaTrainer``) differ across ranks by more
-    than ``tolerance``, naming the hyperparameter and the ranks' values."""
+    """Raise RuntimeError if the learned values of ``optimizer`` (an
+    ``rc.HyperOptimizer`` or ``rc.MetaTrainer``): every level's ``raw``
+    vector, hyperparameters or a learned optimizer's weights, differ across
+    ranks by more than ``tolerance``, naming the level, the entry and the
+    ranks' values."""
     if not is_active():
         return
-    names = sorted(optimizer.hyperparameters())
-    mine = torch.tensor([optimizer.hyperparameters()[name] for name in names], dtype=torch.float64)
+    optimizers = [level.optimizer for level in optimizer.levels] if hasattr(optimizer, "levels") \
+        else list(optimizer.optimizers)
+    labels = [(level, position, (opt.learnable[position] if position < len(opt.learnable) else "weights"))
+              for level, opt in enumerate(optimizers) for position in range(opt.raw.numel())]
+    mine = torch.cat([opt.raw.detach().reshape(-1).to(torch.float64) for opt in optimizers])
     if dist.get_backend() == "nccl":
         mine = mine.cuda()
     gathered = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, mine)
     stacked = torch.stack(gathered).cpu()
-    spread = (stacked.max(0).values - stacked.min(0).values)
+    spread = stacked.max(0).values - stacked.min(0).values
     for index in torch.nonzero(spread > tolerance).flatten().tolist():
+        level, position, name = labels[index]
         values = ", ".join(f"rank {rank}: {stacked[rank, index].item()!r}" for rank in range(len(gathered)))
-        raise RuntimeError(f"rc.distributed.check_in_sync: hyperparameter {names[index]!r} differs across ranks "
-                           f"({values}); were the gradients all-reduced (DDP) before opt.step()?")
+        raise RuntimeError(f"rc.distributed.check_in_sync: level {level}'s learned value {name!r} (raw entry "
+                           f"{position}) differs across ranks ({values}); were the gradients all-reduced (DDP) "
+                           "before opt.step()?")

@@ -53,7 +53,9 @@ def online_run(rank=0, world=1):
             "seconds_per_step": seconds}
 
 
-def meta_run(rank=0, world=1):
+def meta_run(rank=0, world=1, learned=False):
+    """MetaTrainer over this rank's share of the tasks: learning SGD's lr, or
+    (``learned``) the weights of an LSTM optimizer."""
     family = rc.problems.QuadraticFamily(10, seed=0)
     tasks = [family.sample() for _ in range(TASKS)][rank * TASKS // world:(rank + 1) * TASKS // world]
     thetas = torch.zeros(len(tasks), 10, dtype=torch.float64)
@@ -61,19 +63,34 @@ def meta_run(rank=0, world=1):
     def objective(params, k):  # a sum: each task's parameters get their own, unscaled gradient
         return torch.stack([task.loss(theta) for task, theta in zip(tasks, params[0])]).sum()
 
-    trainer = rc.MetaTrainer([thetas], objective, [rc.SGD(0.01, learn="lr"), rc.Adam(0.05)], unroll_steps=[5],
-                             distributed=world > 1)
+    inner = rc.LSTMOptimizer(hidden_size=4) if learned else rc.SGD(0.01, learn="lr")
+    trainer = rc.MetaTrainer([thetas], objective, [inner, rc.Adam(0.05)], unroll_steps=[5], distributed=world > 1)
     for _ in range(META_STEPS):
         trainer.meta_step()
     rc.distributed.check_in_sync(trainer)
     return {"raw": trainer.optimizers[0].raw.clone(), "hyper": trainer.hyperparameters()}
 
 
+def drift_run(rank=0, world=1):
+    """Ranks whose learned lr differs: check_in_sync must fail on every rank."""
+    theta = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    opt = rc.HyperOptimizer([theta], rc.SGD(0.1, hyper=rc.SGD(0.01)))
+    opt.levels[0].optimizer.raw = opt.levels[0].optimizer.raw + rank
+    try:
+        rc.distributed.check_in_sync(opt)
+    except RuntimeError as error:
+        return {"error": str(error)}
+    return {"error": None}
+
+
 def main():
     mode, out = sys.argv[1], Path(sys.argv[2])
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
-    result = online_run(rank, world) if mode == "online" else meta_run(rank, world)
+    if mode == "drift":
+        result = drift_run(rank, world)
+    else:
+        result = online_run(rank, world) if mode == "online" else meta_run(rank, world, learned=mode == "meta_lstm")
     torch.save(result, out / f"rank{rank}.pt")
     dist.destroy_process_group()
 

@@ -46,13 +46,23 @@ def test_a_tower_on_a_ddp_model_equals_one_process_on_the_whole_batch(tmp_path):
     assert ranks[0]["hyper"] == ranks[1]["hyper"]
 
 
-def test_meta_training_split_over_ranks_equals_one_process_on_all_tasks(tmp_path):
-    ranks = run_two_ranks("meta", tmp_path)
-    single = load_job().meta_run()
+@pytest.mark.parametrize("mode", ["meta", "meta_lstm"])
+def test_meta_training_split_over_ranks_equals_one_process_on_all_tasks(tmp_path, mode):
+    """The learned values (SGD's log lr, or every weight of an LSTM optimizer)
+    equal one process meta-training on all the tasks."""
+    ranks = run_two_ranks(mode, tmp_path)
+    single = load_job().meta_run(learned=mode == "meta_lstm")
     for rank in ranks:
         torch.testing.assert_close(rank["raw"], single["raw"], rtol=1e-10, atol=1e-12)
     assert torch.equal(ranks[0]["raw"], ranks[1]["raw"])
-    assert single["hyper"]["0.lr"] != 0.01  # it did learn
+    start = (rc.LSTMOptimizer(hidden_size=4) if mode == "meta_lstm" else rc.SGD(0.01, learn="lr")).raw
+    assert not torch.allclose(single["raw"], start.to(single["raw"].dtype))  # it did learn
+
+
+def test_check_in_sync_fails_loudly_on_every_rank_when_a_learned_value_drifts(tmp_path):
+    for rank in run_two_ranks("drift", tmp_path):
+        assert "level 0's learned value 'lr' (raw entry 0) differs across ranks" in rank["error"]
+        assert "rank 0: " in rank["error"] and "rank 1: " in rank["error"]
 
 
 def test_check_in_sync_is_a_no_op_outside_torch_distributed():
