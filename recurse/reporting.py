@@ -99,3 +99,23 @@ def cached(out: Path | None, key: str, compute: Callable[[], dict]) -> dict:
     temporary.write_text(json.dumps(result))
     temporary.replace(path)
     return result
+
+
+def cached_meta_training(out: Path | None, key: str, train: Callable[[], tuple]) -> tuple:
+    """``train()`` returns ``(lstm, log)``: a meta-trained ``rc.LSTMOptimizer``
+    and its per-meta-step log. Kept like :func:`cached` (its options, weights
+    and dtype as JSON), so a rerun with the same output folder reloads the
+    learned optimizer, bit for bit, instead of meta-training it again."""
+    import torch
+
+    from recurse.learned import LSTMOptimizer
+
+    def compute() -> dict:
+        lstm, log = train()
+        state = lstm.state_dict()
+        return {"options": state["options"], "weights": state["weights"].tolist(),
+                "dtype": str(state["weights"].dtype).removeprefix("torch."), "log": log}
+
+    saved = cached(out, key, compute)
+    weights = torch.tensor(saved["weights"], dtype=getattr(torch, saved["dtype"]))
+    return LSTMOptimizer.from_state_dict({"options": saved["options"], "weights": weights}), saved["log"]

@@ -32,7 +32,7 @@ from torch import Tensor
 
 import recurse as rc
 from recurse.problems import Digits
-from recurse.reporting import progress, publish, saved_figure, study_folder, study_parser
+from recurse.reporting import cached_meta_training, progress, publish, saved_figure, study_folder, study_parser
 
 STEPS, UNROLL, BATCH = 100, 20, 128
 LR_GRID = [10.0**(exponent / 4) for exponent in range(-16, 3)]  # 1e-4 .. 3.2
@@ -157,7 +157,8 @@ def main(argv=None):
         return progress(iterable, args, description)
 
     data = Digits(seed=0)
-    lstm, meta_log = meta_train(data, args, progress_bar)
+    lstm, meta_log = cached_meta_training(out, f"lstm-{args.meta_steps}x{args.models}-lr{args.meta_lr:g}",
+                                          lambda: meta_train(data, args, progress_bar))
     rc.checkpoint.save(lstm.state_dict(), out / "lstm.pt")
     rows, curves = [], {}
     for name, (hidden, activation) in progress_bar(ARCHITECTURES.items(), "architectures"):

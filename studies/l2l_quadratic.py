@@ -33,7 +33,7 @@ from torch import Tensor
 
 import recurse as rc
 from recurse.problems import QuadraticBatch, QuadraticFamily
-from recurse.reporting import finite_log10, progress, publish, saved_figure, study_folder, study_parser
+from recurse.reporting import cached_meta_training, finite_log10, progress, publish, saved_figure, study_folder, study_parser
 
 DIM, STEPS, UNROLL = 10, 100, 20
 LEARNED = {"loss": "LSTM, meta-loss: sum of losses", "log": "LSTM, meta-loss: sum of log losses"}
@@ -148,7 +148,8 @@ def main(argv=None):
             curves[(f"{name} (lr {lr:.3g})", metric)] = run_torch(build, lr, held_out)
     meta_logs = []
     for kind, method in LEARNED.items():
-        lstm, meta_log = meta_train(args, kind, progress_bar)
+        key = f"lstm-{kind}-{args.meta_steps}x{args.task_batch}-lr{args.meta_lr:g}-{args.second_order}-seed{args.seed}"
+        lstm, meta_log = cached_meta_training(out, key, lambda: meta_train(args, kind, progress_bar))
         rc.checkpoint.save(lstm.state_dict(), out / f"lstm_{kind}.pt")
         curves[(method, "final")] = curves[(method, "sum")] = run_learned(lstm, held_out)
         meta_logs += [{"meta_objective": kind, **entry} for entry in meta_log]

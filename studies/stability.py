@@ -38,7 +38,7 @@ import torch
 
 import recurse as rc
 from recurse.problems import QuadraticFamily
-from recurse.reporting import finite_log10, progress, publish, saved_figure, study_folder, study_parser
+from recurse.reporting import cached_meta_training, finite_log10, progress, publish, saved_figure, study_folder, study_parser
 from recurse.transforms import L2Penalty
 
 DIM, STEPS = 10, 100
@@ -76,6 +76,23 @@ def meta_train(variant: dict, unroll: int, batches: int, task_batch: int, meta_l
     return trainer.optimizers[0], log
 
 
+def _row(name: str, unroll: int, lstm, log: list[dict], held_out) -> dict:
+    """What one run measured: its meta-gradient norms and roll-backs, and the
+    held-out losses of the learned optimizer on the family and on x SCALE tasks."""
+    start = [torch.zeros(len(held_out), DIM, dtype=torch.float64)]
+    losses, _ = rc.evaluate(lstm, lambda params, k: held_out.losses(params[0]), start, steps=STEPS)
+    scaled, _ = rc.evaluate(lstm, lambda params, k: SCALE * held_out.losses(params[0]), start, steps=STEPS)
+    norms = [entry["meta_gradient_norm"] for entry in log]
+    finite_norms = [norm for norm in norms if torch.isfinite(torch.tensor(norm))]
+    return {"variant": name, "unroll": unroll, "meta_steps": len(log),
+            "median_meta_gradient_norm": statistics.median(finite_norms) if finite_norms else float("nan"),
+            "max_meta_gradient_norm": max(norms),
+            "rolled_back_share": sum(entry["rolled_back"] for entry in log) / len(log),
+            "mean_log10_final_loss": finite_log10(losses[-1]).mean().item(),
+            "mean_sum_of_losses": losses[1:].sum(0).mean().item(),
+            "mean_log10_final_loss_scaled_tasks": finite_log10(scaled[-1] / SCALE).mean().item()}
+
+
 def main(argv=None):
     parser = study_parser(__doc__, "4 batches of 8 tasks per run (under a minute)")
     parser.add_argument("--meta-lr", type=float, default=3e-3, help="Adam's lr on the LSTM weights")
@@ -83,22 +100,13 @@ def main(argv=None):
     batches, task_batch, held_out_count = (4, 8, 100) if args.quick else (40, 16, 500)
     out = study_folder(args, "stability")
     held_out = QuadraticFamily(DIM, seed=1).sample_batch(held_out_count)
-    start = [torch.zeros(len(held_out), DIM, dtype=torch.float64)]
     rows, logs = [], []
     runs = [(name, unroll) for name in VARIANTS for unroll in UNROLLS]
     for name, unroll in progress(runs, args, "meta-training runs"):
-        lstm, log = meta_train(VARIANTS[name], unroll, batches, task_batch, args.meta_lr)
-        losses, _ = rc.evaluate(lstm, lambda params, k: held_out.losses(params[0]), start, steps=STEPS)
-        scaled, _ = rc.evaluate(lstm, lambda params, k: SCALE * held_out.losses(params[0]), start, steps=STEPS)
-        norms = [entry["meta_gradient_norm"] for entry in log]
-        finite_norms = [norm for norm in norms if torch.isfinite(torch.tensor(norm))]
-        rows.append({"variant": name, "unroll": unroll, "meta_steps": len(log),
-                     "median_meta_gradient_norm": statistics.median(finite_norms) if finite_norms else float("nan"),
-                     "max_meta_gradient_norm": max(norms),
-                     "rolled_back_share": sum(entry["rolled_back"] for entry in log) / len(log),
-                     "mean_log10_final_loss": finite_log10(losses[-1]).mean().item(),
-                     "mean_sum_of_losses": losses[1:].sum(0).mean().item(),
-                     "mean_log10_final_loss_scaled_tasks": finite_log10(scaled[-1] / SCALE).mean().item()})
+        key = f"{name}-unroll{unroll}-{batches}x{task_batch}-lr{args.meta_lr:g}".replace(" ", "_").replace("/", "-")
+        lstm, log = cached_meta_training(out, key, lambda: meta_train(VARIANTS[name], unroll, batches, task_batch,
+                                                                      args.meta_lr))
+        rows.append(_row(name, unroll, lstm, log, held_out))
         logs += [{"variant": name, "unroll": unroll, "meta_step": index + 1, **entry} for index, entry in enumerate(log)]
     publish(out, _summary(rows, batches, task_batch, held_out_count), {"results": rows, "meta_training": logs})
     _plot(out / "stability.png", rows)

@@ -29,7 +29,7 @@ import recurse as rc
 from recurse.baselines import Diverged, train
 from recurse.baselines.compare import tower_optimizer
 from recurse.problems import Digits
-from recurse.reporting import progress, publish, saved_figure, study_folder, study_parser
+from recurse.reporting import cached, progress, publish, saved_figure, study_folder, study_parser
 
 INITIAL_LRS = [1e-4, 1e-3, 1e-2, 1e-1, 1.0]
 METHODS = {
@@ -60,7 +60,9 @@ def main(argv=None):
     out = study_folder(args, "tying")
     task = Digits(seed=0)
     runs = [(method, lr, seed) for method in METHODS for lr in INITIAL_LRS for seed in seeds]
-    rows = [run(task, method, lr, steps, seed) for method, lr, seed in progress(runs, args, "runs")]
+    rows = [cached(out, f"{method}-lr{lr:g}-seed{seed}-steps{steps}".replace(" ", "_").replace(",", ""),
+                   lambda: run(task, method, lr, steps, seed))
+            for method, lr, seed in progress(runs, args, "runs")]
     publish(out, _summary(rows, steps, seeds), {"results": rows})
     _plot(out / "tying.png", rows)
     return rows

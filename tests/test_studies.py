@@ -151,3 +151,15 @@ def test_tying_quick_compares_tied_and_untied_towers_at_every_start(tmp_path):
     assert all(row["diverged"] or math.isfinite(row["valid_loss"]) for row in rows)
     assert "| tied depth 2, RMS |" in (tmp_path / "summary.md").read_text()
     assert (tmp_path / "tying.png").stat().st_size > 10_000
+
+
+def test_a_rerun_reloads_the_meta_trained_optimizers_instead_of_training_them_again(tmp_path, monkeypatch):
+    study = load("l2l_quadratic")
+    first, _ = study.main(["--quick", "--out", str(tmp_path), "--meta-steps", "10"])
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("meta-trained again")
+
+    monkeypatch.setattr(study, "meta_train", no_training)
+    again, _ = study.main(["--quick", "--out", str(tmp_path), "--meta-steps", "10"])
+    assert again == first  # the reloaded LSTMs give the very same held-out losses
