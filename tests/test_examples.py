@@ -14,8 +14,8 @@ def load(name):
 
 
 def test_every_example_is_tested():
-    assert sorted(path.stem for path in EXAMPLES.glob("*.py")) == ["custom_optimizer", "ddp", "meta_training",
-                                                                    "train_loop"]
+    assert sorted(path.stem for path in EXAMPLES.glob("*.py")) == ["custom_optimizer", "ddp", "learned_optimizer",
+                                                                    "meta_training", "train_loop"]
 
 
 def test_train_loop_learns_the_rate(capsys):
@@ -32,6 +32,12 @@ def test_custom_optimizer_works_as_a_level():
 def test_meta_training_learns_a_rate_that_transfers():
     learned, before, after = load("meta_training").main(["--tasks", "3"])
     assert learned > 2e-3 and after < before
+
+
+def test_the_learned_optimizer_example_trains_saves_and_reloads_an_lstm(tmp_path, capsys):
+    results = load("learned_optimizer").main(["--meta-steps", "60", "--out", str(tmp_path / "lstm.pt")])
+    assert results["LSTM, meta-trained (loaded back)"] < results["LSTM before meta-training"] - 0.3
+    assert (tmp_path / "lstm.pt").exists() and "Adam (lr 0.1)" in capsys.readouterr().out
 
 
 def test_ddp_runs_under_torchrun_on_two_processes():
