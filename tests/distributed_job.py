@@ -92,6 +92,7 @@ def main():
     else:
         result = online_run(rank, world) if mode == "online" else meta_run(rank, world, learned=mode == "meta_lstm")
     torch.save(result, out / f"rank{rank}.pt")
+    dist.barrier()  # no rank tears gloo down while another still talks to it
     dist.destroy_process_group()
 
 
