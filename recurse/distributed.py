@@ -54,8 +54,8 @@ def check_in_sync(optimizer, *, tolerance: float = 0.0) -> None:
         return
     optimizers = [level.optimizer for level in optimizer.levels] if hasattr(optimizer, "levels") \
         else list(optimizer.optimizers)
-    labels = [(level, position, (opt.learnable[position] if position < len(opt.learnable) else "weights"))
-              for level, opt in enumerate(optimizers) for position in range(opt.raw.numel())]
+    labels = [(level, position, name) for level, opt in enumerate(optimizers)
+              for position, name in enumerate(opt.raw_labels())]
     mine = torch.cat([opt.raw.detach().reshape(-1).to(torch.float64) for opt in optimizers])
     if dist.get_backend() == "nccl":
         mine = mine.cuda()

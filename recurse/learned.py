@@ -59,10 +59,10 @@ class LSTMOptimizer(Optimizer):
         self.input_scale, self.output_scale, self.seed = float(input_scale), float(output_scale), seed
         self.learnable = () if learn is not None and not learn else ("weights",)
         self.shapes = self._weight_shapes()
+        self._sizes = [math.prod(shape) for shape in self.shapes]
         bound = 1.0 / math.sqrt(hidden_size)
         generator = torch.Generator().manual_seed(seed)
-        count = sum(math.prod(shape) for shape in self.shapes)
-        self.raw = (torch.rand(count, generator=generator, dtype=torch.float64) * 2 - 1) * bound
+        self.raw = (torch.rand(sum(self._sizes), generator=generator, dtype=torch.float64) * 2 - 1) * bound
 
     def _weight_shapes(self) -> list[tuple[int, ...]]:
         """Per layer: w_ih (4H, in), w_hh (4H, H), bias (4H); then w_out (H,), b_out ()."""
@@ -74,8 +74,7 @@ class LSTMOptimizer(Optimizer):
 
     def unpack(self, weights: Tensor) -> list[Tensor]:
         """The flat weight vector as the tensors of :meth:`_weight_shapes` (views)."""
-        sizes = [math.prod(shape) for shape in self.shapes]
-        return [piece.view(shape) for piece, shape in zip(weights.split(sizes), self.shapes)]
+        return [piece.view(shape) for piece, shape in zip(weights.split(self._sizes), self.shapes)]
 
     # --- the protocol -------------------------------------------------------
 
@@ -123,6 +122,9 @@ class LSTMOptimizer(Optimizer):
     def current_values(self, raw: Tensor | None = None) -> dict[str, float]:
         """The root-mean-square of the weights (a summary: there are thousands)."""
         return {"weights.rms": float(self.tracked_values(raw)[0])}
+
+    def raw_labels(self) -> list[str]:
+        return [f"weights[{index}]" for index in range(self.raw.numel())]
 
     def tracked_names(self) -> tuple[str, ...]:
         return ("weights.rms",) if self.learnable else ()

@@ -227,6 +227,10 @@ class Optimizer:
         when given). What ``hyperparameters()`` of the engines report."""
         return {name: float(value) for name, value in self.hyper_values(raw).items()}
 
+    def raw_labels(self) -> list[str]:
+        """A name for each entry of ``raw``: the learnable hyperparameters, in order."""
+        return list(self.learnable)
+
     def tracked_names(self) -> tuple[str, ...]:
         """Names of the learned quantities recorded in histories: one per
         learnable hyperparameter (an optimizer whose meta-parameters are a

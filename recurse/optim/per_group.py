@@ -99,6 +99,9 @@ class PerGroup(Optimizer):
                 for (name, (optimizer, _)), piece in zip(self.groups.items(), self._pieces(raw))
                 for key, value in optimizer.current_values(piece).items()}
 
+    def raw_labels(self) -> list[str]:
+        return [f"{name}.{label}" for name, (optimizer, _) in self.groups.items() for label in optimizer.raw_labels()]
+
     def tracked_names(self) -> tuple[str, ...]:
         return tuple(f"{name}.{key}" for name, (optimizer, _) in self.groups.items()
                      for key in optimizer.tracked_names())
