@@ -10,7 +10,7 @@ from recurse.learned import LSTMOptimizer
 from recurse.meta import MetaTrainer
 from recurse.optim import SGD, Adagrad, Adam, AdamW, Hyperparameter, Newton, Optimizer, PerGroup, RMSprop
 from recurse.tower import stack, tower
-from recurse.unroll import UnrollResult, evaluate, model_objective, unroll, unroll_torch
+from recurse.unroll import UnrollResult, evaluate, evaluate_torch, model_objective, unroll, unroll_torch
 
 __version__ = "0.1.0"
 
@@ -31,6 +31,7 @@ __all__ = [
     "constraints",
     "distributed",
     "evaluate",
+    "evaluate_torch",
     "exact",
     "graph",
     "model_objective",

@@ -26,7 +26,7 @@ from torch import Tensor
 from recurse.distributed import all_ranks_agree, total
 from recurse.hyper import _advance, _all_finite, _detach_tree
 from recurse.optim.base import Optimizer, State
-from recurse.unroll import Objective, _check_options, unroll
+from recurse.unroll import Objective, _check_options, gradients, unroll
 
 log = logging.getLogger("recurse")
 
@@ -161,8 +161,7 @@ class MetaTrainer:
         snapshot = (list(self.values), list(self.states), self.inner_step)
         leaf = self.values[self.depth][0].detach().requires_grad_()
         loss = self.meta_loss_of(leaf)
-        (gradient,) = torch.autograd.grad(loss, leaf, allow_unused=True)
-        gradient = torch.zeros_like(leaf) if gradient is None else gradient
+        (gradient,) = gradients(loss, [leaf])
         if self.distributed:
             gradient = total(gradient)
         self.last_meta_gradient_norm = float(gradient.norm())

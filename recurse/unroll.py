@@ -95,9 +95,7 @@ def _unroll(objective, params, optimizer, steps, raw, state, meta_loss, validati
         losses.append(loss.item())
         # A sum/mean meta-loss backpropagates through this loss again later.
         keep = tracked and meta_loss in ("sum", "mean") and meta_objective is None
-        grads = torch.autograd.grad(loss, params, create_graph=tracked and not first_order, retain_graph=keep or None,
-                                    allow_unused=True)
-        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+        grads = gradients(loss, params, create_graph=tracked and not first_order, retain_graph=keep or None)
         new_params, state = optimizer.update(params, grads, state, hyper if tracked else fixed_hyper)
         if update_penalty and tracked:
             update_sizes.append(sum((new - old).square().sum() for new, old in zip(new_params, params)))
@@ -201,7 +199,7 @@ def evaluate(optimizer: Optimizer, losses: Callable[[list[Tensor], int], Tensor]
     of per-task losses (a batch of independent tasks); the gradient is that
     of their sum. Returns ``(history, params)``: the losses before each step
     and after the last, detached, shape ``(steps + 1, *losses.shape)``, and
-    the final parameters."""
+    the final parameters. :func:`evaluate_torch` does the same for torch.optim."""
     _check_options(steps, "final", None, None)
     params = [p.detach() for p in params]
     state = optimizer.init(params)
@@ -214,7 +212,36 @@ def evaluate(optimizer: Optimizer, losses: Callable[[list[Tensor], int], Tensor]
             history.append(values.detach())
             if step == steps:
                 break
-            grads = torch.autograd.grad(values.sum(), params, allow_unused=True)
-            grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
-            params, state = optimizer.update([p.detach() for p in params], grads, _detach_tree(state), hyper)
+            grads = gradients(values.sum(), params)
+            with torch.no_grad():
+                params, state = optimizer.update(params, grads, state, hyper)
     return torch.stack(history), [p.detach() for p in params]
+
+
+def evaluate_torch(make_optimizer: Callable[[list[Tensor]], torch.optim.Optimizer],
+                   losses: Callable[[list[Tensor], int], Tensor], params: Sequence[Tensor], *,
+                   steps: int) -> tuple[Tensor, list[Tensor]]:
+    """:func:`evaluate` with a torch.optim optimizer, ``make_optimizer(params)``,
+    built over copies of ``params`` (the reference a learned optimizer is
+    compared with)."""
+    _check_options(steps, "final", None, None)
+    params = [p.detach().clone().requires_grad_() for p in params]
+    optimizer = make_optimizer(params)
+    history = []
+    with torch.enable_grad():
+        for step in range(steps + 1):
+            values = losses(params, step)
+            history.append(values.detach())
+            if step == steps:
+                break
+            optimizer.zero_grad()
+            values.sum().backward()
+            optimizer.step()
+    return torch.stack(history), [p.detach() for p in params]
+
+
+def gradients(loss: Tensor, params: Sequence[Tensor], **options) -> list[Tensor]:
+    """d loss / d params by ``torch.autograd.grad(loss, params, **options)``,
+    with zeros for parameters the loss does not reach."""
+    grads = torch.autograd.grad(loss, params, allow_unused=True, **options)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]

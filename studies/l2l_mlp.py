@@ -91,17 +91,8 @@ class BatchedMLPs:
 
 def run_adam(models: BatchedMLPs, lr: float) -> tuple[Tensor, list[Tensor]]:
     """torch.optim.Adam on every model: mini-batch losses at steps 0..STEPS and the final parameters."""
-    params = [p.clone().requires_grad_() for p in models.initial]
-    opt = torch.optim.Adam(params, lr=lr)
-    history = []
-    for step in range(STEPS + 1):
-        losses = models.losses(params, step)
-        history.append(losses.detach())
-        if step < STEPS:
-            opt.zero_grad()
-            losses.sum().backward()
-            opt.step()
-    return torch.stack(history), [p.detach() for p in params]
+    return rc.evaluate_torch(lambda params: torch.optim.Adam(params, lr=lr), models.losses, models.initial,
+                             steps=STEPS)
 
 
 def tune_adam(data: Digits, hidden, activation, grid: list[float], count: int, seed: int) -> float:

@@ -51,17 +51,9 @@ def baselines() -> dict:
 
 def run_torch(build, lr: float, tasks: QuadraticBatch) -> Tensor:
     """Losses of every task at steps 0..STEPS, shape (STEPS + 1, tasks)."""
-    theta = torch.zeros(len(tasks), DIM, dtype=tasks.weights.dtype, requires_grad=True)
-    opt = build([theta], lr)
-    history = []
-    for _ in range(STEPS):
-        loss = tasks.losses(theta)
-        history.append(loss.detach())
-        opt.zero_grad()
-        loss.sum().backward()
-        opt.step()
-    history.append(tasks.losses(theta).detach())
-    return torch.stack(history)
+    start = [torch.zeros(len(tasks), DIM, dtype=tasks.weights.dtype)]
+    return rc.evaluate_torch(lambda params: build(params, lr), lambda params, k: tasks.losses(params[0]), start,
+                             steps=STEPS)[0]
 
 
 def run_learned(lstm: rc.LSTMOptimizer, tasks: QuadraticBatch) -> Tensor:

@@ -361,3 +361,14 @@ def test_evaluate_follows_torch_optim_on_every_task_of_a_batch():
         reference.step()
     torch.testing.assert_close(history[30], tasks.losses(theta).detach(), rtol=1e-12, atol=0)
     torch.testing.assert_close(final[0], theta.detach(), rtol=1e-12, atol=0)
+
+
+def test_evaluate_torch_runs_the_same_steps_as_evaluate_with_the_recurse_optimizer():
+    tasks = QuadraticFamily(dim=4, seed=6).sample_batch(3)
+    start = [torch.zeros(3, 4, dtype=torch.float64)]
+    ours, ours_final = rc.evaluate(rc.Adam(0.05), lambda params, k: tasks.losses(params[0]), start, steps=20)
+    theirs, theirs_final = rc.evaluate_torch(lambda params: torch.optim.Adam(params, lr=0.05),
+                                             lambda params, k: tasks.losses(params[0]), start, steps=20)
+    torch.testing.assert_close(theirs, ours, rtol=1e-12, atol=0)
+    torch.testing.assert_close(theirs_final[0], ours_final[0], rtol=1e-12, atol=0)
+    assert torch.equal(start[0], torch.zeros(3, 4, dtype=torch.float64))  # the start is not stepped in place
