@@ -28,6 +28,7 @@ class Constraint:
     contains: Callable[[float], bool]
     to_raw: Callable[[float], float]
     from_raw: Callable[[torch.Tensor], torch.Tensor]
+    value_of: Callable[[float], float]  # from_raw on a Python float
     raw_derivative: Callable[[torch.Tensor], torch.Tensor]  # d value / d raw, written in terms of value
 
 
@@ -41,6 +42,7 @@ positive = Constraint(
     contains=lambda value: math.isfinite(value) and value > 0.0,
     to_raw=math.log,
     from_raw=torch.exp,
+    value_of=math.exp,
     raw_derivative=lambda value: value,
 )
 
@@ -50,5 +52,6 @@ unit_interval = Constraint(
     contains=lambda value: 0.0 < value < 1.0,
     to_raw=_logit,
     from_raw=torch.sigmoid,
+    value_of=lambda raw: 1.0 / (1.0 + math.exp(-raw)) if raw >= 0 else math.exp(raw) / (1.0 + math.exp(raw)),
     raw_derivative=lambda value: value * (1 - value),
 )

@@ -50,6 +50,9 @@ class _LastUpdate:
     raw: Tensor
     hyper_leaf: Tensor | None = None
     outputs: list[Tensor] | None = None
+    # A closed-form vector-Jacobian product (Optimizer.update_with_vjp),
+    # already in raw space; used instead of the graph when present.
+    closed_form: Callable[[list[Tensor]], Tensor] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"params": self.params, "grads": self.grads, "state": self.state, "raw": self.raw}
@@ -449,6 +452,11 @@ def _advance(optimizer, raw, targets, grads, state, norm_state, *, learned, clos
         grads, norm_state = optimizer.normalizer.apply(grads, norm_state)
     if state is None:
         state = optimizer.init(targets)
+    if learned and closure is None:
+        closed = _closed_form_update(optimizer, raw, targets, grads, state)
+        if closed is not None:
+            new_values, new_state, last_update = closed
+            return new_values, (new_state, norm_state, last_update)
     hyper_leaf = raw.detach().requires_grad_() if learned else None
     hyper = optimizer.hyper_values(hyper_leaf) if learned else optimizer.hyper_values()
     new_values, new_state = optimizer.update(targets, grads, state, hyper, closure=closure)
@@ -463,13 +471,39 @@ def _advance(optimizer, raw, targets, grads, state, norm_state, *, learned, clos
     return new_values, (new_state, norm_state, last_update)
 
 
+def _closed_form_update(optimizer, raw, targets, grads, state):
+    """The learned update through ``optimizer.update_with_vjp`` at float
+    values (no graph), or None when the optimizer has no closed form."""
+    if type(optimizer).update_with_vjp is Optimizer.update_with_vjp:
+        return None
+    raw = raw.detach()
+    values = optimizer.values_from_raw(raw.tolist())
+    result = optimizer.update_with_vjp(targets, grads, state, values)
+    if result is None:
+        return None
+    new_values, new_state, vjp = result
+    # d value / d raw of each learnable hyperparameter: the chain rule to raw space.
+    slope = torch.tensor([optimizer.spec(name).constraint.raw_derivative(values[name]) for name in optimizer.learnable],
+                         dtype=raw.dtype, device=raw.device)
+    last_update = _LastUpdate(list(targets), list(grads), state, raw, closed_form=lambda incoming: vjp(incoming) * slope)
+    return new_values, new_state, last_update
+
+
 def _vjp(optimizer: Optimizer, last_update: _LastUpdate, incoming: list[Tensor], *, retain_graph: bool) -> Tensor:
     """incoming . d(last update's outputs) / d(its raw hyperparameters)."""
-    if last_update.outputs is None:
-        # After load_state_dict: rebuild the graph from the saved inputs.
-        leaf = last_update.raw.detach().clone().requires_grad_()
-        outputs, _ = optimizer.update(last_update.params, last_update.grads, last_update.state, optimizer.hyper_values(leaf))
-        last_update.hyper_leaf, last_update.outputs = leaf, outputs
+    if last_update.closed_form is None and last_update.outputs is None:
+        # After load_state_dict: rebuild the closed form or the graph from the saved inputs.
+        closed = _closed_form_update(optimizer, last_update.raw, last_update.params, last_update.grads,
+                                     last_update.state)
+        if closed is not None:
+            last_update.closed_form = closed[2].closed_form
+        else:
+            leaf = last_update.raw.detach().clone().requires_grad_()
+            outputs, _ = optimizer.update(last_update.params, last_update.grads, last_update.state,
+                                          optimizer.hyper_values(leaf))
+            last_update.hyper_leaf, last_update.outputs = leaf, outputs
+    if last_update.closed_form is not None:
+        return last_update.closed_form(list(incoming))
     (gradient,) = torch.autograd.grad(
         last_update.outputs, last_update.hyper_leaf, grad_outputs=incoming,
         retain_graph=retain_graph, allow_unused=True,

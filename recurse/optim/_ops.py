@@ -55,3 +55,9 @@ def sqrt(x: Tensor) -> Tensor:
         return x.sqrt()
     positive = x > 0
     return torch.where(positive, torch.where(positive, x, torch.ones_like(x)).sqrt(), torch.zeros_like(x))
+
+
+def dot(xs: list[Tensor], ys: list[Tensor]) -> Tensor:
+    """sum_i <xs_i, ys_i>, a 0-d tensor: the inner product of two lists of
+    tensors viewed as one long vector (closed-form hypergradients)."""
+    return torch.stack([torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in zip(xs, ys)]).sum()

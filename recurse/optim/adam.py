@@ -45,6 +45,12 @@ class Adam(Optimizer):
         return self.initial_values["weight_decay"] != 0.0
 
     def update(self, params, grads, state, hyper, *, closure=None):
+        new_params, new_state, _ = self._step(params, grads, state, hyper)
+        return new_params, new_state
+
+    def _step(self, params, grads, state, hyper):
+        """The update, and its intermediates: the lists d_t (the gradient
+        with L2 weight decay) and denominators sqrt(v_t) / sqrt(1 - beta2^t) + eps."""
         lr, beta1, beta2, eps = hyper["lr"], hyper["beta1"], hyper["beta2"], hyper["eps"]
         weight_decay = hyper["weight_decay"]
         has_weight_decay = self.initial_values["weight_decay"] != 0.0
@@ -52,7 +58,7 @@ class Adam(Optimizer):
         bias_correction1 = 1 - beta1**step
         bias_correction2_sqrt = (1 - beta2**step) ** 0.5
         step_size = lr / bias_correction1
-        new_params, exp_avgs, exp_avg_sqs = [], [], []
+        new_params, exp_avgs, exp_avg_sqs, decayed, denoms = [], [], [], [], []
         for param, grad, exp_avg, exp_avg_sq in zip(params, grads, state["exp_avg"], state["exp_avg_sq"]):
             if has_weight_decay:
                 if self.decoupled_weight_decay:
@@ -65,7 +71,66 @@ class Adam(Optimizer):
             new_params.append(_ops.addcdiv(param, exp_avg, denom, -step_size))
             exp_avgs.append(exp_avg)
             exp_avg_sqs.append(exp_avg_sq)
-        return new_params, {"step": step, "exp_avg": exp_avgs, "exp_avg_sq": exp_avg_sqs}
+            decayed.append(grad)
+            denoms.append(denom)
+        return new_params, {"step": step, "exp_avg": exp_avgs, "exp_avg_sq": exp_avg_sqs}, (decayed, denoms)
+
+    def update_with_vjp(self, params, grads, state, values):
+        """Closed form. With r = m_t / den, den = s / c + eps, s = sqrt(v_t),
+        c = sqrt(1 - beta2^t), b = 1 - beta1^t and step = lr / b, p_t = p - step r:
+
+            d p_t / d lr    = -r / b                        (AdamW: also -weight_decay p)
+            d p_t / d eps   = step r / den
+            d p_t / d beta1 = -step ((m_{t-1} - d_t) + m_t t beta1^(t-1) / b) / den
+            d p_t / d beta2 = step r / den ((v_{t-1} - d_t^2) / (2 s c) + s t beta2^(t-1) / (2 c^3))
+            d p_t / d weight_decay = -step ((1 - beta1) p - r (1 - beta2) d_t p / (s c)) / den   (L2)
+                                   = -lr p                                                    (AdamW)
+
+        where a term divided by s is 0 at s = 0 (as :func:`recurse.optim._ops.sqrt` defines it).
+        """
+        new_params, new_state, (decayed, denoms) = self._step(params, grads, state, values)
+        lr, beta1, beta2 = values["lr"], values["beta1"], values["beta2"]
+        weight_decay, step = values["weight_decay"], new_state["step"]
+        bias_correction1 = 1 - beta1**step
+        c = (1 - beta2**step) ** 0.5
+        step_size = lr / bias_correction1
+        learnable, decoupled = self.learnable, self.decoupled_weight_decay
+        ratios = [m / den for m, den in zip(new_state["exp_avg"], denoms)]
+
+        def roots():
+            return [v.sqrt() for v in new_state["exp_avg_sq"]]
+
+        def over_root(numerators, roots_):  # numerator / s, 0 where s = 0
+            return [torch.where(s > 0, x / s, 0.0) for x, s in zip(numerators, roots_)]
+
+        def vjp(incoming):
+            rows = []
+            for name in learnable:
+                if name == "lr":
+                    row = -_ops.dot(incoming, ratios) / bias_correction1
+                    if decoupled and weight_decay != 0.0:
+                        row = row - weight_decay * _ops.dot(incoming, list(params))
+                elif name == "eps":
+                    row = step_size * _ops.dot(incoming, [r / den for r, den in zip(ratios, denoms)])
+                elif name == "beta1":
+                    drift = [(m0 - d) / den for m0, d, den in zip(state["exp_avg"], decayed, denoms)]
+                    row = -step_size * (_ops.dot(incoming, drift)
+                                        + step * beta1 ** (step - 1) / bias_correction1 * _ops.dot(incoming, ratios))
+                elif name == "beta2":
+                    s = roots()
+                    change = over_root([(v0 - d * d) / (2 * c) for v0, d in zip(state["exp_avg_sq"], decayed)], s)
+                    slope = [x + root * (step * beta2 ** (step - 1) / (2 * c**3)) for x, root in zip(change, s)]
+                    row = step_size * _ops.dot(incoming, [r / den * k for r, den, k in zip(ratios, denoms, slope)])
+                elif decoupled:  # weight_decay, AdamW
+                    row = -lr * _ops.dot(incoming, list(params))
+                else:  # weight_decay, L2
+                    through_root = over_root([r * d * p for r, d, p in zip(ratios, decayed, params)], roots())
+                    row = -step_size * _ops.dot(incoming, [((1 - beta1) * p - (1 - beta2) / c * x) / den
+                                                           for p, x, den in zip(params, through_root, denoms)])
+                rows.append(row)
+            return torch.stack(rows)
+
+        return new_params, new_state, vjp
 
 
 class AdamW(Adam):

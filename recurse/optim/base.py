@@ -157,6 +157,37 @@ class Optimizer:
         """The update rule: out-of-place, differentiable in ``hyper``."""
         raise NotImplementedError
 
+    def update_with_vjp(
+        self,
+        params: Sequence[Tensor],
+        grads: Sequence[Tensor],
+        state: State,
+        values: Mapping[str, float],
+    ) -> tuple[list[Tensor], State, Callable[[Sequence[Tensor]], Tensor]] | None:
+        """Optional closed form of a learned step, for the online engine.
+
+        Returns ``(new_params, new_state, vjp)``: the update at the fixed
+        float ``values`` and a function that, given ``c`` (one tensor per
+        param), returns the 1-D tensor
+
+            vjp(c)[h] = sum_i < c_i, d new_params_i / d value_h >
+
+        over the learnable hyperparameters h, in ``self.learnable`` order (in
+        value space: the engine applies the constraint's slope). The default,
+        None, lets the engine differentiate :meth:`update` with autograd; a
+        closed form must agree with that (each built-in is tested to 1e-10
+        in float64) and saves building and walking a graph every step.
+        """
+        return None
+
+    def values_from_raw(self, raw: Sequence[float]) -> dict[str, float]:
+        """Every hyperparameter as a Python float, the learnable ones read
+        from the unconstrained ``raw`` floats."""
+        values = dict(self.initial_values)
+        for name, entry in zip(self.learnable, raw):
+            values[name] = self.spec(name).constraint.value_of(entry)
+        return values
+
     def update_depends_on_params(self) -> bool:
         """Whether d(update) / d(hyper) depends on the parameter values.
 

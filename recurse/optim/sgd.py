@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from recurse.constraints import positive, unit_interval
 from recurse.optim import _ops
 from recurse.optim.base import Hyperparameter, Optimizer
@@ -44,12 +46,19 @@ class SGD(Optimizer):
         return self.initial_values["weight_decay"] != 0.0
 
     def update(self, params, grads, state, hyper, *, closure=None):
+        new_params, new_state, _ = self._step(params, grads, state, hyper)
+        return new_params, new_state
+
+    def _step(self, params, grads, state, hyper):
+        """The update, and its intermediates (d_t, b_{t-1}, b_t, u_t), one list each."""
         lr, momentum, weight_decay = hyper["lr"], hyper["momentum"], hyper["weight_decay"]
         use_momentum = self.initial_values["momentum"] != 0.0
-        new_params, new_buffers = [], []
+        new_params, decayed, previous, new_buffers, directions = [], [], [], [], []
         for param, grad, buffer in zip(params, grads, state["momentum_buffer"]):
             if self.initial_values["weight_decay"] != 0.0:
                 grad = _ops.add_scaled(grad, param, weight_decay)
+            decayed.append(grad)
+            previous.append(buffer)
             if use_momentum:
                 if buffer is None:
                     buffer = grad
@@ -57,5 +66,41 @@ class SGD(Optimizer):
                     buffer = _ops.add_scaled(buffer * momentum, grad, 1 - hyper["dampening"])
                 grad = _ops.add_scaled(grad, buffer, momentum) if self.nesterov else buffer
             new_buffers.append(buffer)
+            directions.append(grad)
             new_params.append(_ops.add_scaled(param, grad, -lr))
-        return new_params, {"momentum_buffer": new_buffers}
+        return new_params, {"momentum_buffer": new_buffers}, (decayed, previous, new_buffers, directions)
+
+    def update_with_vjp(self, params, grads, state, values):
+        """Closed form: p_t = p_{t-1} - lr u_t, so d p_t / d lr = -u_t and d p_t / d h = -lr d u_t / d h with
+
+            d b / d momentum = b_{t-1},  d b / d dampening = -d_t  (0 on the first step),
+            d d / d weight_decay = p,   d b / d weight_decay = (1 - dampening) p (p on the first step),
+            u = d + momentum b (Nesterov): d u = d d + b [for momentum] + momentum d b;  u = b otherwise.
+        """
+        new_params, new_state, (decayed, previous, buffers, directions) = self._step(params, grads, state, values)
+        lr, momentum, dampening = values["lr"], values["momentum"], values["dampening"]
+        use_momentum = momentum != 0.0
+        first = not use_momentum or previous[0] is None
+        nesterov = self.nesterov
+        learnable = self.learnable
+
+        def vjp(incoming):
+            rows = []
+            for name in learnable:
+                if name == "lr":
+                    rows.append(-_ops.dot(incoming, directions))
+                elif name == "momentum":  # d u / d momentum = [b_t if Nesterov] + (momentum if Nesterov else 1) b_{t-1}
+                    row = _ops.dot(incoming, buffers) if nesterov else incoming[0].new_zeros(())
+                    if not first:
+                        row = row + (momentum if nesterov else 1.0) * _ops.dot(incoming, previous)
+                    rows.append(-lr * row)
+                elif name == "dampening":
+                    scale = 0.0 if first else (momentum if nesterov else 1.0)
+                    rows.append(lr * scale * _ops.dot(incoming, decayed))
+                else:  # weight_decay
+                    through_buffer = 1.0 if first else 1.0 - dampening
+                    scale = (1.0 + momentum * through_buffer if nesterov else through_buffer) if use_momentum else 1.0
+                    rows.append(-lr * scale * _ops.dot(incoming, list(params)))
+            return torch.stack(rows)
+
+        return new_params, new_state, vjp

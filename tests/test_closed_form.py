@@ -1,0 +1,74 @@
+"""The closed-form hypergradients (Optimizer.update_with_vjp) equal autograd
+through the optimizer's own update, for every configuration of the
+optimizers that have one, at the first and later steps, in float64."""
+
+import pytest
+import torch
+
+import recurse as rc
+
+CONFIGURATIONS = {
+    "sgd": lambda: rc.SGD(0.05),
+    "sgd-momentum": lambda: rc.SGD(0.05, momentum=0.9),
+    "sgd-momentum-dampening-wd": lambda: rc.SGD(0.05, momentum=0.9, dampening=0.1, weight_decay=1e-2),
+    "sgd-nesterov-wd": lambda: rc.SGD(0.05, momentum=0.8, nesterov=True, weight_decay=1e-2),
+    "sgd-wd": lambda: rc.SGD(0.05, weight_decay=1e-2),
+    "sgd-momentum-fixed-lr-only": lambda: rc.SGD(0.05, momentum=0.9, learn="lr"),
+    "adam": lambda: rc.Adam(1e-2, eps=1e-3),
+    "adam-wd": lambda: rc.Adam(1e-2, betas=(0.8, 0.99), eps=1e-3, weight_decay=1e-2),
+    "adam-beta1-off": lambda: rc.Adam(1e-2, betas=(0.0, 0.99), eps=1e-3),
+    "adam-lr-only": lambda: rc.Adam(1e-2, learn="lr"),
+    "adamw": lambda: rc.AdamW(1e-2, eps=1e-3, weight_decay=0.1),
+    "adamw-lr-only": lambda: rc.AdamW(1e-2, weight_decay=0.1, learn="lr"),
+}
+
+
+def random_problem(seed):
+    """Params of several shapes (0-d and empty included), a gradient
+    sequence, and one coordinate whose parameter and gradient stay 0 (so
+    Adam's second moment there is exactly 0)."""
+    generator = torch.Generator().manual_seed(seed)
+    shapes = [(3, 4), (), (0,), (5,)]
+    params = [torch.randn(shape, generator=generator, dtype=torch.float64) for shape in shapes]
+    params[0][0, 0] = 0.0
+    grads = []
+    for _ in range(4):
+        step = [torch.randn(shape, generator=generator, dtype=torch.float64) for shape in shapes]
+        step[0][0, 0] = 0.0
+        grads.append(step)
+    return params, grads
+
+
+def autograd_vjp(optimizer, params, grads, state, incoming):
+    leaf = optimizer.raw.detach().clone().requires_grad_()
+    outputs, _ = optimizer.update(params, grads, state, optimizer.hyper_values(leaf))
+    (gradient,) = torch.autograd.grad(outputs, leaf, grad_outputs=incoming, allow_unused=True)
+    return torch.zeros_like(leaf) if gradient is None else gradient
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGURATIONS))
+def test_closed_form_vjp_equals_autograd_through_the_update(name):
+    optimizer = CONFIGURATIONS[name]()
+    optimizer.to("cpu", torch.float64)
+    params, grads = random_problem(seed=len(name))
+    state = optimizer.init(params)
+    generator = torch.Generator().manual_seed(7)
+    for step, step_grads in enumerate(grads):
+        values = optimizer.values_from_raw(optimizer.raw.tolist())
+        new_params, new_state, vjp = optimizer.update_with_vjp(params, step_grads, state, values)
+        reference_params, _ = optimizer.update(params, step_grads, state, optimizer.hyper_values(optimizer.raw))
+        for mine, reference in zip(new_params, reference_params):
+            torch.testing.assert_close(mine, reference, rtol=1e-14, atol=1e-15)
+        incoming = [torch.randn(p.shape, generator=generator, dtype=torch.float64) for p in params]
+        slope = torch.tensor([optimizer.spec(n).constraint.raw_derivative(values[n]) for n in optimizer.learnable],
+                             dtype=torch.float64)
+        expected = autograd_vjp(optimizer, params, step_grads, state, incoming)
+        torch.testing.assert_close(vjp(incoming) * slope, expected, rtol=1e-10, atol=1e-14)
+        if step > 0:  # (on the first step momentum, dampening and beta1 do not act yet)
+            assert expected.abs().min() > 0  # every learnable hyperparameter really moves the update
+        params, state = new_params, new_state
+
+
+def test_an_optimizer_without_a_closed_form_is_differentiated_by_autograd():
+    assert rc.RMSprop(1e-2).update_with_vjp([], [], {}, {}) is None
+    assert rc.LSTMOptimizer().update_with_vjp([], [], {}, {}) is None
