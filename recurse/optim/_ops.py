@@ -61,3 +61,8 @@ def dot(xs: list[Tensor], ys: list[Tensor]) -> Tensor:
     """sum_i <xs_i, ys_i>, a 0-d tensor: the inner product of two lists of
     tensors viewed as one long vector (closed-form hypergradients)."""
     return torch.stack([torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in zip(xs, ys)]).sum()
+
+
+def total(xs: list[Tensor]) -> Tensor:
+    """The sum of every entry of every tensor in ``xs``, a 0-d tensor."""
+    return torch.stack([x.sum() for x in xs]).sum()

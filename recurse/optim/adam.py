@@ -95,38 +95,38 @@ class Adam(Optimizer):
         c = (1 - beta2**step) ** 0.5
         step_size = lr / bias_correction1
         learnable, decoupled = self.learnable, self.decoupled_weight_decay
-        ratios = [m / den for m, den in zip(new_state["exp_avg"], denoms)]
-
-        def roots():
-            return [v.sqrt() for v in new_state["exp_avg_sq"]]
-
-        def over_root(numerators, roots_):  # numerator / s, 0 where s = 0
-            return [torch.where(s > 0, x / s, 0.0) for x, s in zip(numerators, roots_)]
+        exp_avgs, previous_avgs = new_state["exp_avg"], state["exp_avg"]
+        params = list(params)
 
         def vjp(incoming):
+            # Every row is a few inner products with w = incoming / den and
+            # z = w m_t / den (= incoming r / den), so no per-row temporaries.
+            w = torch._foreach_div(list(incoming), denoms)
+            needs_z = any(name in ("eps", "beta2") or (name == "weight_decay" and not decoupled) for name in learnable)
+            z = torch._foreach_mul(torch._foreach_div(w, denoms), exp_avgs) if needs_z else None
+            if "beta2" in learnable or ("weight_decay" in learnable and not decoupled):
+                roots = torch._foreach_sqrt(new_state["exp_avg_sq"])
+                z_over_root = [torch.where(root > 0, x / root, 0.0) for x, root in zip(z, roots)]  # 0 at s = 0
+                z_d_over_root = torch._foreach_mul(z_over_root, decayed)
             rows = []
             for name in learnable:
                 if name == "lr":
-                    row = -_ops.dot(incoming, ratios) / bias_correction1
+                    row = -_ops.dot(w, exp_avgs) / bias_correction1
                     if decoupled and weight_decay != 0.0:
-                        row = row - weight_decay * _ops.dot(incoming, list(params))
+                        row = row - weight_decay * _ops.dot(incoming, params)
                 elif name == "eps":
-                    row = step_size * _ops.dot(incoming, [r / den for r, den in zip(ratios, denoms)])
+                    row = step_size * _ops.total(z)
                 elif name == "beta1":
-                    drift = [(m0 - d) / den for m0, d, den in zip(state["exp_avg"], decayed, denoms)]
-                    row = -step_size * (_ops.dot(incoming, drift)
-                                        + step * beta1 ** (step - 1) / bias_correction1 * _ops.dot(incoming, ratios))
+                    row = -step_size * (_ops.dot(w, previous_avgs) - _ops.dot(w, decayed)
+                                        + step * beta1 ** (step - 1) / bias_correction1 * _ops.dot(w, exp_avgs))
                 elif name == "beta2":
-                    s = roots()
-                    change = over_root([(v0 - d * d) / (2 * c) for v0, d in zip(state["exp_avg_sq"], decayed)], s)
-                    slope = [x + root * (step * beta2 ** (step - 1) / (2 * c**3)) for x, root in zip(change, s)]
-                    row = step_size * _ops.dot(incoming, [r / den * k for r, den, k in zip(ratios, denoms, slope)])
+                    change = (_ops.dot(z_over_root, state["exp_avg_sq"]) - _ops.dot(z_d_over_root, decayed)) / (2 * c)
+                    row = step_size * (change + step * beta2 ** (step - 1) / (2 * c**3) * _ops.dot(z, roots))
                 elif decoupled:  # weight_decay, AdamW
-                    row = -lr * _ops.dot(incoming, list(params))
+                    row = -lr * _ops.dot(incoming, params)
                 else:  # weight_decay, L2
-                    through_root = over_root([r * d * p for r, d, p in zip(ratios, decayed, params)], roots())
-                    row = -step_size * _ops.dot(incoming, [((1 - beta1) * p - (1 - beta2) / c * x) / den
-                                                           for p, x, den in zip(params, through_root, denoms)])
+                    row = -step_size * ((1 - beta1) * _ops.dot(w, params)
+                                        - (1 - beta2) / c * _ops.dot(z_d_over_root, params))
                 rows.append(row)
             return torch.stack(rows)
 
