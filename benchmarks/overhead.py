@@ -5,7 +5,9 @@ Adam learning all its knobs, Adam learning only lr) it times torch.optim and rec
 level the same family) and prints ms/step, the ratio to torch.optim, and
 the cost of the levels as a fraction of a depth-0 step: averaged over all
 levels, and marginal (from one measured depth to the next), since the first
-learned level costs more than the ones above it.
+learned level costs more than the ones above it. Every recurse row runs with
+the default non-finite guard (one read of the new parameters per step),
+except "depth 0, guard off", which shows what the guard costs.
 
     python benchmarks/overhead.py [--steps 200] [--repeats 5] [--device cuda]
 """
@@ -43,7 +45,8 @@ def make_runner(name, family, depth, device, inputs, labels):
     if name == "torch.optim":
         opt = torch.optim.SGD(model.parameters(), lr=0.05) if family == "SGD" else torch.optim.Adam(model.parameters(), lr=1e-3)
     else:
-        opt = rc.HyperOptimizer(model.parameters(), tower_of(family, depth))
+        guard = "off" if name.endswith("guard off") else "skip"
+        opt = rc.HyperOptimizer(model.parameters(), tower_of(family, depth), guard=guard)
 
     def step():
         opt.zero_grad()
@@ -81,7 +84,7 @@ def main(argv=None):
           "marginal cost per level since the previous depth (%) |")
     print("|---|---|---|---|---|---|")
     for family in ("SGD", "Adam", "Adam, lr only"):
-        methods = [("torch.optim", 0)] + [(f"recurse depth {d}", d) for d in DEPTHS]
+        methods = [("torch.optim", 0), ("recurse depth 0, guard off", 0)] + [(f"recurse depth {d}", d) for d in DEPTHS]
         runners = {name: make_runner(name, family, depth, device, inputs, labels) for name, depth in methods}
         for run in runners.values():
             time_steps(run, 20, device)  # warm-up
@@ -97,7 +100,7 @@ def main(argv=None):
             marginal = ""
             if previous is not None and depth > previous[1]:
                 marginal = f"{100 * (medians[name] - previous[0]) / depth0 / (depth - previous[1]):.1f}"
-            if name != "torch.optim":
+            if name.startswith("recurse depth") and not name.endswith("guard off"):
                 previous = (medians[name], depth)
             print(f"| {family} | {name} | {medians[name]:.3f} | {medians[name] / baseline:.2f} | {per_level} | "
                   f"{marginal} |")
