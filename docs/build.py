@@ -56,7 +56,10 @@ def entries():
 
 
 def markdown() -> str:
-    lines = ["# API reference", "", "Generated from the docstrings by `python docs/build.py`.", ""]
+    lines = ["# API reference", "", "Generated from the docstrings by `python docs/build.py`. The examples assume "
+             "`import torch`, `import recurse as rc` and, where they use them, a `model` (`torch.nn.Linear(4, 1)`) "
+             "with its `loss` on a batch of 8 `inputs` and `targets`; tests/test_docstring_examples.py runs every "
+             "one.", ""]
     for qualified, signature, doc in entries():
         lines += [f"## `{qualified}`", "", "```python", f"{qualified.rsplit('.', 1)[1]}{signature}", "```", "",
                   doc, ""]

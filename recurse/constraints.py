@@ -21,7 +21,15 @@ import torch
 
 @dataclass(frozen=True)
 class Constraint:
-    """A bijection between the real line and a hyperparameter's valid set."""
+    """A bijection between the real line and a hyperparameter's valid set.
+
+    >>> positive = rc.constraints.positive
+    >>> raw = positive.to_raw(0.01)                  # log 0.01
+    >>> round(raw, 6), round(positive.from_raw(torch.tensor(raw, dtype=torch.float64)).item(), 12)
+    (-4.60517, 0.01)
+    >>> rc.constraints.unit_interval.value_of(0.0)
+    0.5
+    """
 
     name: str
     description: str

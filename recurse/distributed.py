@@ -22,12 +22,20 @@ from torch import Tensor
 
 
 def is_active() -> bool:
-    """True inside an initialised torch.distributed process group."""
+    """True inside an initialised torch.distributed process group.
+
+    >>> rc.distributed.is_active()                     # outside torchrun
+    False
+    """
     return dist.is_available() and dist.is_initialized()
 
 
 def total(tensor: Tensor) -> Tensor:
-    """The sum of ``tensor`` over all ranks (a copy; itself when not distributed)."""
+    """The sum of ``tensor`` over all ranks (a copy; itself when not distributed).
+
+    >>> rc.distributed.total(torch.tensor([1.0, 2.0]))   # one process: the tensor itself
+    tensor([1., 2.])
+    """
     if not is_active():
         return tensor
     summed = tensor.detach().clone()
@@ -36,7 +44,11 @@ def total(tensor: Tensor) -> Tensor:
 
 
 def all_ranks_agree(flag: bool, device) -> bool:
-    """True only if ``flag`` is true on every rank."""
+    """True only if ``flag`` is true on every rank.
+
+    >>> rc.distributed.all_ranks_agree(True, "cpu")      # one process: the flag itself
+    True
+    """
     if not is_active():
         return flag
     value = torch.tensor([1 if flag else 0], device=device)
@@ -49,7 +61,11 @@ def check_in_sync(optimizer, *, tolerance: float = 0.0) -> None:
     ``rc.HyperOptimizer`` or ``rc.MetaTrainer``): every level's ``raw``
     vector, hyperparameters or a learned optimizer's weights, differ across
     ranks by more than ``tolerance``, naming the level, the entry and the
-    ranks' values."""
+    ranks' values.
+
+    >>> opt = rc.HyperOptimizer(model.parameters(), rc.SGD(0.1, hyper=rc.SGD(1e-3)))
+    >>> rc.distributed.check_in_sync(opt)               # passes (and does nothing) in one process
+    """
     if not is_active():
         return
     optimizers = [level.optimizer for level in optimizer.levels] if hasattr(optimizer, "levels") \

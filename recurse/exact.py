@@ -49,20 +49,38 @@ def _scalar(loss: Tensor, where: str) -> Tensor:
 
 
 def gradient(loss_fn: LossFn, params: Sequence[Tensor]) -> Tensor:
-    """The flat gradient of ``loss_fn`` at ``params``."""
+    """The flat gradient of ``loss_fn`` at ``params``.
+
+    >>> f = lambda params: params[0][0] ** 2 + 3 * params[0][1] ** 2      # Hessian diag(2, 6)
+    >>> x = [torch.tensor([1.0, 1.0], dtype=torch.float64)]
+    >>> rc.exact.gradient(f, x).tolist()
+    [2.0, 6.0]
+    """
     leaves = _leaves(params)
     loss = _scalar(loss_fn(leaves), "rc.exact.gradient")
     return _flat(torch.autograd.grad(loss, leaves, allow_unused=True, materialize_grads=True))
 
 
 def hessian(loss_fn: LossFn, params: Sequence[Tensor]) -> Tensor:
-    """The dense Hessian (n x n, n = total parameter count)."""
+    """The dense Hessian (n x n, n = total parameter count).
+
+    >>> f = lambda params: params[0][0] ** 2 + 3 * params[0][1] ** 2      # Hessian diag(2, 6)
+    >>> x = [torch.tensor([1.0, 1.0], dtype=torch.float64)]
+    >>> rc.exact.hessian(f, x).tolist()
+    [[2.0, 0.0], [0.0, 6.0]]
+    """
     return HessianOperator.of(loss_fn, params, "rc.exact.hessian").dense()
 
 
 class HessianOperator:
     """v -> H v at fixed params, reusing one gradient graph (Pearlmutter:
-    H v is the gradient of g . v)."""
+    H v is the gradient of g . v).
+
+    >>> x = torch.tensor([1.0, 1.0], dtype=torch.float64, requires_grad=True)
+    >>> operator = rc.exact.HessianOperator(x[0] ** 2 + 3 * x[1] ** 2, [x])
+    >>> operator(torch.tensor([1.0, 0.0], dtype=torch.float64)).tolist(), operator.products
+    ([2.0, 0.0], 1)
+    """
 
     def __init__(self, loss: Tensor, leaves: Sequence[Tensor], where: str = "rc.exact") -> None:
         self.leaves = list(leaves)
@@ -100,7 +118,13 @@ class HessianOperator:
 
 
 def hvp(loss_fn: LossFn, params: Sequence[Tensor], vector: Tensor) -> Tensor:
-    """H v (flat), without forming H."""
+    """H v (flat), without forming H.
+
+    >>> f = lambda params: params[0][0] ** 2 + 3 * params[0][1] ** 2      # Hessian diag(2, 6)
+    >>> x = [torch.tensor([1.0, 1.0], dtype=torch.float64)]
+    >>> rc.exact.hvp(f, x, torch.tensor([1.0, 1.0], dtype=torch.float64)).tolist()
+    [2.0, 6.0]
+    """
     return HessianOperator.of(loss_fn, params, "rc.exact.hvp")(vector)
 
 
@@ -111,7 +135,14 @@ def conjugate_gradient(matvec: Callable[[Tensor], Tensor], rhs: Tensor, *, max_i
     curvature (A is not positive definite) it raises ValueError, or with
     ``truncate=True`` returns the iterate reached so far, or ``rhs`` itself if
     that happens at the first iteration (truncated Newton, as Steihaug's CG
-    does: for a Newton system that is the steepest-descent direction)."""
+    does: for a Newton system that is the steepest-descent direction).
+
+    >>> A = torch.tensor([[4.0, 1.0], [1.0, 3.0]], dtype=torch.float64)
+    >>> rhs = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    >>> x, iterations = rc.exact.conjugate_gradient(lambda v: A @ v, rhs)
+    >>> torch.allclose(A @ x, rhs), iterations
+    (True, 2)
+    """
     x = torch.zeros_like(rhs)
     residual = rhs.clone()
     direction = residual.clone()
@@ -148,6 +179,11 @@ def newton_direction(loss_fn: LossFn, params: Sequence[Tensor], *, damping: floa
     (the direction built so far; steepest descent if at once), the usual
     Hessian-free fallback for non-convex losses; ``strict=True`` raises there
     instead. ``damping`` may be a tensor: d is differentiable in it.
+
+    >>> f = lambda params: params[0][0] ** 2 + 3 * params[0][1] ** 2      # Hessian diag(2, 6)
+    >>> x = [torch.tensor([1.0, 1.0], dtype=torch.float64)]
+    >>> [d.round(decimals=12).tolist() for d in rc.exact.newton_direction(f, x)]   # one step to the minimum at 0
+    [[-1.0, -1.0]]
     """
     operator = HessianOperator.of(loss_fn, params, "rc.exact.newton_direction")
     direction = solve_newton(operator, damping=damping, method=method, cg_iterations=cg_iterations, strict=strict)
@@ -156,7 +192,12 @@ def newton_direction(loss_fn: LossFn, params: Sequence[Tensor], *, damping: floa
 
 def solve_newton(operator: HessianOperator, *, damping: float | Tensor = 0.0, method: str = "exact",
                  cg_iterations: int | None = None, strict: bool = False) -> Tensor:
-    """The flat Newton direction for a :class:`HessianOperator` (see :func:`newton_direction`)."""
+    """The flat Newton direction for a :class:`HessianOperator` (see :func:`newton_direction`).
+
+    >>> x = torch.tensor([1.0, 1.0], dtype=torch.float64, requires_grad=True)
+    >>> rc.exact.solve_newton(rc.exact.HessianOperator(x[0] ** 2 + 3 * x[1] ** 2, [x])).round(decimals=12).tolist()
+    [-1.0, -1.0]
+    """
     if method not in ("exact", "cg"):
         raise ValueError(f"rc.Newton: method must be 'exact' or 'cg', got {method!r}")
     gradient_ = operator.grads.detach()
@@ -190,6 +231,10 @@ def taylor_step(loss_fn: Callable[[Tensor], Tensor], x: Tensor, order: int, *, l
     stationary point of m reached by Newton's method on grad m from the
     order-2 step (for order 3 in 1-D this is a Halley/Chebyshev-type step).
     Returns x + d.
+
+    >>> f = lambda x: ((x - 3) ** 2).sum()
+    >>> rc.exact.taylor_step(f, torch.tensor([0.0], dtype=torch.float64), order=2).tolist()   # Newton: exact here
+    [3.0]
     """
     if isinstance(order, bool) or not isinstance(order, int) or order < 1:
         raise ValueError(f"rc.exact.taylor_step: order must be an integer >= 1, got {order!r}")
@@ -254,7 +299,13 @@ def sharpness(loss_fn: LossFn, params: Sequence[Tensor], *, iterations: int = 50
               seed: int = 0) -> float:
     """The largest eigenvalue of the Hessian at ``params``, by power
     iteration on Hessian-vector products (shifted when the eigenvalue of
-    largest magnitude is negative, so the result is the top one)."""
+    largest magnitude is negative, so the result is the top one).
+
+    >>> f = lambda params: params[0][0] ** 2 + 3 * params[0][1] ** 2      # Hessian diag(2, 6)
+    >>> x = [torch.tensor([1.0, 1.0], dtype=torch.float64)]
+    >>> round(rc.exact.sharpness(f, x), 6)
+    6.0
+    """
     operator = HessianOperator.of(loss_fn, params, "rc.exact.sharpness")
     top = _power_iteration(operator, 0.0, iterations, tolerance, seed)
     if top < 0:
@@ -284,7 +335,13 @@ def _power_iteration(operator, shift: float, iterations: int, tolerance: float, 
 def hessian_trace(loss_fn: LossFn, params: Sequence[Tensor], *, samples: int = 100, seed: int = 0
                   ) -> tuple[float, float]:
     """Hutchinson's estimate of tr(H) = E[v^T H v] over Rademacher v:
-    (mean, standard error) over ``samples`` draws."""
+    (mean, standard error) over ``samples`` draws.
+
+    >>> f = lambda params: params[0][0] ** 2 + 3 * params[0][1] ** 2      # Hessian diag(2, 6)
+    >>> x = [torch.tensor([1.0, 1.0], dtype=torch.float64)]
+    >>> rc.exact.hessian_trace(f, x, samples=10)        # exact for a diagonal Hessian
+    (8.0, 0.0)
+    """
     operator = HessianOperator.of(loss_fn, params, "rc.exact.hessian_trace")
     generator = torch.Generator(device="cpu").manual_seed(seed)
     grads = operator.grads

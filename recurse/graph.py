@@ -39,11 +39,22 @@ STEPS, CONFIGURES = "steps", "configures"
 
 
 class GraphError(ValueError):
-    """An optimization graph that cannot be run; the message names the nodes."""
+    """An optimization graph that cannot be run; the message names the nodes.
+
+    >>> rc.graph.build(groups={"weight": [model.weight], "bias": [model.bias]},
+    ...                optimizers={"sgd": rc.SGD(0.1)}, steps={"sgd": "weight"})
+    Traceback (most recent call last):
+    ...
+    recurse.graph.GraphError: trainable group 'bias' is stepped by no optimizer
+    """
 
 
 def hyper_group(optimizer_name: str) -> str:
-    """Name of the group holding the hyperparameters of ``optimizer_name``."""
+    """Name of the group holding the hyperparameters of ``optimizer_name``.
+
+    >>> rc.graph.hyper_group("adam")
+    'adam.hyper'
+    """
     return f"{optimizer_name}.hyper"
 
 
@@ -58,6 +69,14 @@ def build(groups: Mapping[str, Iterable[Tensor]], optimizers: Mapping[str, Any],
     the group(s) it steps; ``"<optimizer>.hyper"`` names an optimizer's
     hyperparameters. ``ties``: optimizers allowed on a cycle. ``device`` and
     ``dtype``: what every group must be on (default: the first group's).
+
+    >>> graph = rc.graph.build(groups={"weight": [model.weight], "bias": [model.bias]},
+    ...                        optimizers={"adam": rc.Adam(1e-3, hyper=rc.SGD(1e-4)), "sgd": rc.SGD(0.1)},
+    ...                        steps={"adam": "weight", "sgd": "bias"})
+    >>> print(rc.graph.describe(graph))
+    adam/1: rc.SGD(lr=0.0001) steps adam.hyper (hyperparameters lr, beta1, beta2, eps)
+    adam: rc.Adam(lr=0.001, beta1=0.9, beta2=0.999, eps=1e-08) steps weight (4 values in 1 tensors)
+    sgd: rc.SGD(lr=0.1) steps bias (1 values in 1 tensors)
     """
     graph = nx.DiGraph()
     for name, params in groups.items():
@@ -132,7 +151,15 @@ def _group_facts(params: list[Tensor]) -> dict[str, Any]:
 
 
 def validate(graph: nx.DiGraph, *, device=None, dtype: torch.dtype | None = None) -> None:
-    """Raise :class:`GraphError` naming the nodes of the first problem found."""
+    """Raise :class:`GraphError` naming the nodes of the first problem found.
+
+    >>> graph = rc.graph.build(groups={"weight": [model.weight], "bias": [model.bias]},
+    ...                        optimizers={"sgd": rc.SGD(0.1)}, steps={"sgd": "weight"}, validate_graph=False)
+    >>> rc.graph.validate(graph)
+    Traceback (most recent call last):
+    ...
+    recurse.graph.GraphError: trainable group 'bias' is stepped by no optimizer
+    """
     for node, data in graph.nodes(data=True):
         if data["kind"] != GROUP:
             continue
@@ -168,7 +195,12 @@ def _check_devices(graph: nx.DiGraph, device, dtype) -> None:
 
 def schedule(graph: nx.DiGraph) -> list[str]:
     """Optimizers in the order they step: topological order, with the steps of
-    tied optimizers on each other's (or their own) hyperparameters removed."""
+    tied optimizers on each other's (or their own) hyperparameters removed.
+
+    >>> graph = rc.graph.from_hyper_optimizer(rc.HyperOptimizer(model.parameters(), rc.SGD(0.1, hyper=rc.SGD(1e-3))))
+    >>> rc.graph.schedule(graph)                    # the top of the tower steps first
+    ['level0/1', 'level0']
+    """
     ties = set(graph.graph.get("ties", []))
     tie_edges = {(u, hyper_group(owner)) for u in ties for owner in ties}
     acyclic = nx.DiGraph(edge for edge in graph.edges if edge not in tie_edges)
@@ -177,7 +209,13 @@ def schedule(graph: nx.DiGraph) -> list[str]:
 
 
 def describe(graph: nx.DiGraph) -> str:
-    """One line per optimizer, in schedule order: what it is and what it steps."""
+    """One line per optimizer, in schedule order: what it is and what it steps.
+
+    >>> graph = rc.graph.from_hyper_optimizer(rc.HyperOptimizer(model.parameters(), rc.SGD(0.1, hyper=rc.SGD(1e-3))))
+    >>> print(rc.graph.describe(graph))
+    level0/1: rc.SGD(lr=0.001) steps level0.hyper (hyperparameters lr)
+    level0: rc.SGD(lr=0.1) steps model (5 values in 2 tensors)
+    """
     lines = []
     for name in schedule(graph):
         targets = []
@@ -201,18 +239,33 @@ def _portable(graph: nx.DiGraph) -> nx.DiGraph:
 
 
 def to_json(graph: nx.DiGraph) -> str:
-    """Node-link JSON (``networkx.node_link_data``), tensors and objects left out."""
+    """Node-link JSON (``networkx.node_link_data``), tensors and objects left out.
+
+    >>> graph = rc.graph.from_hyper_optimizer(rc.HyperOptimizer(model.parameters(), rc.SGD(0.1, hyper=rc.SGD(1e-3))))
+    >>> import json; sorted(json.loads(rc.graph.to_json(graph)))
+    ['directed', 'edges', 'graph', 'multigraph', 'nodes']
+    """
     return json.dumps(nx.node_link_data(_portable(graph), edges="edges"), indent=1, sort_keys=True)
 
 
 def from_json(text: str) -> nx.DiGraph:
-    """The graph written by :func:`to_json` (for drawing and inspection; no tensors)."""
+    """The graph written by :func:`to_json` (for drawing and inspection; no tensors).
+
+    >>> graph = rc.graph.from_hyper_optimizer(rc.HyperOptimizer(model.parameters(), rc.SGD(0.1, hyper=rc.SGD(1e-3))))
+    >>> sorted(rc.graph.from_json(rc.graph.to_json(graph)).nodes)
+    ['level0', 'level0.hyper', 'level0/1', 'model']
+    """
     return nx.node_link_graph(json.loads(text), edges="edges")
 
 
 def to_dot(graph: nx.DiGraph) -> str:
     """Graphviz DOT text (via ``networkx.nx_pydot``): groups are boxes,
-    optimizers ellipses, an optimizer's step of its own hyperparameters dashed."""
+    optimizers ellipses, an optimizer's step of its own hyperparameters dashed.
+
+    >>> graph = rc.graph.from_hyper_optimizer(rc.HyperOptimizer(model.parameters(), rc.SGD(0.1, hyper=rc.SGD(1e-3))))
+    >>> rc.graph.to_dot(graph).startswith("strict digraph")
+    True
+    """
     ties = set(graph.graph.get("ties", []))
     drawing = nx.DiGraph()
     for node in sorted(graph.nodes):
@@ -229,7 +282,12 @@ def to_dot(graph: nx.DiGraph) -> str:
 
 
 def from_dot(text: str) -> nx.DiGraph:
-    """The structure written by :func:`to_dot`: nodes with ``kind``, edges with ``relation``."""
+    """The structure written by :func:`to_dot`: nodes with ``kind``, edges with ``relation``.
+
+    >>> graph = rc.graph.from_hyper_optimizer(rc.HyperOptimizer(model.parameters(), rc.SGD(0.1, hyper=rc.SGD(1e-3))))
+    >>> sorted(rc.graph.from_dot(rc.graph.to_dot(graph)).edges)
+    [('level0', 'model'), ('level0.hyper', 'level0'), ('level0/1', 'level0.hyper')]
+    """
     import warnings
 
     import pydot
@@ -248,7 +306,13 @@ def from_dot(text: str) -> nx.DiGraph:
 
 def draw(graph: nx.DiGraph, path) -> None:
     """A PNG of the graph (matplotlib): optimizers in the order they step,
-    left to right; groups as squares, optimizers as circles, ties dashed."""
+    left to right; groups as squares, optimizers as circles, ties dashed.
+
+    >>> graph = rc.graph.from_hyper_optimizer(rc.HyperOptimizer(model.parameters(), rc.SGD(0.1, hyper=rc.SGD(1e-3))))
+    >>> rc.graph.draw(graph, "tower.png")
+    >>> import os; os.path.getsize("tower.png") > 0
+    True
+    """
     from recurse.reporting import saved_figure
 
     ties = set(graph.graph.get("ties", []))
@@ -276,13 +340,24 @@ def draw(graph: nx.DiGraph, path) -> None:
 
 def from_hyper_optimizer(optimizer) -> nx.DiGraph:
     """The graph of an ``rc.HyperOptimizer``: its parameters as group ``model``,
-    stepped by ``level0``, whose hyperparameters are stepped by ``level0/1``, ..."""
+    stepped by ``level0``, whose hyperparameters are stepped by ``level0/1``, ...
+
+    >>> graph = rc.graph.from_hyper_optimizer(rc.HyperOptimizer(model.parameters(), rc.SGD(0.1, hyper=rc.SGD(1e-3))))
+    >>> rc.graph.schedule(graph)
+    ['level0/1', 'level0']
+    """
     return build({"model": optimizer._params}, {"level0": optimizer.levels[0].optimizer}, {"level0": "model"})
 
 
 def from_meta_trainer(trainer) -> nx.DiGraph:
     """The graph of an ``rc.MetaTrainer``: ``level<i>`` steps ``level<i-1>.hyper``
-    from unrolls of ``unroll_steps[i-1]`` steps (in the node's label)."""
+    from unrolls of ``unroll_steps[i-1]`` steps (in the node's label).
+
+    >>> trainer = rc.MetaTrainer([torch.zeros(3)], lambda params, k: (params[0] ** 2).sum(),
+    ...                          [rc.SGD(0.01), rc.Adam(0.05)], unroll_steps=[5])
+    >>> rc.graph.schedule(rc.graph.from_meta_trainer(trainer))
+    ['level1', 'level0']
+    """
     optimizers, steps = {}, {}
     for level, optimizer in enumerate(trainer.optimizers):
         unrolled = f", from {trainer.unroll_steps[level - 1]}-step unrolls" if level else ""
@@ -297,7 +372,16 @@ def per_group(graph: nx.DiGraph):
     optimizer nodes that step model groups, for ``rc.MetaTrainer``/``rc.unroll``
     (``GraphOptimizer`` is the online counterpart). The optimizers' own
     ``hyper=`` towers are not used there: the meta-optimizer is given to the
-    MetaTrainer."""
+    MetaTrainer.
+
+    >>> graph = rc.graph.build(groups={"weight": [model.weight], "bias": [model.bias]},
+    ...                        optimizers={"weights": rc.LSTMOptimizer(hidden_size=4, seed=0),
+    ...                                    "biases": rc.LSTMOptimizer(hidden_size=4, seed=1)},
+    ...                        steps={"weights": "weight", "biases": "bias"})
+    >>> params, optimizer = rc.graph.per_group(graph)
+    >>> len(params), type(optimizer).__name__, optimizer.raw.shape == (2 * rc.LSTMOptimizer(hidden_size=4).raw.numel(),)
+    (2, 'PerGroup', True)
+    """
     from recurse.optim.per_group import PerGroup
 
     groups = sorted(name for name, data in graph.nodes(data=True) if data["kind"] == GROUP and data.get("params"))
@@ -322,7 +406,15 @@ class GraphOptimizer(torch.optim.Optimizer):
     """Per-group optimizers from a graph: one ``rc.HyperOptimizer`` per
     optimizer node that steps model groups (over all the groups it steps,
     so one node stepping several groups shares its state: weight tying),
-    stepped in schedule order. Towers come from each optimizer's ``hyper=``."""
+    stepped in schedule order. Towers come from each optimizer's ``hyper=``.
+
+    >>> graph = rc.graph.build(groups={"weight": [model.weight], "bias": [model.bias]},
+    ...                        optimizers={"adam": rc.Adam(1e-3, hyper=rc.SGD(1e-4)), "sgd": rc.SGD(0.1)},
+    ...                        steps={"adam": "weight", "sgd": "bias"})
+    >>> opt = rc.graph.GraphOptimizer(graph)
+    >>> loss.backward(); opt.step(); list(opt.optimizers)
+    ['adam', 'sgd']
+    """
 
     def __init__(self, graph: nx.DiGraph, **options: Any) -> None:
         from recurse.hyper import HyperOptimizer

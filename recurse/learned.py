@@ -36,8 +36,15 @@ class LSTMOptimizer(Optimizer):
     twice on any device. The weights are initialised as torch.nn.LSTM's,
     U(-1/sqrt(H), 1/sqrt(H)), from a generator seeded with ``seed``.
 
-    >>> lstm = rc.LSTMOptimizer()                      # 2 layers of 20 units
-    >>> trainer = rc.MetaTrainer(params, objective, [lstm, rc.Adam(1e-3)], unroll_steps=[20], meta_loss="sum")
+    Meta-trained like any optimizer's hyperparameters, here on one quadratic:
+
+    >>> lstm = rc.LSTMOptimizer(hidden_size=4)           # the default is 2 layers of 20 units
+    >>> theta = [torch.zeros(3)]
+    >>> objective = lambda params, k: ((params[0] - 1) ** 2).sum()
+    >>> trainer = rc.MetaTrainer(theta, objective, [lstm, rc.Adam(1e-3)], unroll_steps=[5], meta_loss="sum")
+    >>> meta_loss = trainer.meta_step()
+    >>> trainer.optimizers[0].raw.shape == lstm.raw.shape
+    True
     """
 
     def __init__(self, hidden_size: int = 20, layers: int = 2, *, preprocess: str = "log_sign", p: float = 10.0,

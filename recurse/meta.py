@@ -36,8 +36,12 @@ class MetaTrainer:
     hyperparameters are learned by ``optimizers[1]`` from unrolls of
     ``unroll_steps[0]`` steps, and so on up to ``optimizers[-1]`` (fixed).
 
-    >>> trainer = rc.MetaTrainer(params, objective, [rc.SGD(0.01), rc.Adam(0.05)], unroll_steps=[20])
-    >>> for _ in range(100): trainer.meta_step()
+    >>> theta = [torch.zeros(3)]
+    >>> objective = lambda params, k: ((params[0] - 1) ** 2).sum()
+    >>> trainer = rc.MetaTrainer(theta, objective, [rc.SGD(0.01), rc.Adam(0.05)], unroll_steps=[20])
+    >>> losses = [trainer.meta_step() for _ in range(30)]
+    >>> losses[-1] < losses[0], trainer.hyperparameters()["0.lr"] > 0.01
+    (True, True)
 
     ``meta_loss``/``validation``/``meta_objective``/``first_order``/``window`` apply to the level-0
     unrolls (see :func:`recurse.unroll.unroll`); higher levels use the final

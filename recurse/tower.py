@@ -14,6 +14,10 @@ def stack(*optimizers: Optimizer) -> Optimizer:
 
     ``stack(rc.Adam(1e-3), rc.SGD(1e-4), rc.SGD(1e-5))`` is
     ``rc.Adam(1e-3, hyper=rc.SGD(1e-4, hyper=rc.SGD(1e-5)))``: depth 2.
+
+    >>> opt = rc.stack(rc.Adam(1e-3), rc.SGD(1e-4), rc.SGD(1e-5))
+    >>> rc.HyperOptimizer(model.parameters(), opt).depth
+    2
     """
     if not optimizers:
         raise ValueError("rc.stack needs at least one optimizer")
@@ -53,6 +57,12 @@ def tower(optimizer: Optimizer, depth: int, *, tie: bool = False) -> Optimizer:
         G_k = G_{k-1} . d(self-update)/dh,
 
     and are stepped once per step by the optimizer's own update rule.
+
+    >>> rc.HyperOptimizer(model.parameters(), rc.tower(rc.SGD(0.01), depth=3)).depth
+    3
+    >>> tied = rc.tower(rc.SGD(0.01, normalize="rms"), depth=2, tie=True)
+    >>> tied.hyper is tied, rc.HyperOptimizer(model.parameters(), tied).depth
+    (True, 2)
     """
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"rc.tower: optimizer must be an rc.Optimizer, got {type(optimizer).__qualname__}")

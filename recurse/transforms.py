@@ -20,6 +20,13 @@ class Normalizer:
     """Protocol: ``state = init(grads)``; ``grads, state = apply(grads, state)``.
 
     Pure and out-of-place, like the optimizers.
+
+    >>> class Sign(rc.transforms.Normalizer):         # keep only the sign of each coordinate
+    ...     def init(self, grads):
+    ...         return {}
+    ...     def apply(self, grads, state):
+    ...         return [g.sign() for g in grads], state
+    >>> opt = rc.HyperOptimizer(model.parameters(), rc.SGD(0.1, hyper=rc.SGD(1e-3, normalize=Sign())))
     """
 
     def init(self, grads: Sequence[Tensor]) -> dict[str, Any]:
@@ -38,6 +45,11 @@ class RunningRMS(Normalizer):
     One scalar per level, so the direction of the gradient is kept (SGD stays
     SGD) while its scale becomes ~1: a hyper-learning-rate then means "step
     size in units of a typical gradient", the same on any task.
+
+    >>> rms = rc.transforms.RunningRMS(decay=0.9)
+    >>> grads, state = rms.apply([torch.tensor([3.0, 4.0])], rms.init([torch.zeros(2)]))
+    >>> grads[0].tolist()                                 # divided by sqrt(mean(g^2)) = 3.5355
+    [0.8485..., 1.1313...]
     """
 
     def __init__(self, decay: float = 0.99, eps: float = 1e-12) -> None:
@@ -69,6 +81,10 @@ class Clip(Normalizer):
         g_hat = g * min(1, max_norm / ||g||)     (||.|| over all coordinates)
 
     as ``torch.nn.utils.clip_grad_norm_`` does, out of place and stateless.
+
+    >>> grads, _ = rc.transforms.Clip(1.0).apply([torch.tensor([3.0, 4.0])], {})
+    >>> grads[0].tolist()
+    [0.6000000238418579, 0.800000011920929]
     """
 
     def __init__(self, max_norm: float) -> None:
@@ -98,6 +114,10 @@ class L2Penalty:
     training, a penalty on the drift of hyperparameters from where the user
     put them. (The meta-parameters are the unconstrained ``raw`` values: log
     lr, logit momentum, LSTM weights.)
+
+    >>> penalty = rc.transforms.L2Penalty(0.1, around="start")
+    >>> penalty(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 0.0])).item()   # 0.1 * ||raw - start||^2
+    0.4000000059604645
     """
 
     def __init__(self, weight: float, *, around: str = "zero") -> None:
@@ -124,6 +144,11 @@ def log_sign(gradient: Tensor, p: float = 10.0) -> Tensor:
 
     ``gradient`` of shape (N,) gives (N, 2). Differentiable (the log is only
     taken where |g| >= exp(-p), so a zero gradient gives finite derivatives).
+
+    >>> rc.transforms.log_sign(torch.tensor([1.0, -1e-6, 0.0]))
+    tensor([[ 0.0000,  1.0000],
+            [-1.0000, -0.0220],
+            [-1.0000,  0.0000]])
     """
     threshold = math.exp(-p)
     large = gradient.abs() >= threshold
@@ -134,7 +159,11 @@ def log_sign(gradient: Tensor, p: float = 10.0) -> Tensor:
 
 
 def make_normalizer(normalize: str | Normalizer | None) -> Normalizer | None:
-    """None, ``"rms"`` or a Normalizer instance."""
+    """None, ``"rms"`` or a Normalizer instance.
+
+    >>> rc.transforms.make_normalizer("rms")
+    RunningRMS(decay=0.99, eps=1e-12)
+    """
     if normalize is None or isinstance(normalize, Normalizer):
         return normalize
     if normalize == "rms":

@@ -37,7 +37,12 @@ Objective = Callable[[list[Tensor], int], Tensor]
 @dataclass
 class UnrollResult:
     """What an unroll returns. ``meta_loss`` and ``params`` carry the graph
-    back to the meta-parameters; ``losses`` are the inner losses as floats."""
+    back to the meta-parameters; ``losses`` are the inner losses as floats.
+
+    >>> result = rc.unroll(lambda params, k: (params[0] ** 2).sum(), [torch.ones(2)], rc.SGD(0.25), steps=2)
+    >>> result.losses, result.meta_loss.item()
+    ([2.0, 0.5], 0.125)
+    """
 
     meta_loss: Tensor
     params: list[Tensor]
@@ -63,6 +68,15 @@ def unroll(objective: Objective, params: Sequence[Tensor], optimizer: Optimizer,
     ``meta_objective(params, k)``, when given, replaces f_k in the meta-loss
     (not in the inner gradients): e.g. the sum of per-task log losses of a
     batch of tasks, so that every task counts by its relative progress.
+
+    The meta-gradient of the final loss with respect to log lr:
+
+    >>> sgd = rc.SGD(0.1)
+    >>> raw = sgd.raw.clone().requires_grad_()        # log lr, the meta-parameter
+    >>> result = rc.unroll(lambda params, k: (params[0] ** 2).sum(), [torch.ones(2)], sgd, steps=5, raw=raw)
+    >>> result.meta_loss.backward()
+    >>> raw.grad.item() < 0                           # a larger lr would lower the final loss
+    True
     """
     _check_options(steps, meta_loss, validation, window, update_penalty)
     if not isinstance(optimizer, Optimizer):
@@ -119,7 +133,16 @@ def unroll_torch(objective: Objective, params: Sequence[Tensor], optimizer: torc
     """The same unroll with a ``torch.optim`` optimizer (built over ``params``),
     made differentiable by ``higher``. ``override`` maps option names (``lr``,
     ``momentum``, ...) to tensors that require grad: the meta-parameters.
-    (Truncation windows need a recurse optimizer.)"""
+    (Truncation windows need a recurse optimizer.)
+
+    >>> start = [torch.ones(2, requires_grad=True)]
+    >>> lr = torch.tensor(0.1, requires_grad=True)
+    >>> result = rc.unroll_torch(lambda params, k: (params[0] ** 2).sum(), start, torch.optim.SGD(start, lr=0.1),
+    ...                          steps=5, override={"lr": lr})
+    >>> result.meta_loss.backward()
+    >>> lr.grad.item() < 0
+    True
+    """
     import higher
 
     _check_options(steps, meta_loss, validation, None)
@@ -179,7 +202,13 @@ def model_objective(model: torch.nn.Module, loss_fn: Callable[[Tensor, Tensor], 
     """``objective(params, k) = loss_fn(model(inputs_k) with params, targets_k)``,
     the model run functionally by ``higher.patch.monkeypatch``; ``batch_at(k)``
     gives the k-th mini-batch. Pass ``list(model.parameters())`` (or copies)
-    as the unroll's starting params."""
+    as the unroll's starting params.
+
+    >>> objective = rc.model_objective(model, torch.nn.functional.mse_loss, lambda k: (inputs, targets))
+    >>> result = rc.unroll(objective, list(model.parameters()), rc.SGD(0.1), steps=5)
+    >>> result.losses[-1] < result.losses[0]
+    True
+    """
     import higher
 
     functional = higher.patch.monkeypatch(model, copy_initial_weights=True, track_higher_grads=True)
@@ -199,7 +228,12 @@ def evaluate(optimizer: Optimizer, losses: Callable[[list[Tensor], int], Tensor]
     of per-task losses (a batch of independent tasks); the gradient is that
     of their sum. Returns ``(history, params)``: the losses before each step
     and after the last, detached, shape ``(steps + 1, *losses.shape)``, and
-    the final parameters. :func:`evaluate_torch` does the same for torch.optim."""
+    the final parameters. :func:`evaluate_torch` does the same for torch.optim.
+
+    >>> history, final = rc.evaluate(rc.SGD(0.25), lambda params, k: (params[0] ** 2).sum(), [torch.ones(2)], steps=3)
+    >>> history.tolist()
+    [2.0, 0.5, 0.125, 0.03125]
+    """
     _check_options(steps, "final", None, None)
     params = [p.detach() for p in params]
     state = optimizer.init(params)
@@ -223,7 +257,13 @@ def evaluate_torch(make_optimizer: Callable[[list[Tensor]], torch.optim.Optimize
                    steps: int) -> tuple[Tensor, list[Tensor]]:
     """:func:`evaluate` with a torch.optim optimizer, ``make_optimizer(params)``,
     built over copies of ``params`` (the reference a learned optimizer is
-    compared with)."""
+    compared with).
+
+    >>> losses = lambda params, k: (params[0] ** 2).sum()
+    >>> history, final = rc.evaluate_torch(lambda p: torch.optim.SGD(p, lr=0.25), losses, [torch.ones(2)], steps=3)
+    >>> history.tolist()
+    [2.0, 0.5, 0.125, 0.03125]
+    """
     _check_options(steps, "final", None, None)
     params = [p.detach().clone().requires_grad_() for p in params]
     optimizer = make_optimizer(params)

@@ -34,7 +34,11 @@ GRADIENT_EVALUATIONS = "gradient_evaluations"
 
 @dataclass(frozen=True)
 class Knob:
-    """One searched hyperparameter: a range, sampled on a log scale or not."""
+    """One searched hyperparameter: a range, sampled on a log scale or not.
+
+    >>> rc.baselines.Knob("lr", 1e-4, 1.0)              # sampled log-uniformly
+    Knob(name='lr', low=0.0001, high=1.0, log=True)
+    """
 
     name: str
     low: float
@@ -125,14 +129,26 @@ def make_pruner(name: str | None, steps: int, eval_every: int) -> optuna.pruners
 
 def finished_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """Trials that reached a verdict: completed, pruned, or failed by divergence.
-    A trial failed because its worker died (no ``fail_reason``) is not one: it is run again."""
+    A trial failed because its worker died (no ``fail_reason``) is not one: it is run again.
+
+    >>> import optuna; optuna.logging.set_verbosity(optuna.logging.WARNING)
+    >>> study = rc.baselines.run_search(rc.problems.make_task("regression"), sampler="random", trials=3, steps=20)
+    >>> len(rc.baselines.finished_trials(study))
+    3
+    """
     return [trial for trial in study.get_trials(deepcopy=False)
             if trial.state in (TrialState.COMPLETE, TrialState.PRUNED)
             or (trial.state == TrialState.FAIL and FAIL_REASON in trial.user_attrs)]
 
 
 def gradient_evaluations(study: optuna.Study) -> int:
-    """Gradient evaluations spent by every trial of the study, finished or not."""
+    """Gradient evaluations spent by every trial of the study, finished or not.
+
+    >>> import optuna; optuna.logging.set_verbosity(optuna.logging.WARNING)
+    >>> study = rc.baselines.run_search(rc.problems.make_task("regression"), sampler="random", trials=3, steps=20)
+    >>> rc.baselines.gradient_evaluations(study)       # 3 trials x 20 steps
+    60
+    """
     return sum(trial.user_attrs.get(GRADIENT_EVALUATIONS, 0) for trial in study.get_trials(deepcopy=False))
 
 
@@ -152,6 +168,11 @@ def run_search(task: SupervisedTask, *, optimizer: str = "sgd", knobs: Sequence[
     ``study_name``. Rerunning an interrupted search resumes it; several
     workers on one database share it, each running at most ``worker_trials``
     trials (give each worker a share, and for random/TPE its own ``seed``).
+
+    >>> import optuna; optuna.logging.set_verbosity(optuna.logging.WARNING)
+    >>> study = rc.baselines.run_search(rc.problems.make_task("regression"), sampler="random", trials=3, steps=20)
+    >>> study.best_params["lr"] > 0, len(study.trials)
+    (True, 3)
     """
     if trials < 1:
         raise ValueError(f"run_search: trials must be >= 1, got {trials!r}")

@@ -20,7 +20,12 @@ RETRY_OF = "retry_of"
 
 
 def sqlite_url(folder: Path) -> str:
-    """The default storage: ``sqlite:///<folder>/optuna.db``."""
+    """The default storage: ``sqlite:///<folder>/optuna.db``.
+
+    >>> from pathlib import Path
+    >>> rc.baselines.sqlite_url(Path("/tmp/results/search"))
+    'sqlite:////tmp/results/search/optuna.db'
+    """
     return f"sqlite:///{Path(folder).resolve() / 'optuna.db'}"
 
 
@@ -34,7 +39,13 @@ def open_storage(url: str, *, heartbeat_interval: int = 60, grace_period: int | 
     """An Optuna RDB storage at ``url`` with heartbeats every
     ``heartbeat_interval`` seconds (stale after ``grace_period``, default
     twice that). A SQLite file's folder is created. Raises ValueError naming
-    the URL when the database cannot be opened."""
+    the URL when the database cannot be opened.
+
+    >>> from pathlib import Path
+    >>> storage = rc.baselines.open_storage(rc.baselines.sqlite_url(Path("results")))
+    >>> type(storage).__name__
+    'RDBStorage'
+    """
     if not isinstance(url, str) or "://" not in url:
         raise ValueError(f"storage must be a SQLAlchemy URL such as 'sqlite:///results/optuna.db' or "
                          f"'postgresql+psycopg://user@host:5432/db', got {url!r}")

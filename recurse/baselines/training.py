@@ -21,12 +21,25 @@ from recurse.problems.supervised import SupervisedTask
 
 
 class Diverged(RuntimeError):
-    """A run whose loss stopped being finite; ``str(error)`` says where and why."""
+    """A run whose loss stopped being finite; ``str(error)`` says where and why.
+
+    >>> task = rc.problems.make_task("regression")
+    >>> rc.baselines.train(task, rc.SGD(1e6), steps=50, hidden=8)
+    Traceback (most recent call last):
+    ...
+    recurse.baselines.training.Diverged: validation loss inf at gradient evaluation 4
+    """
 
 
 @dataclass
 class TrainingResult:
-    """What one run measured. ``curve`` holds (gradient evaluations, validation loss)."""
+    """What one run measured. ``curve`` holds (gradient evaluations, validation loss).
+
+    >>> task = rc.problems.make_task("regression")
+    >>> result = rc.baselines.train(task, rc.SGD(0.1), steps=20, hidden=8)
+    >>> result.gradient_evaluations, len(result.curve), result.final_valid_loss < result.curve[0][1]
+    (20, 20, True)
+    """
 
     curve: list[tuple[int, float]] = field(default_factory=list)
     final_valid_loss: float = math.nan
@@ -81,6 +94,11 @@ def train(task: SupervisedTask, optimizer: rc.Optimizer, *, steps: int, batch_si
     Raises :class:`Diverged` when ``patience`` consecutive steps were
     rolled back by the non-finite guard or the validation loss is not
     finite; ``error.result`` then holds what was measured up to there.
+
+    >>> task = rc.problems.make_task("regression")
+    >>> result = rc.baselines.train(task, rc.SGD(0.1, hyper=rc.SGD(1e-3, normalize="rms")), steps=20, hidden=8)
+    >>> sorted(result.hyperparameters)
+    ['0.lr']
     """
     if steps < 1:
         raise ValueError(f"train: steps must be >= 1, got {steps!r}")

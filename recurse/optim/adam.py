@@ -135,7 +135,11 @@ class Adam(Optimizer):
 
 class AdamW(Adam):
     """torch.optim.AdamW: Adam with decoupled weight decay,
-    p <- p * (1 - lr * weight_decay) before the Adam step."""
+    p <- p * (1 - lr * weight_decay) before the Adam step.
+
+    >>> opt = rc.AdamW(1e-3, weight_decay=1e-2, hyper=rc.SGD(1e-4))
+    >>> opt.learnable
+    ('lr', 'beta1', 'beta2', 'eps', 'weight_decay')"""
 
     decoupled_weight_decay = True
 

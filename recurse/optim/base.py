@@ -51,6 +51,9 @@ class Hyperparameter:
     ``can_be_off``: the value 0 is also accepted and means the feature is
     switched off (momentum, weight decay, ...). An off knob stays exactly 0
     and is never learned.
+
+    >>> rc.Hyperparameter("lr", rc.constraints.positive).validate("rc.MyOptimizer", 0.1)
+    0.1
     """
 
     name: str
@@ -85,6 +88,20 @@ class Optimizer:
     - ``normalize``: how this level normalises the gradient it receives
       before using it: None, ``"rms"`` (running RMS, see
       :class:`recurse.transforms.RunningRMS`) or a ``Normalizer``.
+
+    A new optimizer declares its knobs and writes ``init`` and ``update``:
+
+    >>> class SignSGD(rc.Optimizer):
+    ...     hyperparameter_specs = (rc.Hyperparameter("lr", rc.constraints.positive),)
+    ...     def __init__(self, lr=0.01, **options):
+    ...         super().__init__(lr=lr, **options)
+    ...     def init(self, params):
+    ...         return {}
+    ...     def update(self, params, grads, state, hyper, *, closure=None):
+    ...         return [p - hyper["lr"] * g.sign() for p, g in zip(params, grads)], state
+    >>> opt = rc.HyperOptimizer(model.parameters(), SignSGD(0.01, hyper=rc.SGD(1e-3)))
+    >>> loss.backward(); opt.step(); opt.depth
+    1
     """
 
     hyperparameter_specs: ClassVar[tuple[Hyperparameter, ...]] = ()

@@ -25,10 +25,10 @@ class Newton(Optimizer):
 
     Newton needs the loss, not only its gradient: give the HyperOptimizer a
     closure that returns the loss *without* calling backward (the engine
-    takes the gradient itself and keeps the graph for the Hessian)::
+    takes the gradient itself and keeps the graph for the Hessian):
 
-        opt = rc.HyperOptimizer(model.parameters(), rc.Newton(damping=1e-3))
-        opt.step(lambda: loss_fn(model(inputs), targets))
+    >>> opt = rc.HyperOptimizer(model.parameters(), rc.Newton(damping=1e-3))
+    >>> _ = opt.step(lambda: torch.nn.functional.mse_loss(model(inputs), targets))
     """
 
     needs_loss_graph = True

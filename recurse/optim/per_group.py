@@ -26,6 +26,12 @@ class PerGroup(Optimizer):
     must belong to exactly one group. Hyperparameters are reported as
     ``"<group>.<name>"``. The groups' optimizers must not have ``hyper=`` of
     their own: give it to the PerGroup, which learns them all.
+
+    >>> weight, bias = model.parameters()
+    >>> per_group = rc.PerGroup({"weights": (rc.SGD(0.1), [0]), "biases": (rc.SGD(0.01), [1])}, hyper=rc.SGD(1e-3))
+    >>> opt = rc.HyperOptimizer([weight, bias], per_group)
+    >>> sorted(name for name in opt.hyperparameters() if name.endswith("lr"))
+    ['0.biases.lr', '0.weights.lr', '1.lr']
     """
 
     def __init__(self, groups: Mapping[str, tuple[Optimizer, Sequence[int]]], **options) -> None:

@@ -11,7 +11,13 @@ TASKS = {"digits": Digits, "mnist1d": MNIST1D, "regression": SyntheticRegression
 
 
 def make_task(name: str, **options) -> SupervisedTask:
-    """The supervised task called ``name`` (one of ``TASKS``)."""
+    """The supervised task called ``name`` (one of ``TASKS``).
+
+    >>> sorted(rc.problems.TASKS)
+    ['digits', 'linear', 'mnist1d', 'regression']
+    >>> type(rc.problems.make_task("linear")).__name__
+    'LinearRegression'
+    """
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; expected one of {sorted(TASKS)}")
     return TASKS[name](**options)

@@ -10,7 +10,12 @@ from recurse.problems.supervised import SupervisedTask, split, standardize
 
 class Digits(SupervisedTask):
     """sklearn's ``load_digits`` (1,797 8x8 images, 10 classes), standardised,
-    split into train and validation sets with a seeded permutation."""
+    split into train and validation sets with a seeded permutation.
+
+    >>> task = rc.problems.Digits()
+    >>> task.train_inputs.shape, task.valid_inputs.shape, task.classification
+    (torch.Size([1348, 64]), torch.Size([449, 64]), True)
+    """
 
     name = "digits"
     classification = True
@@ -30,7 +35,12 @@ class Digits(SupervisedTask):
 class MNIST1D(SupervisedTask):
     """The mnist1d data set (Greydanus, 2020): 40-sample 1-D signals of 10
     digit templates, shifted, scaled and noised; made by the ``mnist1d``
-    package's generator from ``seed``, so nothing is downloaded."""
+    package's generator from ``seed``, so nothing is downloaded.
+
+    >>> task = rc.problems.MNIST1D(samples=400)
+    >>> task.train_inputs.shape, task.outputs
+    (torch.Size([320, 40]), 10)
+    """
 
     name = "mnist1d"
     classification = True

@@ -10,7 +10,11 @@ from torch import Tensor
 
 class XCosPiX:
     """f(x) = x cos(pi x) on [-1, 2]: a local minimum at x = -0.274 (f = -0.179)
-    and the global one at x = 1.090 (f = -1.047); :meth:`minima` finds them."""
+    and the global one at x = 1.090 (f = -1.047); :meth:`minima` finds them.
+
+    >>> [(round(x, 3), round(f, 3)) for x, f in rc.problems.XCosPiX().minima()]
+    [(-0.274, -0.179), (1.09, -1.047)]
+    """
 
     low, high = -1.0, 2.0
 
@@ -36,7 +40,11 @@ class XCosPiX:
 
 class Cubic:
     """f(x) = x^3: no minimum, a saddle (inflection) at 0 where f' = f'' = 0;
-    Newton's method started at x > 0 halves x each step, towards the saddle."""
+    Newton's method started at x > 0 halves x each step, towards the saddle.
+
+    >>> rc.problems.Cubic().loss(torch.tensor(2.0)).item()
+    8.0
+    """
 
     def loss(self, x: Tensor) -> Tensor:
         return x.pow(3).sum()

@@ -7,7 +7,12 @@ from torch import Tensor
 
 
 class Rosenbrock:
-    """f(x) = sum_i b (x_{i+1} - x_i^2)^2 + (1 - x_i)^2, minimum 0 at x = (1, ..., 1)."""
+    """f(x) = sum_i b (x_{i+1} - x_i^2)^2 + (1 - x_i)^2, minimum 0 at x = (1, ..., 1).
+
+    >>> problem = rc.problems.Rosenbrock()
+    >>> round(problem.loss(problem.start()).item(), 6), problem.loss(problem.minimum()[0]).item()
+    (24.2, 0.0)
+    """
 
     def __init__(self, dim: int = 2, *, b: float = 100.0) -> None:
         if dim < 2:

@@ -18,6 +18,12 @@ class SupervisedTask:
     Subclasses fill ``train_inputs/train_targets/valid_inputs/valid_targets``
     and say whether targets are class labels (``classification``) or real
     values; ``model`` builds the network the task is trained with.
+
+    >>> task = rc.problems.make_task("digits")          # a SupervisedTask
+    >>> net = task.model(hidden=16)
+    >>> inputs, targets = next(task.batches(32))
+    >>> task.loss(net, inputs, targets).shape, task.valid_accuracy(net) <= 1
+    (torch.Size([]), True)
     """
 
     name = "task"
