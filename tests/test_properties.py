@@ -106,3 +106,127 @@ def test_state_dict_round_trips_at_any_step(depth, stop_at, seed, family):
     run(resumed_theta, resumed, 12 - stop_at)
     assert torch.equal(resumed_theta, whole_theta)
     assert resumed.hyperparameters() == whole.hyperparameters()
+
+
+def bottom_optimizer(kind, lr, hyper):
+    """The optimizer that trains two parameter tensors: a built-in, an LSTM
+    optimizer, or a PerGroup with one of each."""
+    if kind == "sgd":
+        return rc.SGD(lr, momentum=0.5, hyper=hyper)
+    if kind == "adam":
+        return rc.Adam(lr, hyper=hyper)
+    if kind == "lstm":
+        return rc.LSTMOptimizer(hidden_size=4, layers=1, hyper=hyper)
+    return rc.PerGroup({"first": (rc.SGD(lr), [0]), "second": (rc.LSTMOptimizer(hidden_size=4, layers=1), [1])},
+                       hyper=hyper)
+
+
+learned_kinds = st.sampled_from(["sgd", "adam", "lstm", "per_group"])
+
+
+def hyper_stack(kinds, lr):
+    """Levels above the bottom, RMS-normalised, built top-down: SGD or Adam each."""
+    hyper = None
+    for kind in reversed(kinds):
+        hyper = (rc.SGD if kind == "sgd" else rc.Adam)(lr, normalize="rms", hyper=hyper)
+    return hyper
+
+
+@PROPERTY_SETTINGS
+@given(bottom=learned_kinds, levels=st.lists(st.sampled_from(["sgd", "adam"]), min_size=0, max_size=3),
+       base_lr=st.floats(1e-4, 10.0), hyper_lr=st.floats(1e-4, 1.0), seed=st.integers(0, 2**16))
+def test_towers_over_learned_and_per_group_optimizers_never_hold_a_non_finite_value(bottom, levels, base_lr,
+                                                                                      hyper_lr, seed):
+    task = rc.problems.QuadraticFamily(6, seed=seed).sample()
+    first = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    second = torch.zeros(4, dtype=torch.float64, requires_grad=True)
+    opt = rc.HyperOptimizer([first, second], bottom_optimizer(bottom, base_lr, hyper_stack(levels, hyper_lr)))
+    for _ in range(15):
+        opt.zero_grad()
+        task.loss(torch.cat([first, second])).backward()
+        opt.step()
+        assert torch.isfinite(first).all() and torch.isfinite(second).all()
+        assert all(torch.isfinite(level.optimizer.raw).all() for level in opt.levels)
+    assert opt.step_count + opt.nonfinite_steps == 15
+
+
+@PROPERTY_SETTINGS
+@given(bottom=learned_kinds, depth=st.integers(0, 2), stop_at=st.integers(0, 8), seed=st.integers(0, 2**16))
+def test_state_dict_round_trips_at_any_step_for_learned_and_per_group_optimizers(bottom, depth, stop_at, seed):
+    task = rc.problems.QuadraticFamily(6, seed=seed).sample()
+
+    def build():
+        params = [torch.zeros(2, dtype=torch.float64, requires_grad=True),
+                  torch.zeros(4, dtype=torch.float64, requires_grad=True)]
+        return params, rc.HyperOptimizer(params, bottom_optimizer(bottom, 0.05, hyper_stack(["sgd"] * depth, 1e-3)))
+
+    def run(params, opt, steps):
+        for _ in range(steps):
+            opt.zero_grad()
+            task.loss(torch.cat(params)).backward()
+            opt.step()
+
+    whole_params, whole = build()
+    run(whole_params, whole, 8)
+    first_params, first = build()
+    run(first_params, first, stop_at)
+    saved = first.state_dict()
+    resumed_params, resumed = build()
+    with torch.no_grad():
+        for resumed_param, first_param in zip(resumed_params, first_params):
+            resumed_param.copy_(first_param)
+    resumed.load_state_dict(saved)
+    run(resumed_params, resumed, 8 - stop_at)
+    for resumed_param, whole_param in zip(resumed_params, whole_params):
+        assert torch.equal(resumed_param, whole_param)
+    assert resumed.hyperparameters() == whole.hyperparameters()
+
+
+@st.composite
+def closed_form_optimizers(draw):
+    """An SGD or Adam/AdamW with random settings and a random learnable subset."""
+    lr = draw(st.floats(1e-3, 0.5))
+    if draw(st.booleans()):
+        momentum = draw(st.sampled_from([0.0, 0.5, 0.9]))
+        nesterov = momentum > 0 and draw(st.booleans())
+        dampening = 0.0 if nesterov or momentum == 0 else draw(st.sampled_from([0.0, 0.3]))
+        weight_decay = draw(st.sampled_from([0.0, 1e-2]))
+        optimizer = rc.SGD(lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov)
+    else:
+        kind = draw(st.sampled_from([rc.Adam, rc.AdamW]))
+        betas = (draw(st.sampled_from([0.0, 0.5, 0.9])), draw(st.floats(0.5, 0.999)))
+        optimizer = kind(lr, betas=betas, eps=draw(st.floats(1e-8, 1e-1)),
+                         weight_decay=draw(st.sampled_from([0.0, 1e-2])))
+    learn = draw(st.lists(st.sampled_from(optimizer.learnable), min_size=1, unique=True))
+    return type(optimizer), optimizer, learn
+
+
+@PROPERTY_SETTINGS
+@given(spec=closed_form_optimizers(), shapes=st.lists(shapes, min_size=1, max_size=3), steps=st.integers(1, 4),
+       seed=st.integers(0, 2**16))
+def test_closed_form_hypergradients_equal_autograd_for_any_settings(spec, shapes, steps, seed):
+    kind, template, learn = spec
+    values = dict(template.initial_values)
+    if kind is rc.SGD:
+        optimizer = rc.SGD(values["lr"], values["momentum"], values["dampening"], values["weight_decay"],
+                           nesterov=template.nesterov, learn=learn)
+    else:
+        optimizer = kind(values["lr"], (values["beta1"], values["beta2"]), values["eps"], values["weight_decay"],
+                         learn=learn)
+    optimizer.to("cpu", torch.float64)
+    generator = torch.Generator().manual_seed(seed)
+    params = [torch.randn(shape, generator=generator, dtype=torch.float64) for shape in shapes]
+    state = optimizer.init(params)
+    for _ in range(steps):
+        grads = [torch.randn(p.shape, generator=generator, dtype=torch.float64) for p in params]
+        incoming = [torch.randn(p.shape, generator=generator, dtype=torch.float64) for p in params]
+        values = optimizer.values_from_raw(optimizer.raw.tolist())
+        new_params, new_state, vjp = optimizer.update_with_vjp(params, grads, state, values)
+        slope = torch.tensor([optimizer.spec(n).constraint.raw_derivative(values[n]) for n in optimizer.learnable],
+                             dtype=torch.float64)
+        leaf = optimizer.raw.detach().clone().requires_grad_()
+        outputs, _ = optimizer.update(params, grads, state, optimizer.hyper_values(leaf))
+        (expected,) = torch.autograd.grad(outputs, leaf, grad_outputs=incoming, allow_unused=True)
+        expected = torch.zeros_like(leaf) if expected is None else expected
+        torch.testing.assert_close(vjp(incoming) * slope, expected, rtol=1e-9, atol=1e-12)
+        params, state = new_params, new_state
