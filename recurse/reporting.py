@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import csv
 import json
+import logging
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -77,10 +78,40 @@ def progress(iterable, args: argparse.Namespace, description: str):
 
 
 def study_folder(args: argparse.Namespace, study: str) -> Path:
-    """``args.out``, or results/<study>/<quick|full>; created."""
+    """``args.out``, or results/<study>/<quick|full>; created, with
+    ``config.json`` (the study, its options and the library versions) and
+    ``log.txt``, which from now on receives the ``recurse`` logger's
+    messages (roll-backs of non-finite steps, warnings) with timestamps."""
+    import torch
+
+    import recurse
+
     out = args.out or Path("results") / study / ("quick" if args.quick else "full")
     out.mkdir(parents=True, exist_ok=True)
+    options = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
+    config = {"study": study, "options": options, "recurse": recurse.__version__, "torch": torch.__version__}
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    _log_to(out / "log.txt")
+    logging.getLogger("recurse").info("study %s started with options %s", study, options)
     return out
+
+
+_study_log: logging.Handler | None = None
+
+
+def _log_to(path: Path) -> None:
+    """Send the ``recurse`` logger (INFO and above) to ``path`` (appended),
+    instead of the file a previous study in this process logged to."""
+    global _study_log
+    logger = logging.getLogger("recurse")
+    if _study_log is not None:
+        logger.removeHandler(_study_log)
+        _study_log.close()
+    _study_log = logging.FileHandler(path)
+    _study_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger.addHandler(_study_log)
+    if logger.level == logging.NOTSET or logger.level > logging.INFO:
+        logger.setLevel(logging.INFO)
 
 
 def cached(out: Path | None, key: str, compute: Callable[[], dict]) -> dict:

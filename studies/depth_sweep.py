@@ -9,7 +9,7 @@ Each depth runs in a fresh process so that peak memory (``ru_maxrss`` on CPU,
 
     python studies/depth_sweep.py [--quick] [--device cpu|cuda] [--out DIR]
 
-Writes results.csv, summary.md and depth_sweep.png to DIR (default
+Writes metrics.csv, summary.md and depth_sweep.png to DIR (default
 results/depth_sweep/<quick|full>).
 """
 
@@ -79,7 +79,7 @@ def main(argv=None):
 
             rows.append(cached(out, f"depth{depth}-seed{seed}-{args.device}", run))
 
-    publish(out, _summary(rows, steps, seeds, args.device), {"results": rows})
+    publish(out, _summary(rows, steps, seeds, args.device), {"metrics": rows})
     _plot(out / "depth_sweep.png", rows)
     return rows
 

@@ -10,7 +10,7 @@ validation loss, and their gap.
 
     python studies/flatness.py [--quick] [--out DIR]
 
-Writes results.csv, summary.md and flatness.png to DIR (default
+Writes metrics.csv, summary.md and flatness.png to DIR (default
 results/flatness/<quick|full>).
 """
 
@@ -71,7 +71,7 @@ def main(argv=None):
             measured = cached(out, f"{name}-seed{seed}".replace(" ", "_").replace(",", ""),
                               lambda: measure(task, _trained_model(task, build, steps, seed)))
             rows.append({"method": name, "seed": seed, **measured})
-    publish(out, _summary(rows, steps, seeds), {"results": rows})
+    publish(out, _summary(rows, steps, seeds), {"metrics": rows})
     _plot(out / "flatness.png", rows)
     return rows
 

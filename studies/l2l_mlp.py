@@ -15,7 +15,7 @@ initialisations, is the baseline on each.
 
     python studies/l2l_mlp.py [--quick] [--out DIR] [--meta-steps N]
 
-Writes results.csv (one row per architecture, method and held-out MLP),
+Writes metrics.csv (one row per architecture, method and held-out MLP),
 summary.md, meta_training.csv, lstm.pt (the learned optimizer) and
 l2l_mlp.png (mean mini-batch loss vs step per architecture) to DIR
 (default results/l2l_mlp/<quick|full>).
@@ -165,7 +165,7 @@ def main(argv=None):
                 rows.append({"architecture": name, "method": method, "model": model,
                              "final_minibatch_loss": losses[-5:, model].mean().item(),
                              "valid_loss": valid_loss[model].item(), "valid_accuracy": accuracy[model].item()})
-    publish(out, _summary(rows, args, held_out_count, meta_log), {"results": rows, "meta_training": meta_log})
+    publish(out, _summary(rows, args, held_out_count, meta_log), {"metrics": rows, "meta_training": meta_log})
     _plot(out / "l2l_mlp.png", curves)
     return rows, meta_log
 

@@ -16,7 +16,7 @@ every method is compared with tuned Adam on the same tasks (paired).
 
     python studies/l2l_quadratic.py [--quick] [--out DIR] [--meta-steps N] [--meta-lr LR] [--second-order]
 
-Writes results.csv (one row per method, tuning metric and held-out task), summary.md,
+Writes metrics.csv (one row per method, tuning metric and held-out task), summary.md,
 meta_training.csv, lstm_loss.pt and lstm_log.pt (the learned optimizers, rc.checkpoint format)
 and l2l_quadratic.png (mean log10 loss vs step) to DIR (default
 results/l2l_quadratic/<quick|full>).
@@ -153,7 +153,7 @@ def main(argv=None):
         for task in range(len(held_out)):
             rows.append({"method": method, "tuned_for": "-" if method in LEARNED.values() else metric, "task": task,
                          "final_loss": losses[-1, task].item(), "sum_of_losses": losses[1:, task].sum().item()})
-    publish(out, _summary(curves, args, meta_logs), {"results": rows, "meta_training": meta_logs})
+    publish(out, _summary(curves, args, meta_logs), {"metrics": rows, "meta_training": meta_logs})
     _plot(out / "l2l_quadratic.png", curves)
     return rows, meta_logs
 

@@ -16,7 +16,7 @@ shrinking) and (b) from the gradient (bisection on f'), and reports
 
     python studies/precision.py [--quick] [--out DIR]
 
-Writes results.csv, summary.md and precision.png to DIR (default
+Writes metrics.csv, summary.md and precision.png to DIR (default
 results/precision/<quick|full>).
 """
 
@@ -109,7 +109,7 @@ def main(argv=None):
                                        ("gradient (bisection on f')", lambda: by_gradient(slope, center))):
                     rows.append({"dtype": name, "problem": problem, "method": method, "seed": seed,
                                  "error": abs(locate() - center)})
-    publish(out, _summary(rows), {"results": rows})
+    publish(out, _summary(rows), {"metrics": rows})
     _plot(out / "precision.png", rows)
     return rows
 

@@ -9,7 +9,7 @@ batch sizes, and reports validation MSE and where the learned rate ended.
 
     python studies/short_horizon_bias.py [--quick] [--out DIR]
 
-Writes ``results.csv`` and ``learning_rates.png`` to DIR
+Writes ``metrics.csv`` and ``learning_rates.png`` to DIR
 (default results/short_horizon_bias/<quick|full>).
 """
 
@@ -68,9 +68,9 @@ def main(argv=None):
     for row in rows:
         print(f"| {row['batch_size']} | {row['method']} | {row['valid_mse']:.4g} | {row['lr_max']:.2e} | "
               f"{row['lr_end']:.2e} | {row['nonfinite_steps']} |")
-    write_csv(out / "results.csv", rows)
+    write_csv(out / "metrics.csv", rows)
     plot(out / "learning_rates.png", trajectories, batch_sizes)
-    print(f"\nwrote {out}/results.csv, learning_rates.png")
+    print(f"\nwrote {out}/metrics.csv, learning_rates.png")
 
 
 def plot(path, trajectories, batch_sizes):

@@ -26,7 +26,7 @@ larger, as on a task or level of another scale; reported divided by 100).
 
     python studies/stability.py [--quick] [--out DIR]
 
-Writes results.csv, meta_training.csv, summary.md and stability.png to DIR
+Writes metrics.csv, meta_training.csv, summary.md and stability.png to DIR
 (default results/stability/<quick|full>).
 """
 
@@ -108,7 +108,7 @@ def main(argv=None):
                                                                       args.meta_lr))
         rows.append(_row(name, unroll, lstm, log, held_out))
         logs += [{"variant": name, "unroll": unroll, "meta_step": index + 1, **entry} for index, entry in enumerate(log)]
-    publish(out, _summary(rows, batches, task_batch, held_out_count), {"results": rows, "meta_training": logs})
+    publish(out, _summary(rows, batches, task_batch, held_out_count), {"metrics": rows, "meta_training": logs})
     _plot(out / "stability.png", rows)
     return rows
 

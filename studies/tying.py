@@ -16,7 +16,7 @@ steps rolled back).
 
     python studies/tying.py [--quick] [--out DIR]
 
-Writes results.csv, summary.md and tying.png to DIR (default
+Writes metrics.csv, summary.md and tying.png to DIR (default
 results/tying/<quick|full>).
 """
 
@@ -63,7 +63,7 @@ def main(argv=None):
     rows = [cached(out, f"{method}-lr{lr:g}-seed{seed}-steps{steps}".replace(" ", "_").replace(",", ""),
                    lambda: run(task, method, lr, steps, seed))
             for method, lr, seed in progress(runs, args, "runs")]
-    publish(out, _summary(rows, steps, seeds), {"results": rows})
+    publish(out, _summary(rows, steps, seeds), {"metrics": rows})
     _plot(out / "tying.png", rows)
     return rows
 

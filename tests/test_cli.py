@@ -65,7 +65,7 @@ def test_graph_describes_and_draws_a_tower(tmp_path, capsys):
 
 def test_run_forwards_options_to_a_study(tmp_path, capsys):
     assert main(["run", "precision", "--quick", "--out", str(tmp_path)]) == 0
-    assert (tmp_path / "results.csv").exists() and "sqrt(eps)" in capsys.readouterr().out
+    assert (tmp_path / "metrics.csv").exists() and "sqrt(eps)" in capsys.readouterr().out
     assert main(["run", "nosuch"]) == 1
     assert "unknown study 'nosuch'" in capsys.readouterr().err
 

@@ -17,7 +17,7 @@ def load(name):
 
 def test_short_horizon_bias_quick_writes_a_row_per_method_and_batch(tmp_path, capsys):
     load("short_horizon_bias").main(["--quick", "--out", str(tmp_path)])
-    with open(tmp_path / "results.csv") as handle:
+    with open(tmp_path / "metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert {(row["batch_size"], row["method"]) for row in rows} == {
         (batch, method) for batch in ("32", "512") for method in load("short_horizon_bias").methods()
@@ -25,6 +25,7 @@ def test_short_horizon_bias_quick_writes_a_row_per_method_and_batch(tmp_path, ca
     fixed = [row for row in rows if row["method"] == "SGD fixed lr 1e-3"]
     assert all(float(row["lr_end"]) == 1e-3 for row in fixed)
     assert (tmp_path / "learning_rates.png").stat().st_size > 10_000
+    assert (tmp_path / "config.json").exists() and (tmp_path / "log.txt").exists()
     assert "| batch | method |" in capsys.readouterr().out
 
 
@@ -163,3 +164,24 @@ def test_a_rerun_reloads_the_meta_trained_optimizers_instead_of_training_them_ag
     monkeypatch.setattr(study, "meta_train", no_training)
     again, _ = study.main(["--quick", "--out", str(tmp_path), "--meta-steps", "10"])
     assert again == first  # the reloaded LSTMs give the very same held-out losses
+
+
+def test_a_study_folder_holds_its_config_and_a_log_of_roll_backs(tmp_path):
+    import json
+
+    import torch
+
+    import recurse as rc
+    from recurse.reporting import study_folder, study_parser
+
+    args = study_parser("a study", "quick").parse_args(["--quick", "--out", str(tmp_path)])
+    out = study_folder(args, "example")
+    config = json.loads((out / "config.json").read_text())
+    assert config["study"] == "example" and config["options"]["quick"] is True
+    assert config["options"]["out"] == str(tmp_path) and config["torch"] == torch.__version__
+    theta = torch.zeros(2, requires_grad=True)
+    opt = rc.HyperOptimizer([theta], rc.SGD(0.1))
+    theta.grad = torch.tensor([float("nan"), 0.0])
+    opt.step()  # rolled back and logged
+    log = (out / "log.txt").read_text()
+    assert "study example started" in log and "non-finite gradient at step 1" in log
