@@ -40,6 +40,14 @@ class Constraint:
     raw_derivative: Callable[[torch.Tensor], torch.Tensor]  # d value / d raw, written in terms of value
 
 
+def _exp(raw: float) -> float:
+    """exp(raw), inf (as torch.exp gives) where it overflows a float."""
+    try:
+        return math.exp(raw)
+    except OverflowError:
+        return math.inf
+
+
 def _logit(value: float) -> float:
     return math.log(value) - math.log1p(-value)
 
@@ -50,7 +58,7 @@ positive = Constraint(
     contains=lambda value: math.isfinite(value) and value > 0.0,
     to_raw=math.log,
     from_raw=torch.exp,
-    value_of=math.exp,
+    value_of=_exp,
     raw_derivative=lambda value: value,
 )
 

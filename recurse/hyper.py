@@ -50,8 +50,8 @@ class _LastUpdate:
     raw: Tensor
     hyper_leaf: Tensor | None = None
     outputs: list[Tensor] | None = None
-    # A closed-form vector-Jacobian product (Optimizer.update_with_vjp),
-    # already in raw space; used instead of the graph when present.
+    # A closed-form vector-Jacobian product (Optimizer.update_with_vjp), in
+    # raw space; used instead of the graph when present.
     closed_form: Callable[[list[Tensor]], Tensor] | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -479,15 +479,13 @@ def _closed_form_update(optimizer, raw, targets, grads, state):
         return None
     raw = raw.detach()
     values = optimizer.values_from_raw(raw.tolist())
+    if not optimizer.within_constraints(values):
+        return None  # saturated: the tensor path gives the inf/NaN the guard rejects
     result = optimizer.update_with_vjp(targets, grads, state, values)
     if result is None:
         return None
     new_values, new_state, vjp = result
-    # d value / d raw of each learnable hyperparameter: the chain rule to raw space.
-    slope = torch.tensor([optimizer.spec(name).constraint.raw_derivative(values[name]) for name in optimizer.learnable],
-                         dtype=raw.dtype, device=raw.device)
-    last_update = _LastUpdate(list(targets), list(grads), state, raw,
-                              closed_form=lambda incoming: vjp(incoming) * slope)
+    last_update = _LastUpdate(list(targets), list(grads), state, raw, closed_form=vjp)
     return new_values, new_state, last_update
 
 

@@ -15,6 +15,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from recurse.optim import _ops
+
 
 class Normalizer:
     """Protocol: ``state = init(grads)``; ``grads, state = apply(grads, state)``.
@@ -66,9 +68,11 @@ class RunningRMS(Normalizer):
     def apply(self, grads: Sequence[Tensor], state: dict[str, Any]) -> tuple[list[Tensor], dict[str, Any]]:
         step = state["step"] + 1
         count = sum(g.numel() for g in grads)
-        square_sum = torch.stack([g.square().sum() for g in grads]).sum()
-        mean_square = self.decay * state["mean_square"] + (1.0 - self.decay) * square_sum / max(count, 1)
-        scale = torch.rsqrt(mean_square / (1.0 - self.decay**step) + self.eps**2)
+        # Few operations: on a tower's upper levels g is a handful of numbers
+        # and each operation costs far more than its arithmetic.
+        mean_square = torch.add(state["mean_square"] * self.decay, _ops.dot(grads, grads),
+                                alpha=(1.0 - self.decay) / max(count, 1))
+        scale = torch.rsqrt(mean_square * (1.0 / (1.0 - self.decay**step)) + self.eps**2)
         return [g * scale for g in grads], {"step": step, "mean_square": mean_square}
 
     def __repr__(self) -> str:

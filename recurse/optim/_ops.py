@@ -60,6 +60,8 @@ def sqrt(x: Tensor) -> Tensor:
 def dot(xs: list[Tensor], ys: list[Tensor]) -> Tensor:
     """sum_i <xs_i, ys_i>, a 0-d tensor: the inner product of two lists of
     tensors viewed as one long vector (closed-form hypergradients)."""
+    if len(xs) == 1:
+        return torch.dot(xs[0].reshape(-1), ys[0].reshape(-1))
     return torch.stack([torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in zip(xs, ys)]).sum()
 
 

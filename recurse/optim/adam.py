@@ -108,27 +108,27 @@ class Adam(Optimizer):
                 roots = torch._foreach_sqrt(new_state["exp_avg_sq"])
                 z_over_root = [torch.where(root > 0, x / root, 0.0) for x, root in zip(z, roots)]  # 0 at s = 0
                 z_d_over_root = torch._foreach_mul(z_over_root, decayed)
-            rows = []
+            rows = []  # (coefficient, 0-d tensor): d p_t / d value = coefficient * tensor
             for name in learnable:
                 if name == "lr":
-                    row = -_ops.dot(w, exp_avgs) / bias_correction1
+                    row = _ops.dot(w, exp_avgs)
                     if decoupled and weight_decay != 0.0:
-                        row = row - weight_decay * _ops.dot(incoming, params)
+                        row = row + bias_correction1 * weight_decay * _ops.dot(incoming, params)
+                    rows.append((-1.0 / bias_correction1, row))
                 elif name == "eps":
-                    row = step_size * _ops.total(z)
+                    rows.append((step_size, _ops.total(z)))
                 elif name == "beta1":
-                    row = -step_size * (_ops.dot(w, previous_avgs) - _ops.dot(w, decayed)
-                                        + step * beta1 ** (step - 1) / bias_correction1 * _ops.dot(w, exp_avgs))
+                    rows.append((-step_size, _ops.dot(w, previous_avgs) - _ops.dot(w, decayed)
+                                 + step * beta1 ** (step - 1) / bias_correction1 * _ops.dot(w, exp_avgs)))
                 elif name == "beta2":
                     change = (_ops.dot(z_over_root, state["exp_avg_sq"]) - _ops.dot(z_d_over_root, decayed)) / (2 * c)
-                    row = step_size * (change + step * beta2 ** (step - 1) / (2 * c**3) * _ops.dot(z, roots))
+                    rows.append((step_size, change + step * beta2 ** (step - 1) / (2 * c**3) * _ops.dot(z, roots)))
                 elif decoupled:  # weight_decay, AdamW
-                    row = -lr * _ops.dot(incoming, params)
+                    rows.append((-lr, _ops.dot(incoming, params)))
                 else:  # weight_decay, L2
-                    row = -step_size * ((1 - beta1) * _ops.dot(w, params)
-                                        - (1 - beta2) / c * _ops.dot(z_d_over_root, params))
-                rows.append(row)
-            return torch.stack(rows)
+                    rows.append((-step_size, (1 - beta1) * _ops.dot(w, params)
+                                 - (1 - beta2) / c * _ops.dot(z_d_over_root, params)))
+            return self.raw_gradient(rows, values)
 
         return new_params, new_state, vjp
 

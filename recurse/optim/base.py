@@ -129,6 +129,7 @@ class Optimizer:
             name: spec.validate(owner, values[name]) for name, spec in specs.items()
         }
         self.learnable: tuple[str, ...] = self._select_learnable(owner, specs, learn)
+        self._learnable_constraints = [(name, specs[name].constraint) for name in self.learnable]
         self.hyper = _check_hyper(owner, hyper)
         self.normalizer = make_normalizer(normalize)
         self.tied_depth = 0
@@ -187,23 +188,37 @@ class Optimizer:
         float ``values`` and a function that, given ``c`` (one tensor per
         param), returns the 1-D tensor
 
-            vjp(c)[h] = sum_i < c_i, d new_params_i / d value_h >
+            vjp(c)[h] = sum_i < c_i, d new_params_i / d raw_h >
 
-        over the learnable hyperparameters h, in ``self.learnable`` order (in
-        value space: the engine applies the constraint's slope). The default,
+        over the learnable hyperparameters h, in ``self.learnable`` order,
+        with respect to their unconstrained ``raw`` entries (write the rows
+        d / d value and finish with :meth:`raw_gradient`). The default,
         None, lets the engine differentiate :meth:`update` with autograd; a
         closed form must agree with that (each built-in is tested to 1e-10
         in float64) and saves building and walking a graph every step.
         """
         return None
 
+    def raw_gradient(self, rows: Sequence[tuple[float, Tensor]], values: Mapping[str, float]) -> Tensor:
+        """Rows ``(coefficient, tensor)`` with d loss / d value = coefficient *
+        tensor, one per learnable hyperparameter, as the vector d loss / d raw
+        (each times its constraint's d value / d raw, in one multiplication)."""
+        return torch.stack([tensor * (coefficient * constraint.raw_derivative(values[name]))
+                            for (coefficient, tensor), (name, constraint) in zip(rows, self._learnable_constraints)])
+
     def values_from_raw(self, raw: Sequence[float]) -> dict[str, float]:
         """Every hyperparameter as a Python float, the learnable ones read
         from the unconstrained ``raw`` floats."""
         values = dict(self.initial_values)
-        for name, entry in zip(self.learnable, raw):
-            values[name] = self.spec(name).constraint.value_of(entry)
+        for (name, constraint), entry in zip(self._learnable_constraints, raw):
+            values[name] = constraint.value_of(entry)
         return values
+
+    def within_constraints(self, values: Mapping[str, float]) -> bool:
+        """Whether every learnable value lies inside its valid set. A raw
+        value far out saturates its map (sigmoid to exactly 1.0, exp to inf),
+        and float formulas then divide by zero (1 - beta^t = 0)."""
+        return all(constraint.contains(values[name]) for name, constraint in self._learnable_constraints)
 
     def update_depends_on_params(self) -> bool:
         """Whether d(update) / d(hyper) depends on the parameter values.

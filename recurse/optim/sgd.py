@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from recurse.constraints import positive, unit_interval
 from recurse.optim import _ops
 from recurse.optim.base import Hyperparameter, Optimizer
@@ -85,22 +83,22 @@ class SGD(Optimizer):
         learnable = self.learnable
 
         def vjp(incoming):
-            rows = []
+            rows = []  # (coefficient, 0-d tensor): d p_t / d value = coefficient * tensor
             for name in learnable:
                 if name == "lr":
-                    rows.append(-_ops.dot(incoming, directions))
+                    rows.append((-1.0, _ops.dot(incoming, directions)))
                 elif name == "momentum":  # d u / d momentum = [b_t if Nesterov] + (momentum if Nesterov else 1) b_{t-1}
                     row = _ops.dot(incoming, buffers) if nesterov else incoming[0].new_zeros(())
                     if not first:
                         row = row + (momentum if nesterov else 1.0) * _ops.dot(incoming, previous)
-                    rows.append(-lr * row)
+                    rows.append((-lr, row))
                 elif name == "dampening":
                     scale = 0.0 if first else (momentum if nesterov else 1.0)
-                    rows.append(lr * scale * _ops.dot(incoming, decayed))
+                    rows.append((lr * scale, incoming[0].new_zeros(()) if first else _ops.dot(incoming, decayed)))
                 else:  # weight_decay
                     through_buffer = 1.0 if first else 1.0 - dampening
                     scale = (1.0 + momentum * through_buffer if nesterov else through_buffer) if use_momentum else 1.0
-                    rows.append(-lr * scale * _ops.dot(incoming, list(params)))
-            return torch.stack(rows)
+                    rows.append((-lr * scale, _ops.dot(incoming, list(params))))
+            return self.raw_gradient(rows, values)
 
         return new_params, new_state, vjp
