@@ -5,6 +5,11 @@ torch.optim uses (``torch.add(x, y, alpha=a)`` and friends), so a recurse
 optimizer at depth 0 is bit-identical to torch.optim. A learned
 hyperparameter is a tensor, and the same formula is written with plain
 differentiable ops so that gradients reach it.
+
+The ``*_all`` versions take lists (one tensor per parameter): with a float
+and no tensor that keeps a graph they make one ``torch._foreach_*`` call for
+the whole list, as torch.optim's foreach path does; otherwise they apply the
+single-tensor op to each (differentiable, as above).
 """
 
 from __future__ import annotations
@@ -68,3 +73,64 @@ def dot(xs: list[Tensor], ys: list[Tensor]) -> Tensor:
 def total(xs: list[Tensor]) -> Tensor:
     """The sum of every entry of every tensor in ``xs``, a 0-d tensor."""
     return torch.stack([x.sum() for x in xs]).sum()
+
+
+def _per_tensor(scalar: Scalar, *lists: list[Tensor]) -> bool:
+    """True when the differentiable single-tensor ops must be used."""
+    return isinstance(scalar, Tensor) or any(x.requires_grad for xs in lists for x in xs)
+
+
+def scale_all(xs: list[Tensor], factor: Scalar) -> list[Tensor]:
+    """[x * factor]."""
+    if _per_tensor(factor, xs):
+        return [x * factor for x in xs]
+    return torch._foreach_mul(xs, factor)
+
+
+def divide_all(xs: list[Tensor], divisor: Scalar) -> list[Tensor]:
+    """[x / divisor]."""
+    if _per_tensor(divisor, xs):
+        return [x / divisor for x in xs]
+    return torch._foreach_div(xs, divisor)
+
+
+def shift_all(xs: list[Tensor], offset: Scalar) -> list[Tensor]:
+    """[x + offset]."""
+    if _per_tensor(offset, xs):
+        return [x + offset for x in xs]
+    return torch._foreach_add(xs, offset)
+
+
+def add_scaled_all(xs: list[Tensor], ys: list[Tensor], alpha: Scalar) -> list[Tensor]:
+    """[x + alpha * y]."""
+    if _per_tensor(alpha, xs, ys):
+        return [add_scaled(x, y, alpha) for x, y in zip(xs, ys)]
+    return torch._foreach_add(xs, ys, alpha=alpha)
+
+
+def lerp_all(xs: list[Tensor], ys: list[Tensor], weight: Scalar) -> list[Tensor]:
+    """[x + weight * (y - x)]."""
+    if _per_tensor(weight, xs, ys):
+        return [lerp(x, y, weight) for x, y in zip(xs, ys)]
+    return torch._foreach_lerp(xs, ys, weight)
+
+
+def addcmul_all(xs: list[Tensor], as_: list[Tensor], bs: list[Tensor], value: Scalar) -> list[Tensor]:
+    """[x + value * a * b]."""
+    if _per_tensor(value, xs, as_, bs):
+        return [addcmul(x, a, b, value) for x, a, b in zip(xs, as_, bs)]
+    return torch._foreach_addcmul(xs, as_, bs, value=value)
+
+
+def addcdiv_all(xs: list[Tensor], as_: list[Tensor], bs: list[Tensor], value: Scalar) -> list[Tensor]:
+    """[x + value * a / b]."""
+    if _per_tensor(value, xs, as_, bs):
+        return [addcdiv(x, a, b, value) for x, a, b in zip(xs, as_, bs)]
+    return torch._foreach_addcdiv(xs, as_, bs, value=value)
+
+
+def sqrt_all(xs: list[Tensor]) -> list[Tensor]:
+    """[sqrt(x)], with :func:`sqrt`'s derivative at 0 where a graph is kept."""
+    if _per_tensor(1.0, xs):
+        return [sqrt(x) for x in xs]
+    return torch._foreach_sqrt(xs)

@@ -58,21 +58,17 @@ class Adam(Optimizer):
         bias_correction1 = 1 - beta1**step
         bias_correction2_sqrt = (1 - beta2**step) ** 0.5
         step_size = lr / bias_correction1
-        new_params, exp_avgs, exp_avg_sqs, decayed, denoms = [], [], [], [], []
-        for param, grad, exp_avg, exp_avg_sq in zip(params, grads, state["exp_avg"], state["exp_avg_sq"]):
-            if has_weight_decay:
-                if self.decoupled_weight_decay:
-                    param = param * (1 - lr * weight_decay)
-                else:
-                    grad = _ops.add_scaled(grad, param, weight_decay)
-            exp_avg = _ops.lerp(exp_avg, grad, 1 - beta1)
-            exp_avg_sq = _ops.addcmul(exp_avg_sq * beta2, grad, grad, 1 - beta2)
-            denom = _ops.sqrt(exp_avg_sq) / bias_correction2_sqrt + eps
-            new_params.append(_ops.addcdiv(param, exp_avg, denom, -step_size))
-            exp_avgs.append(exp_avg)
-            exp_avg_sqs.append(exp_avg_sq)
-            decayed.append(grad)
-            denoms.append(denom)
+        params, grads = list(params), list(grads)
+        if has_weight_decay:
+            if self.decoupled_weight_decay:
+                params = _ops.scale_all(params, 1 - lr * weight_decay)
+            else:
+                grads = _ops.add_scaled_all(grads, params, weight_decay)
+        exp_avgs = _ops.lerp_all(state["exp_avg"], grads, 1 - beta1)
+        exp_avg_sqs = _ops.addcmul_all(_ops.scale_all(state["exp_avg_sq"], beta2), grads, grads, 1 - beta2)
+        denoms = _ops.shift_all(_ops.divide_all(_ops.sqrt_all(exp_avg_sqs), bias_correction2_sqrt), eps)
+        new_params = _ops.addcdiv_all(params, exp_avgs, denoms, -step_size)
+        decayed = grads
         return new_params, {"step": step, "exp_avg": exp_avgs, "exp_avg_sq": exp_avg_sqs}, (decayed, denoms)
 
     def update_with_vjp(self, params, grads, state, values):
@@ -106,12 +102,14 @@ class Adam(Optimizer):
             z = torch._foreach_mul(torch._foreach_div(w, denoms), exp_avgs) if needs_z else None
             if "beta2" in learnable or ("weight_decay" in learnable and not decoupled):
                 roots = torch._foreach_sqrt(new_state["exp_avg_sq"])
-                z_over_root = [torch.where(root > 0, x / root, 0.0) for x, root in zip(z, roots)]  # 0 at s = 0
+                # z / s, 0 where s = 0: there every gradient so far was 0, so m_t and z are 0 too.
+                z_over_root = torch._foreach_div(z, torch._foreach_clamp_min(roots, torch.finfo(roots[0].dtype).tiny))
                 z_d_over_root = torch._foreach_mul(z_over_root, decayed)
+            w_dot_m = _ops.dot(w, exp_avgs) if "lr" in learnable or "beta1" in learnable else None
             rows = []  # (coefficient, 0-d tensor): d p_t / d value = coefficient * tensor
             for name in learnable:
                 if name == "lr":
-                    row = _ops.dot(w, exp_avgs)
+                    row = w_dot_m
                     if decoupled and weight_decay != 0.0:
                         row = row + bias_correction1 * weight_decay * _ops.dot(incoming, params)
                     rows.append((-1.0 / bias_correction1, row))
@@ -119,7 +117,7 @@ class Adam(Optimizer):
                     rows.append((step_size, _ops.total(z)))
                 elif name == "beta1":
                     rows.append((-step_size, _ops.dot(w, previous_avgs) - _ops.dot(w, decayed)
-                                 + step * beta1 ** (step - 1) / bias_correction1 * _ops.dot(w, exp_avgs)))
+                                 + step * beta1 ** (step - 1) / bias_correction1 * w_dot_m))
                 elif name == "beta2":
                     change = (_ops.dot(z_over_root, state["exp_avg_sq"]) - _ops.dot(z_d_over_root, decayed)) / (2 * c)
                     rows.append((step_size, change + step * beta2 ** (step - 1) / (2 * c**3) * _ops.dot(z, roots)))

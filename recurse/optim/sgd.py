@@ -49,24 +49,20 @@ class SGD(Optimizer):
 
     def _step(self, params, grads, state, hyper):
         """The update, and its intermediates (d_t, b_{t-1}, b_t, u_t), one list each."""
-        lr, momentum, weight_decay = hyper["lr"], hyper["momentum"], hyper["weight_decay"]
-        use_momentum = self.initial_values["momentum"] != 0.0
-        new_params, decayed, previous, new_buffers, directions = [], [], [], [], []
-        for param, grad, buffer in zip(params, grads, state["momentum_buffer"]):
-            if self.initial_values["weight_decay"] != 0.0:
-                grad = _ops.add_scaled(grad, param, weight_decay)
-            decayed.append(grad)
-            previous.append(buffer)
-            if use_momentum:
-                if buffer is None:
-                    buffer = grad
-                else:
-                    buffer = _ops.add_scaled(buffer * momentum, grad, 1 - hyper["dampening"])
-                grad = _ops.add_scaled(grad, buffer, momentum) if self.nesterov else buffer
-            new_buffers.append(buffer)
-            directions.append(grad)
-            new_params.append(_ops.add_scaled(param, grad, -lr))
-        return new_params, {"momentum_buffer": new_buffers}, (decayed, previous, new_buffers, directions)
+        lr, momentum = hyper["lr"], hyper["momentum"]
+        params, decayed = list(params), list(grads)
+        if self.initial_values["weight_decay"] != 0.0:
+            decayed = _ops.add_scaled_all(decayed, params, hyper["weight_decay"])
+        previous = list(state["momentum_buffer"])
+        directions = buffers = decayed
+        if self.initial_values["momentum"] != 0.0:
+            if previous[0] is not None:  # (all buffers start together, on the first step)
+                buffers = _ops.add_scaled_all(_ops.scale_all(previous, momentum), decayed, 1 - hyper["dampening"])
+            directions = _ops.add_scaled_all(decayed, buffers, momentum) if self.nesterov else buffers
+        else:
+            buffers = [None] * len(params)
+        new_params = _ops.add_scaled_all(params, directions, -lr)
+        return new_params, {"momentum_buffer": buffers}, (decayed, previous, buffers, directions)
 
     def update_with_vjp(self, params, grads, state, values):
         """Closed form: p_t = p_{t-1} - lr u_t, so d p_t / d lr = -u_t and d p_t / d h = -lr d u_t / d h with
