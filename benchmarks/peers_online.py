@@ -4,11 +4,12 @@
 The same MLP (784-128-10 tanh, batch 256, random data, fixed seed) is
 trained by stacks of height 1, 2, 4, 8 (SGD/SGD/...; Adam/SGD/..., Adam
 learning lr, beta1 and beta2 as gdtuo's does) with recurse's HyperOptimizer
-and with gdtuo, each configuration in a fresh process. Reported: ms/step
-(median after 20 warm-up steps), peak memory (CPU: resident memory of the
-process; CUDA: tensors allocated on the device), memory growth between step
-200 and the last step, and the training loss at the
-end. The two parametrise a learning rate differently (gdtuo steps lr,
+and with gdtuo, each configuration in a fresh process; recurse both with
+its default non-finite guard and with ``guard="off"`` (gdtuo has no guard).
+Reported: ms/step (median after 20 warm-up steps), peak memory (CPU:
+resident memory of the process; CUDA: tensors allocated on the device),
+memory growth between step 200 and the last step, and the training loss at
+the end. The two parametrise a learning rate differently (gdtuo steps lr,
 recurse steps log lr), so their trajectories, and final losses, differ
 once the hyper level moves; what must agree is the hypergradient both
 compute from the same state: d loss_2 / d lr at the first step, checked
@@ -76,8 +77,9 @@ def measure(implementation: str, family: str, height: int, steps: int, device: s
     device = torch.device(device)
     inputs, labels = data(device)
     net = model(device)
-    if implementation == "recurse":
-        opt = rc.HyperOptimizer(net.parameters(), recurse_stack(family, height))
+    if implementation.startswith("recurse"):
+        guard = "off" if implementation == "recurse-guard-off" else "skip"
+        opt = rc.HyperOptimizer(net.parameters(), recurse_stack(family, height), guard=guard)
 
         def step():
             opt.zero_grad()
@@ -159,22 +161,29 @@ def main(argv=None) -> None:
     print(f"hypergradient agreement (d loss_2 / d lr, SGD/SGD, float64): relative difference "
           f"{hypergradient_agreement():.2e}\n")
     print(f"MLP 784-128-10 tanh, batch 256, {args.steps} steps on {args.device}, each configuration in a fresh process\n")
-    print("| stack | height | gdtuo ms/step | recurse ms/step | time ratio (recurse / gdtuo) | gdtuo peak MB | "
+    print("| stack | height | gdtuo ms/step | recurse ms/step | time ratio (recurse / gdtuo) | "
+          "recurse, guard off: ms/step (ratio) | gdtuo peak MB | "
           "recurse peak MB | gdtuo growth MB | recurse growth MB | gdtuo final loss | recurse final loss |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    ratios = {"recurse": [], "recurse-guard-off": []}
     for family in FAMILIES:
         for height in HEIGHTS:
             figures = {}
-            for implementation in ("gdtuo", "recurse"):
+            for implementation in ("gdtuo", "recurse", "recurse-guard-off"):
                 command = [sys.executable, __file__, "--steps", str(args.steps), "--device", args.device,
                            "--one", implementation, family, str(height)]
                 output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
                 figures[implementation] = json.loads(output.strip().splitlines()[-1])
-            theirs, ours = figures["gdtuo"], figures["recurse"]
+            theirs, ours, unguarded = figures["gdtuo"], figures["recurse"], figures["recurse-guard-off"]
+            for name in ratios:
+                ratios[name].append(figures[name]["ms"] / theirs["ms"])
             stack = "/".join([family] + ["SGD"] * (height - 1))
             print(f"| {stack} | {height} | {theirs['ms']:.2f} | {ours['ms']:.2f} | {ours['ms'] / theirs['ms']:.2f}x | "
+                  f"{unguarded['ms']:.2f} ({unguarded['ms'] / theirs['ms']:.2f}x) | "
                   f"{theirs['peak_mb']:.0f} | {ours['peak_mb']:.0f} | {theirs['growth_mb']:+.1f} | "
                   f"{ours['growth_mb']:+.1f} | {theirs['loss']:.4f} | {ours['loss']:.4f} |", flush=True)
+    print(f"\ngeometric mean of the time ratios (recurse / gdtuo): {statistics.geometric_mean(ratios['recurse']):.2f}x "
+          f"with the guard, {statistics.geometric_mean(ratios['recurse-guard-off']):.2f}x with guard=\"off\"")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ def test_recurse_and_gdtuo_compute_the_same_one_step_hypergradient():
 
 def test_the_peer_online_benchmark_measures_both_implementations():
     bench = load("peers_online")
-    for implementation in ("gdtuo", "recurse"):
+    for implementation in ("gdtuo", "recurse", "recurse-guard-off"):
         figures = bench.measure(implementation, "Adam", 2, steps=25, device="cpu")
         assert figures["ms"] > 0 and figures["peak_mb"] > 0
         assert 0 <= figures["loss"] < 2.3  # below the loss of a uniform guess over 10 classes
