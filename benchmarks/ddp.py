@@ -52,6 +52,7 @@ def worker(steps: int, batch: int) -> None:
         times.sort()
         print(json.dumps({"procs": world, "ms": 1e3 * times[len(times) // 2],
                           "lr": opt.hyperparameters()["0.lr"]}))
+    del opt, model  # DDP's reducer holds the process group: let it go first
     dist.barrier()  # no rank tears gloo down while another still talks to it
     dist.destroy_process_group()
 

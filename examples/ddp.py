@@ -38,6 +38,7 @@ def main(argv=None):
     if rank == 0:
         print(f"{world} process(es): lr {opt.hyperparameters()['0.lr']:.4f}, "
               f"validation loss {data.valid_loss(model.module):.4f}")
+    del opt, model  # DDP's reducer holds the process group: let it go first
     dist.barrier()  # no rank tears gloo down while another still talks to it
     dist.destroy_process_group()
 

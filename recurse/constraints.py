@@ -8,6 +8,10 @@ never produce an invalid value:
   A gradient step on raw is a multiplicative step on the value.
 - ``unit_interval``: value = sigmoid(raw), raw = logit(value); for momentum,
   betas, dampening, RMSprop's alpha.
+- ``identity``: value = raw. Not a constraint: an optimizer built with
+  ``parametrization={"lr": "identity"}`` learns lr in its own units, as
+  "Gradient Descent: The Ultimate Optimizer" does (an additive hyper-step,
+  which can take lr below 0).
 """
 
 from __future__ import annotations
@@ -70,4 +74,14 @@ unit_interval = Constraint(
     from_raw=torch.sigmoid,
     value_of=lambda raw: 1.0 / (1.0 + math.exp(-raw)) if raw >= 0 else math.exp(raw) / (1.0 + math.exp(raw)),
     raw_derivative=lambda value: value * (1 - value),
+)
+
+identity = Constraint(
+    name="identity",
+    description="any finite number",
+    contains=math.isfinite,
+    to_raw=float,
+    from_raw=lambda raw: raw,
+    value_of=float,
+    raw_derivative=lambda value: 1.0,
 )

@@ -6,6 +6,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
 
 
@@ -22,6 +24,15 @@ def load(name):
 
 def test_recurse_and_gdtuo_compute_the_same_one_step_hypergradient():
     assert load("peers_online").hypergradient_agreement() < 1e-10
+
+
+def test_recurse_and_gdtuo_sgd_stacks_follow_the_same_trajectory():
+    """With lr learned in its own units, as gdtuo does, both take the same
+    steps: the training losses after 40 steps agree."""
+    bench = load("peers_online")
+    for height in (2, 3):
+        ours, theirs = (bench.measure(name, "SGD", height, steps=40, device="cpu") for name in ("recurse", "gdtuo"))
+        assert ours["loss"] == pytest.approx(theirs["loss"], rel=1e-5)
 
 
 def test_the_peer_online_benchmark_measures_both_implementations():

@@ -3,6 +3,7 @@ a DDP model under a depth-2 tower, and MetaTrainer data-parallel over tasks,
 both equal to one process on the whole batch."""
 
 import importlib.util
+import os
 import socket
 import subprocess
 import sys
@@ -29,7 +30,8 @@ def run_two_ranks(mode, out):
         port = probe.getsockname()[1]
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
                "--master_port", str(port), str(JOB), mode, str(out)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONFAULTHANDLER": "1"})  # a crash prints every thread's stack
     assert done.returncode == 0, done.stderr[-3000:]
     return [torch.load(out / f"rank{rank}.pt") for rank in range(2)]
 

@@ -41,15 +41,27 @@ def test_the_learned_optimizer_example_trains_saves_and_reloads_an_lstm(tmp_path
 
 
 def test_ddp_runs_under_torchrun_on_two_processes():
+    import os
     import socket
     import subprocess
     import sys
+    import warnings
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_addr", "127.0.0.1", "--master_port", str(port), str(EXAMPLES / "ddp.py"),
-                           "--steps", "60"], capture_output=True, text=True, timeout=300)
+    def launch():
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                               "--master_addr", "127.0.0.1", "--master_port", str(port), str(EXAMPLES / "ddp.py"),
+                               "--steps", "60"], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "PYTHONFAULTHANDLER": "1"})  # a crash prints every thread's stack
+
+    done = launch()
+    if done.returncode != 0 and "2 process(es): lr" in done.stdout and "SIGABRT" in done.stderr:
+        # The run finished and printed its result, then a rank aborted while
+        # gloo was torn down (PyTorch; seen once in many full-suite runs,
+        # never alone). Say so, and run it once more.
+        warnings.warn(f"examples/ddp.py aborted at gloo tear-down after finishing:\n{done.stderr[-3000:]}")
+        done = launch()
     assert done.returncode == 0, done.stderr[-3000:]
     assert "2 process(es): lr" in done.stdout

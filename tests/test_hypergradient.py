@@ -125,3 +125,23 @@ def test_update_depends_on_params_is_declared_truthfully(case):
     here = hypergradient_at([torch.randn(s, generator=generator, dtype=torch.float64) for s in shapes])
     there = hypergradient_at([torch.randn(s, generator=generator, dtype=torch.float64) for s in shapes])
     assert optimizer.update_depends_on_params() == (not torch.allclose(here, there, rtol=1e-12, atol=0))
+
+
+def test_with_the_identity_parametrization_lr_itself_takes_the_hypergradient_step():
+    """parametrization={"lr": "identity"} (gdtuo's): d loss / d raw is
+    d loss / d lr = -g_t . g_{t-1}, and lr_{t+1} = lr_t - hyper_lr * that."""
+    inputs, targets = regression_data()
+    model = small_mlp()
+    opt = rc.HyperOptimizer(model.parameters(), rc.SGD(0.05, hyper=rc.SGD(1e-3), parametrization={"lr": "identity"}))
+    previous_grads, lr = None, 0.05
+    for _ in range(4):
+        opt.zero_grad()
+        full_batch_loss(model, inputs, targets).backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        opt.step()
+        if previous_grads is not None:
+            expected = -sum((g * h).sum() for g, h in zip(grads, previous_grads)).item()
+            assert opt.last_hypergradients[0].item() == pytest.approx(expected, rel=1e-10, abs=0)
+            lr = lr - 1e-3 * expected
+        assert opt.hyperparameters()["0.lr"] == pytest.approx(lr, rel=1e-12)
+        previous_grads = grads

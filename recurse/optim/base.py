@@ -37,7 +37,7 @@ from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from recurse.constraints import Constraint
+from recurse.constraints import Constraint, identity
 from recurse.transforms import Normalizer, make_normalizer
 
 State = dict[str, Any]
@@ -88,6 +88,11 @@ class Optimizer:
     - ``normalize``: how this level normalises the gradient it receives
       before using it: None, ``"rms"`` (running RMS, see
       :class:`recurse.transforms.RunningRMS`) or a ``Normalizer``.
+    - ``parametrization``: ``{name: "identity"}`` learns that value in its
+      own units, raw = value, as "Gradient Descent: The Ultimate Optimizer"
+      (gdtuo) does, instead of its constrained form (log lr, logit beta;
+      ``"constrained"``, the default). A hyper-step is then additive, and
+      nothing keeps the value in its valid set (a negative lr ascends).
 
     A new optimizer declares its knobs and writes ``init`` and ``update``:
 
@@ -115,10 +120,12 @@ class Optimizer:
         hyper: Optimizer | None = None,
         learn: Iterable[str] | str | None = None,
         normalize: str | Normalizer | None = None,
+        parametrization: Mapping[str, str] | None = None,
         **values: Any,
     ) -> None:
         owner = f"rc.{type(self).__name__}"
         specs = {spec.name: spec for spec in self.hyperparameter_specs}
+        self._constraints = _constraints_of(owner, specs, parametrization)
         unknown = sorted(set(values) - set(specs))
         if unknown:
             raise TypeError(f"{owner}: unknown hyperparameter(s) {unknown}; expected some of {sorted(specs)}")
@@ -129,17 +136,17 @@ class Optimizer:
             name: spec.validate(owner, values[name]) for name, spec in specs.items()
         }
         self.learnable: tuple[str, ...] = self._select_learnable(owner, specs, learn)
-        self._learnable_constraints = [(name, specs[name].constraint) for name in self.learnable]
+        self._learnable_constraints = [(name, self._constraints[name]) for name in self.learnable]
         self.hyper = _check_hyper(owner, hyper)
         self.normalizer = make_normalizer(normalize)
         self.tied_depth = 0
-        constraints = [specs[name].constraint for name in self.learnable]
+        constraints = [self._constraints[name] for name in self.learnable]
         self._constraint_masks = [
             (constraint, torch.tensor([c is constraint for c in constraints]))
             for constraint in dict.fromkeys(constraints)
         ]
         self.raw = torch.tensor(
-            [specs[name].constraint.to_raw(self.initial_values[name]) for name in self.learnable],
+            [self._constraints[name].to_raw(self.initial_values[name]) for name in self.learnable],
             dtype=torch.float64,
         )
 
@@ -311,7 +318,7 @@ class Optimizer:
         ``gradient`` = d loss / d ``raw``: dividing by d value / d raw (the
         constraint's slope at the value ``raw`` gives)."""
         values = self.hyper_values(raw)
-        return {name: float(gradient[position] / self.spec(name).constraint.raw_derivative(values[name]))
+        return {name: float(gradient[position] / self._constraints[name].raw_derivative(values[name]))
                 for position, name in enumerate(self.learnable)}
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> Optimizer:
@@ -324,6 +331,21 @@ class Optimizer:
         values = ", ".join(f"{name}={value:g}" for name, value in self.current_values().items())
         hyper = "" if self.hyper is None else (", hyper=<self>" if self.hyper is self else f", hyper={self.hyper!r}")
         return f"rc.{type(self).__name__}({values}{hyper})"
+
+
+def _constraints_of(owner: str, specs: Mapping[str, Hyperparameter],
+                    parametrization: Mapping[str, str] | None) -> dict[str, Constraint]:
+    """Each hyperparameter's map from raw to value: its spec's constraint,
+    or the identity where ``parametrization`` says ``"identity"``."""
+    parametrization = dict(parametrization or {})
+    for name, kind in parametrization.items():
+        if name not in specs:
+            raise ValueError(f"{owner}: parametrization= names unknown hyperparameter {name!r}; "
+                             f"expected some of {sorted(specs)}")
+        if kind not in ("constrained", "identity"):
+            raise ValueError(f"{owner}: parametrization of {name!r} must be 'constrained' or 'identity', got {kind!r}")
+    return {name: identity if parametrization.get(name) == "identity" else spec.constraint
+            for name, spec in specs.items()}
 
 
 def _check_hyper(owner: str, hyper: Any) -> Optimizer | None:
