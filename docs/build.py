@@ -70,7 +70,8 @@ def studies_markdown() -> str:
     """docs/studies.md: each study's docstring, with how to run it."""
     lines = ["# Studies", "",
              "Each study is a script in `studies/` with `--quick` (a smoke run of a minute or less, run in CI) "
-             "and a full mode; `python -m recurse run NAME --quick` runs it too. Outputs go to "
+             "and a full mode, and `--device cuda` to run it on a GPU; `python -m recurse run NAME --quick` runs "
+             "it too. Outputs go to "
              "`results/<study>/<quick|full>/` (or `--out DIR`): the tables as CSV (`metrics.csv` for a study with "
              "one table), `summary.md`, the plots, `config.json` (the options and library versions) and `log.txt` "
              "(the `recurse` log: roll-backs, warnings); rerunning with the same folder reuses finished runs where "

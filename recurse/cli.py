@@ -126,19 +126,13 @@ def _positive_int(text: str) -> int:
 
 
 def _run_demo(args) -> None:
-    import torch
-
     from recurse.demo import markdown_table, run_demo
+    from recurse.reporting import checked_device
 
-    try:
-        device = torch.device(args.device)
-    except RuntimeError as error:
-        raise ValueError(f"unknown --device {args.device!r}: {error}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
+    device = checked_device(args.device)
     out = args.out or Path("results") / "demo" / time.strftime("%Y%m%d-%H%M%S")
     quiet = args.quiet or not sys.stderr.isatty()
-    results = run_demo(tasks=args.tasks, steps=args.steps, device=str(device), out=out, quiet=quiet, seed=args.seed)
+    results = run_demo(tasks=args.tasks, steps=args.steps, device=device, out=out, quiet=quiet, seed=args.seed)
     print(markdown_table(results))
     print(f"\nwrote {out}/config.json, metrics.csv, summary.md, demo.png")
 

@@ -64,7 +64,21 @@ def study_parser(doc: str, quick_help: str) -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default results/<study>/<quick|full>)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     return parser
+
+
+def checked_device(name: str) -> str:
+    """``name`` as a torch device string, or ValueError naming what is wrong."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"unknown --device {name!r}: {error}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
+    return str(device)
 
 
 def progress(iterable, args: argparse.Namespace, description: str):
@@ -78,7 +92,8 @@ def progress(iterable, args: argparse.Namespace, description: str):
 
 
 def study_folder(args: argparse.Namespace, study: str) -> Path:
-    """``args.out``, or results/<study>/<quick|full>; created, with
+    """``args.out``, or results/<study>/<quick|full>[-<device>] (a device
+    other than the CPU gets its own folder); created, with
     ``config.json`` (the study, its options and the library versions) and
     ``log.txt``, which from now on receives the ``recurse`` logger's
     messages (roll-backs of non-finite steps, warnings) with timestamps."""
@@ -86,7 +101,9 @@ def study_folder(args: argparse.Namespace, study: str) -> Path:
 
     import recurse
 
-    out = args.out or Path("results") / study / ("quick" if args.quick else "full")
+    device = checked_device(getattr(args, "device", "cpu"))
+    default = ("quick" if args.quick else "full") + ("" if device == "cpu" else f"-{device.replace(':', '')}")
+    out = args.out or Path("results") / study / default
     out.mkdir(parents=True, exist_ok=True)
     options = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
     config = {"study": study, "options": options, "recurse": recurse.__version__, "torch": torch.__version__}

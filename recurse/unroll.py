@@ -228,7 +228,8 @@ def evaluate(optimizer: Optimizer, losses: Callable[[list[Tensor], int], Tensor]
     of per-task losses (a batch of independent tasks); the gradient is that
     of their sum. Returns ``(history, params)``: the losses before each step
     and after the last, detached, shape ``(steps + 1, *losses.shape)``, and
-    the final parameters. :func:`evaluate_torch` does the same for torch.optim.
+    the final parameters. The optimizer is moved to the parameters' device
+    and dtype first. :func:`evaluate_torch` does the same for torch.optim.
 
     >>> history, final = rc.evaluate(rc.SGD(0.25), lambda params, k: (params[0] ** 2).sum(), [torch.ones(2)], steps=3)
     >>> history.tolist()
@@ -236,6 +237,8 @@ def evaluate(optimizer: Optimizer, losses: Callable[[list[Tensor], int], Tensor]
     """
     _check_options(steps, "final", None, None)
     params = [p.detach() for p in params]
+    if params:  # as the engines do: the optimizer's values follow the parameters
+        optimizer.to(params[0].device, params[0].dtype)
     state = optimizer.init(params)
     hyper = _detach_tree(optimizer.hyper_values())
     history = []

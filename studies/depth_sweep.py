@@ -56,7 +56,6 @@ def measure(depth: int, steps: int, seed: int, device: str) -> dict:
 
 def main(argv=None):
     parser = study_parser(__doc__, "depths 0, 1, 2, 4, 8, 150 steps, one seed (about 30 s)")
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("--measure", nargs=3, type=int, metavar=("DEPTH", "STEPS", "SEED"),
                         help="internal: measure one run in this process and print it as JSON")
     args = parser.parse_args(argv)

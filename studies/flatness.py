@@ -64,7 +64,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     out = study_folder(args, "flatness")
     steps, seeds = (300, [0]) if args.quick else (3000, [0, 1, 2])
-    task = Digits(dtype=torch.float64)
+    task = Digits(dtype=torch.float64, device=args.device)
     rows = []
     for name, build in progress(methods().items(), args, "methods"):
         for seed in seeds:

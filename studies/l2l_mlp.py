@@ -59,8 +59,8 @@ class BatchedMLPs:
         self.initial = []
         for fan_in, fan_out in zip(sizes, sizes[1:]):  # torch.nn.Linear's U(-1/sqrt(fan_in), 1/sqrt(fan_in))
             bound = 1 / math.sqrt(fan_in)
-            self.initial.append((torch.rand(count, fan_in, fan_out, generator=generator) * 2 - 1) * bound)
-            self.initial.append((torch.rand(count, fan_out, generator=generator) * 2 - 1) * bound)
+            for shape in ((count, fan_in, fan_out), (count, fan_out)):  # drawn on the CPU: the same on any device
+                self.initial.append(((torch.rand(shape, generator=generator) * 2 - 1) * bound).to(data.device))
 
     def logits(self, params: list[Tensor], inputs: Tensor) -> Tensor:
         """inputs (count, n, features) -> logits (count, n, outputs)."""
@@ -147,7 +147,7 @@ def main(argv=None):
     def progress_bar(iterable, description):
         return progress(iterable, args, description)
 
-    data = Digits(seed=0)
+    data = Digits(seed=0, device=args.device)
     lstm, meta_log = cached_meta_training(out, f"lstm-{args.meta_steps}x{args.models}-lr{args.meta_lr:g}",
                                           lambda: meta_train(data, args, progress_bar))
     rc.checkpoint.save(lstm.state_dict(), out / "lstm.pt")

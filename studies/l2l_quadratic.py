@@ -51,14 +51,14 @@ def baselines() -> dict:
 
 def run_torch(build, lr: float, tasks: QuadraticBatch) -> Tensor:
     """Losses of every task at steps 0..STEPS, shape (STEPS + 1, tasks)."""
-    start = [torch.zeros(len(tasks), DIM, dtype=tasks.weights.dtype)]
+    start = [torch.zeros(len(tasks), DIM, dtype=tasks.weights.dtype, device=tasks.weights.device)]
     return rc.evaluate_torch(lambda params: build(params, lr), lambda params, k: tasks.losses(params[0]), start,
                              steps=STEPS)[0]
 
 
 def run_learned(lstm: rc.LSTMOptimizer, tasks: QuadraticBatch) -> Tensor:
     """The same with the learned optimizer at fixed weights (no meta-gradient)."""
-    start = [torch.zeros(len(tasks), DIM, dtype=tasks.weights.dtype)]
+    start = [torch.zeros(len(tasks), DIM, dtype=tasks.weights.dtype, device=tasks.weights.device)]
     return rc.evaluate(lstm, lambda params, k: tasks.losses(params[0]), start, steps=STEPS)[0]
 
 
@@ -84,8 +84,8 @@ def meta_train(args, meta_objective_kind: str, progress_bar) -> tuple[rc.LSTMOpt
 
     The meta-loss sums, over the unroll, either the losses (``"loss"``, the
     paper) or the per-task log losses (``"log"``)."""
-    family = QuadraticFamily(DIM, seed=0)
-    start = [torch.zeros(args.task_batch, DIM, dtype=torch.float64)]
+    family = QuadraticFamily(DIM, seed=0, device=args.device)
+    start = [torch.zeros(args.task_batch, DIM, dtype=torch.float64, device=args.device)]
 
     def objectives(tasks):
         if meta_objective_kind == "log":
@@ -132,8 +132,8 @@ def main(argv=None):
     def progress_bar(iterable, description):
         return progress(iterable, args, description)
 
-    training_tasks = QuadraticFamily(DIM, seed=2).sample_batch(32 if args.quick else 128)
-    held_out = QuadraticFamily(DIM, seed=1).sample_batch(100 if args.quick else 500)
+    training_tasks = QuadraticFamily(DIM, seed=2, device=args.device).sample_batch(32 if args.quick else 128)
+    held_out = QuadraticFamily(DIM, seed=1, device=args.device).sample_batch(100 if args.quick else 500)
     curves = {}  # (method, the metric its lr was tuned for) -> losses; learned ones count for both metrics
     for name, build in progress_bar(baselines().items(), "tuning baselines"):
         for metric, lr in tune(build, training_tasks, args.seed).items():

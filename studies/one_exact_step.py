@@ -37,51 +37,54 @@ LEARNING_RATES = [10.0 ** e for e in range(-5, 1)]
 DAMPING = 1e-4
 
 
-def closed_form_rows(tasks: int) -> list[dict]:
+def closed_form_rows(tasks: int, device: str = "cpu") -> list[dict]:
     rows = []
     for dtype in (torch.float64, torch.float32):
         name = str(dtype).replace("torch.", "")
         for seed in range(tasks):
-            task = LinearRegression(seed=seed)  # drawn in float64, then cast: the same data in both precisions
+            # drawn in float64, then cast: the same data in both precisions
+            task = LinearRegression(seed=seed, device=device)
             for name_ in ("train_inputs", "train_targets", "valid_inputs", "valid_targets"):
                 setattr(task, name_, getattr(task, name_).to(dtype))
             model = task.model()
             opt = rc.HyperOptimizer(model.parameters(), rc.Newton())
             opt.step(lambda: task.loss(model, task.train_inputs, task.train_targets))
             weights, bias, _ = LinearRegression(seed=seed).minimum()  # the reference, solved in float64
-            found = torch.cat([model.weight[0].double(), model.bias.double()]).detach()
+            found = torch.cat([model.weight[0].double(), model.bias.double()]).detach().cpu()
             target = torch.cat([weights, bias.reshape(1)])
             rows.append({"problem": "linear regression (20 features)", "dtype": name, "seed": seed,
                          "relative_error": ((found - target).norm() / target.norm()).item()})
             quadratic = QuadraticFamily(10, seed=seed, dtype=torch.float64).sample()
             solution, _ = quadratic.minimum()
-            theta = torch.zeros(10, dtype=dtype, requires_grad=True)
-            weights32, targets32 = quadratic.weights.to(dtype), quadratic.targets.to(dtype)
+            theta = torch.zeros(10, dtype=dtype, device=device, requires_grad=True)
+            weights32, targets32 = quadratic.weights.to(device, dtype), quadratic.targets.to(device, dtype)
             opt = rc.HyperOptimizer([theta], rc.Newton())
             opt.step(lambda: (weights32 @ theta - targets32).square().sum())
             rows.append({"problem": "quadratic family (10-d)", "dtype": name, "seed": seed,
-                         "relative_error": ((theta.detach().double() - solution).norm() / solution.norm()).item()})
+                         "relative_error": ((theta.detach().double().cpu() - solution).norm()
+                                            / solution.norm()).item()})
     return rows
 
 
-def logistic_regression():
-    task = Digits(dtype=torch.float64)
+def logistic_regression(device: str):
+    task = Digits(dtype=torch.float64, device=device)
     inputs, targets = task.train_inputs, task.train_targets
 
     def loss(x):
         weights, bias = x[:640].view(64, 10), x[640:]
         return torch.nn.functional.cross_entropy(inputs @ weights + bias, targets)
 
-    return loss, torch.zeros(650, dtype=torch.float64)
+    return loss, torch.zeros(650, dtype=torch.float64, device=device)
 
 
-def problems(quick: bool):
+def problems(quick: bool, device: str = "cpu"):
     rosenbrock = Rosenbrock(2)
-    yield "Rosenbrock (2-D)", rosenbrock.loss, rosenbrock.start(), 4
-    yield "x cos(pi x), from 0.5", XCosPiX().loss, torch.tensor([0.5], dtype=torch.float64), 4
-    yield "exp(x) - 2x, from 1", lambda x: (torch.exp(x) - 2 * x).sum(), torch.tensor([1.0], dtype=torch.float64), 4
+    yield "Rosenbrock (2-D)", rosenbrock.loss, rosenbrock.start(device=device), 4
+    yield "x cos(pi x), from 0.5", XCosPiX().loss, torch.tensor([0.5], dtype=torch.float64, device=device), 4
+    yield "exp(x) - 2x, from 1", lambda x: (torch.exp(x) - 2 * x).sum(), torch.tensor([1.0], dtype=torch.float64,
+                                                                                   device=device), 4
     if not quick:
-        loss, start = logistic_regression()
+        loss, start = logistic_regression(device)
         yield "logistic regression, digits (650-d)", loss, start, 2
 
 
@@ -105,10 +108,10 @@ def first_order_steps_to_reach(loss_fn, start, target, make_optimizer, max_steps
     return best
 
 
-def one_step_rows(quick: bool, args=None) -> list[dict]:
+def one_step_rows(quick: bool, args=None, device: str = "cpu") -> list[dict]:
     rows = []
     max_steps = 1000 if quick else 20000
-    for name, loss_fn, start, max_order in progress(list(problems(quick)), args, "one-step problems"):
+    for name, loss_fn, start, max_order in progress(list(problems(quick, device)), args, "one-step problems"):
         start_loss = loss_fn(start).item()
         dimension = start.numel()
         for order in range(1, max_order + 1):
@@ -135,14 +138,14 @@ def one_step_rows(quick: bool, args=None) -> list[dict]:
     return rows
 
 
-def basin_rows(points: int, args=None) -> list[dict]:
+def basin_rows(points: int, args=None, device: str = "cpu") -> list[dict]:
     landscape = XCosPiX()
     (local_x, _), (global_x, _) = landscape.minima()
     rows = []
     for index in progress(range(points), args, "basin starts"):
         start = landscape.low + (landscape.high - landscape.low) * (index + 0.5) / points
         for method in ("gradient descent", "Newton", "Taylor order 3"):
-            x = torch.tensor([start], dtype=torch.float64)
+            x = torch.tensor([start], dtype=torch.float64, device=device)
             outcome = "diverged"
             try:
                 for _ in range(200):
@@ -169,8 +172,8 @@ def basin_rows(points: int, args=None) -> list[dict]:
     return rows
 
 
-def saddle_trajectory(steps: int = 12) -> list[float]:
-    x, trajectory = torch.tensor([1.0], dtype=torch.float64), []
+def saddle_trajectory(steps: int = 12, device: str = "cpu") -> list[float]:
+    x, trajectory = torch.tensor([1.0], dtype=torch.float64, device=device), []
     for _ in range(steps):
         x = x + exact.newton_direction(lambda p: Cubic().loss(p[0]), [x])[0]
         trajectory.append(x.item())
@@ -181,10 +184,10 @@ def main(argv=None):
     parser = study_parser(__doc__, "3 tasks, no digits, 60 basin starts (about 30 s)")
     args = parser.parse_args(argv)
     out = study_folder(args, "one_exact_step")
-    closed = closed_form_rows(3 if args.quick else 20)
-    one_step = one_step_rows(args.quick, args)
-    basins = basin_rows(60 if args.quick else 300, args)
-    saddle = saddle_trajectory()
+    closed = closed_form_rows(3 if args.quick else 20, args.device)
+    one_step = one_step_rows(args.quick, args, args.device)
+    basins = basin_rows(60 if args.quick else 300, args, args.device)
+    saddle = saddle_trajectory(device=args.device)
     publish(out, _summary(closed, one_step, basins, saddle),
             {"closed_form": closed, "one_step": one_step, "basins": basins})
     _plot_basins(out / "basins.png", basins)

@@ -35,21 +35,21 @@ from recurse.reporting import publish, saved_figure, study_folder, study_parser
 EPS = {"float32": 2.0**-24, "float64": 2.0**-53}
 
 
-def quadratic(center: float, dtype: torch.dtype):
+def quadratic(center: float, dtype: torch.dtype, device: str = "cpu"):
     """x -> f(x) evaluated in ``dtype``, and its derivative, for f = (x - center)^2 + 1."""
-    c = torch.tensor(center, dtype=dtype)
+    c = torch.tensor(center, dtype=dtype, device=device)
 
     def value(x: float) -> float:
-        t = torch.tensor(x, dtype=dtype)
+        t = torch.tensor(x, dtype=dtype, device=device)
         return ((t - c) ** 2 + 1).item()
 
     def slope(x: float) -> float:
-        return (2 * (torch.tensor(x, dtype=dtype) - c)).item()
+        return (2 * (torch.tensor(x, dtype=dtype, device=device) - c)).item()
 
     return value, slope, float(c.double())
 
 
-def regression_line(seed: int, dtype: torch.dtype):
+def regression_line(seed: int, dtype: torch.dtype, device: str = "cpu"):
     """t -> L(w* + t u) evaluated in ``dtype`` (w* the float64 least-squares fit, u a random unit
     direction) and its derivative; the minimiser is t = 0."""
     task = LinearRegression(seed=seed)
@@ -57,16 +57,16 @@ def regression_line(seed: int, dtype: torch.dtype):
     point = torch.cat([weights, bias.reshape(1)])
     direction = torch.randn(point.numel(), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     direction = direction / direction.norm()
-    design = torch.cat([task.train_inputs, torch.ones_like(task.train_targets)], dim=1).to(dtype)
-    targets = task.train_targets.to(dtype)
-    point, direction = point.to(dtype), direction.to(dtype)
+    design = torch.cat([task.train_inputs, torch.ones_like(task.train_targets)], dim=1).to(device, dtype)
+    targets = task.train_targets.to(device, dtype)
+    point, direction = point.to(device, dtype), direction.to(device, dtype)
 
     def value(t: float) -> float:
-        residual = design @ (point + torch.tensor(t, dtype=dtype) * direction).unsqueeze(1) - targets
+        residual = design @ (point + torch.tensor(t, dtype=dtype, device=device) * direction).unsqueeze(1) - targets
         return residual.square().mean().item()
 
     def slope(t: float) -> float:
-        residual = design @ (point + torch.tensor(t, dtype=dtype) * direction).unsqueeze(1) - targets
+        residual = design @ (point + torch.tensor(t, dtype=dtype, device=device) * direction).unsqueeze(1) - targets
         return (2 * (residual * (design @ direction.unsqueeze(1))).mean()).item()
 
     return value, slope, 0.0
@@ -103,8 +103,9 @@ def main(argv=None):
         name = str(dtype).replace("torch.", "")
         for seed in range(count):
             centers = torch.rand(1, generator=torch.Generator().manual_seed(seed)).item() * 2 - 1
-            for problem, (value, slope, center) in (("1-D quadratic (x - c)^2 + 1", quadratic(centers, dtype)),
-                                                     ("linear regression, along a line", regression_line(seed, dtype))):
+            problems = (("1-D quadratic (x - c)^2 + 1", quadratic(centers, dtype, args.device)),
+                        ("linear regression, along a line", regression_line(seed, dtype, args.device)))
+            for problem, (value, slope, center) in problems:
                 for method, locate in (("function values (golden section)", lambda: by_function_values(value, center)),
                                        ("gradient (bisection on f')", lambda: by_gradient(slope, center))):
                     rows.append({"dtype": name, "problem": problem, "method": method, "seed": seed,

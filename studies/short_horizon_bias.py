@@ -52,7 +52,7 @@ def main(argv=None):
     steps, batch_sizes = (500, (32, 512)) if args.quick else (1500, (32, 128, 512))
     out = study_folder(args, "short_horizon_bias")
 
-    task = SyntheticRegression(seed=0)
+    task = SyntheticRegression(seed=0, device=args.device)
     rows, trajectories = [], {}
     for batch_size in progress(batch_sizes, args, "batch sizes"):
         for name, build in methods().items():

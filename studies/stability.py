@@ -52,12 +52,12 @@ VARIANTS = {
 }
 
 
-def meta_train(variant: dict, unroll: int, batches: int, task_batch: int, meta_lr: float) -> tuple:
+def meta_train(variant: dict, unroll: int, batches: int, task_batch: int, meta_lr: float, device: str) -> tuple:
     """Meta-train one LSTM; returns it and one log entry per meta-step."""
     options = dict(variant)
     lstm = rc.LSTMOptimizer(preprocess=options.pop("preprocess", "log_sign"), seed=0)
-    family = QuadraticFamily(DIM, seed=0)
-    start = [torch.zeros(task_batch, DIM, dtype=torch.float64)]
+    family = QuadraticFamily(DIM, seed=0, device=device)
+    start = [torch.zeros(task_batch, DIM, dtype=torch.float64, device=device)]
 
     def objective_of(tasks):
         return lambda params, k: tasks.loss(params[0])
@@ -79,7 +79,7 @@ def meta_train(variant: dict, unroll: int, batches: int, task_batch: int, meta_l
 def _row(name: str, unroll: int, lstm, log: list[dict], held_out) -> dict:
     """What one run measured: its meta-gradient norms and roll-backs, and the
     held-out losses of the learned optimizer on the family and on x SCALE tasks."""
-    start = [torch.zeros(len(held_out), DIM, dtype=torch.float64)]
+    start = [torch.zeros(len(held_out), DIM, dtype=torch.float64, device=held_out.weights.device)]
     losses, _ = rc.evaluate(lstm, lambda params, k: held_out.losses(params[0]), start, steps=STEPS)
     scaled, _ = rc.evaluate(lstm, lambda params, k: SCALE * held_out.losses(params[0]), start, steps=STEPS)
     norms = [entry["meta_gradient_norm"] for entry in log]
@@ -99,13 +99,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     batches, task_batch, held_out_count = (4, 8, 100) if args.quick else (40, 16, 500)
     out = study_folder(args, "stability")
-    held_out = QuadraticFamily(DIM, seed=1).sample_batch(held_out_count)
+    held_out = QuadraticFamily(DIM, seed=1, device=args.device).sample_batch(held_out_count)
     rows, logs = [], []
     runs = [(name, unroll) for name in VARIANTS for unroll in UNROLLS]
     for name, unroll in progress(runs, args, "meta-training runs"):
         key = f"{name}-unroll{unroll}-{batches}x{task_batch}-lr{args.meta_lr:g}".replace(" ", "_").replace("/", "-")
         lstm, log = cached_meta_training(out, key, lambda: meta_train(VARIANTS[name], unroll, batches, task_batch,
-                                                                      args.meta_lr))
+                                                                      args.meta_lr, args.device))
         rows.append(_row(name, unroll, lstm, log, held_out))
         logs += [{"variant": name, "unroll": unroll, "meta_step": index + 1, **entry} for index, entry in enumerate(log)]
     publish(out, _summary(rows, batches, task_batch, held_out_count), {"metrics": rows, "meta_training": logs})

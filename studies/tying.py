@@ -58,7 +58,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     steps, seeds = (100, [0]) if args.quick else (1000, [0, 1, 2])
     out = study_folder(args, "tying")
-    task = Digits(seed=0)
+    task = Digits(seed=0, device=args.device)
     runs = [(method, lr, seed) for method in METHODS for lr in INITIAL_LRS for seed in seeds]
     rows = [cached(out, f"{method}-lr{lr:g}-seed{seed}-steps{steps}".replace(" ", "_").replace(",", ""),
                    lambda: run(task, method, lr, steps, seed))

@@ -68,7 +68,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     out = study_folder(args, "ultimate_optimizer")
     steps, seeds, max_height = (150, [0], 4) if args.quick else (1000, [0, 1, 2], 6)
-    task = Digits()
+    task = Digits(device=args.device)
 
     stack_rows = []
     for family, build in (("SGD", sgd_stack), ("Adam", adam_stack)):

@@ -24,6 +24,7 @@ import sys
 import optuna
 
 from recurse.baselines.compare import compare
+from recurse.problems import make_task
 from recurse.reporting import study_folder, study_parser, write_csv
 
 TARGET_LOSS_RATIO = 1.05
@@ -77,9 +78,9 @@ def main(argv=None):
     rows = []
     for task in ("digits", "mnist1d"):
         for optimizer in optimizers:
-            runs = compare(task, methods=["fixed", "depth2", "grid", "random", "tpe"], optimizer=optimizer,
-                           budget=16 * steps, steps=steps, seeds=seeds, out=out / f"{task}-{optimizer}",
-                           quiet=args.quiet or not sys.stderr.isatty())
+            runs = compare(make_task(task, device=args.device), methods=["fixed", "depth2", "grid", "random", "tpe"],
+                           optimizer=optimizer, budget=16 * steps, steps=steps, seeds=seeds,
+                           out=out / f"{task}-{optimizer}", quiet=args.quiet or not sys.stderr.isatty())
             rows += verdict_rows(task, optimizer, runs)
 
     write_csv(out / "verdict.csv", rows)

@@ -173,6 +173,9 @@ ROWS = [
      r"recurse: error: unknown method 'bayes'"),
     ("cli-bad-device", "an unknown device on the command line", lambda: command_line("demo", "--device", "nonsense"),
      CommandLineError, r"recurse: error: unknown --device 'nonsense'"),
+    ("study-bad-device", "an unknown device for a study",
+     lambda: command_line("run", "precision", "--quick", "--device", "nonsense", "--out", "/tmp/recurse-bad-device"),
+     CommandLineError, r"recurse: error: unknown --device 'nonsense'"),
 ]
 
 
