@@ -85,3 +85,12 @@ def test_a_saturated_hyperparameter_skips_the_step_instead_of_dividing_by_zero()
     (theta ** 2).sum().backward()
     opt.step()
     assert opt.nonfinite_steps == 1 and torch.equal(theta.detach(), torch.ones(3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("make", [lambda: rc.SGD(0.1, momentum=0.9), lambda: rc.Adam(0.1), lambda: rc.AdamW(0.1),
+                                  lambda: rc.RMSprop(0.1), lambda: rc.Adagrad(0.1)])
+def test_every_built_in_steps_an_empty_parameter_list(make):
+    """The foreach ops refuse empty lists; the list helpers fall back to the per-tensor loop."""
+    optimizer = make()
+    new_params, _ = optimizer.update([], [], optimizer.init([]), optimizer.hyper_values())
+    assert new_params == []

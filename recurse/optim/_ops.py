@@ -76,8 +76,9 @@ def total(xs: list[Tensor]) -> Tensor:
 
 
 def _per_tensor(scalar: Scalar, *lists: list[Tensor]) -> bool:
-    """True when the differentiable single-tensor ops must be used."""
-    return isinstance(scalar, Tensor) or any(x.requires_grad for xs in lists for x in xs)
+    """True when the single-tensor ops must be used: a tensor scalar or a
+    graph to keep (differentiable), or an empty list (foreach ops refuse one)."""
+    return isinstance(scalar, Tensor) or not lists[0] or any(x.requires_grad for xs in lists for x in xs)
 
 
 def scale_all(xs: list[Tensor], factor: Scalar) -> list[Tensor]:

@@ -103,7 +103,8 @@ class Adam(Optimizer):
             if "beta2" in learnable or ("weight_decay" in learnable and not decoupled):
                 roots = torch._foreach_sqrt(new_state["exp_avg_sq"])
                 # z / s, 0 where s = 0: there every gradient so far was 0, so m_t and z are 0 too.
-                z_over_root = torch._foreach_div(z, torch._foreach_clamp_min(roots, torch.finfo(roots[0].dtype).tiny))
+                tiny = torch.finfo(roots[0].dtype).tiny if roots else 0.0
+                z_over_root = torch._foreach_div(z, torch._foreach_clamp_min(roots, tiny))
                 z_d_over_root = torch._foreach_mul(z_over_root, decayed)
             w_dot_m = _ops.dot(w, exp_avgs) if "lr" in learnable or "beta1" in learnable else None
             rows = []  # (coefficient, 0-d tensor): d p_t / d value = coefficient * tensor

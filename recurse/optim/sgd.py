@@ -56,7 +56,7 @@ class SGD(Optimizer):
         previous = list(state["momentum_buffer"])
         directions = buffers = decayed
         if self.initial_values["momentum"] != 0.0:
-            if previous[0] is not None:  # (all buffers start together, on the first step)
+            if previous and previous[0] is not None:  # (all buffers start together, on the first step)
                 buffers = _ops.add_scaled_all(_ops.scale_all(previous, momentum), decayed, 1 - hyper["dampening"])
             directions = _ops.add_scaled_all(decayed, buffers, momentum) if self.nesterov else buffers
         else:
@@ -74,7 +74,7 @@ class SGD(Optimizer):
         new_params, new_state, (decayed, previous, buffers, directions) = self._step(params, grads, state, values)
         lr, momentum, dampening = values["lr"], values["momentum"], values["dampening"]
         use_momentum = momentum != 0.0
-        first = not use_momentum or previous[0] is None
+        first = not use_momentum or not previous or previous[0] is None
         nesterov = self.nesterov
         learnable = self.learnable
 
