@@ -100,7 +100,7 @@ class Clip(Normalizer):
         return {}
 
     def apply(self, grads: Sequence[Tensor], state: dict[str, Any]) -> tuple[list[Tensor], dict[str, Any]]:
-        norm = torch.stack([g.square().sum() for g in grads]).sum().sqrt()
+        norm = _ops.dot(grads, grads).sqrt()
         scale = torch.clamp(self.max_norm / (norm + 1e-30), max=1.0)
         return [g * scale for g in grads], state
 

@@ -286,5 +286,4 @@ def evaluate_torch(make_optimizer: Callable[[list[Tensor]], torch.optim.Optimize
 def gradients(loss: Tensor, params: Sequence[Tensor], **options) -> list[Tensor]:
     """d loss / d params by ``torch.autograd.grad(loss, params, **options)``,
     with zeros for parameters the loss does not reach."""
-    grads = torch.autograd.grad(loss, params, allow_unused=True, **options)
-    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+    return list(torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True, **options))

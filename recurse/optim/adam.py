@@ -50,7 +50,8 @@ class Adam(Optimizer):
 
     def _step(self, params, grads, state, hyper):
         """The update, and its intermediates: the lists d_t (the gradient
-        with L2 weight decay) and denominators sqrt(v_t) / sqrt(1 - beta2^t) + eps."""
+        with L2 weight decay) and denominators sqrt(v_t) / sqrt(1 - beta2^t) + eps,
+        and the scalars 1 - beta1^t, sqrt(1 - beta2^t) and lr / (1 - beta1^t)."""
         lr, beta1, beta2, eps = hyper["lr"], hyper["beta1"], hyper["beta2"], hyper["eps"]
         weight_decay = hyper["weight_decay"]
         has_weight_decay = self.initial_values["weight_decay"] != 0.0
@@ -68,8 +69,8 @@ class Adam(Optimizer):
         exp_avg_sqs = _ops.addcmul_all(_ops.scale_all(state["exp_avg_sq"], beta2), grads, grads, 1 - beta2)
         denoms = _ops.shift_all(_ops.divide_all(_ops.sqrt_all(exp_avg_sqs), bias_correction2_sqrt), eps)
         new_params = _ops.addcdiv_all(params, exp_avgs, denoms, -step_size)
-        decayed = grads
-        return new_params, {"step": step, "exp_avg": exp_avgs, "exp_avg_sq": exp_avg_sqs}, (decayed, denoms)
+        new_state = {"step": step, "exp_avg": exp_avgs, "exp_avg_sq": exp_avg_sqs}
+        return new_params, new_state, (grads, denoms, bias_correction1, bias_correction2_sqrt, step_size)
 
     def update_with_vjp(self, params, grads, state, values):
         """Closed form. With r = m_t / den, den = s / c + eps, s = sqrt(v_t),
@@ -84,12 +85,10 @@ class Adam(Optimizer):
 
         where a term divided by s is 0 at s = 0 (as :func:`recurse.optim._ops.sqrt` defines it).
         """
-        new_params, new_state, (decayed, denoms) = self._step(params, grads, state, values)
+        new_params, new_state, (decayed, denoms, bias_correction1, c, step_size) = \
+            self._step(params, grads, state, values)
         lr, beta1, beta2 = values["lr"], values["beta1"], values["beta2"]
         weight_decay, step = values["weight_decay"], new_state["step"]
-        bias_correction1 = 1 - beta1**step
-        c = (1 - beta2**step) ** 0.5
-        step_size = lr / bias_correction1
         learnable, decoupled = self.learnable, self.decoupled_weight_decay
         exp_avgs, previous_avgs = new_state["exp_avg"], state["exp_avg"]
         params = list(params)
