@@ -102,3 +102,14 @@ def train_step(model, optimizer, inputs, targets) -> float:
     loss.backward()
     optimizer.step()
     return loss.item()
+
+
+def autograd_vjp(optimizer: rc.Optimizer, params, grads, state, incoming) -> torch.Tensor:
+    """The reference for a closed form: incoming . d update(params) / d raw,
+    by autograd through ``optimizer.update`` (0 where no knob acts on this step)."""
+    leaf = optimizer.raw.detach().clone().requires_grad_()
+    outputs, _ = optimizer.update(params, grads, state, optimizer.hyper_values(leaf))
+    pairs = [(output, c) for output, c in zip(outputs, incoming) if output.requires_grad]
+    gradient = None if not pairs else torch.autograd.grad([output for output, _ in pairs], leaf,
+                                                          grad_outputs=[c for _, c in pairs], allow_unused=True)[0]
+    return torch.zeros_like(leaf) if gradient is None else gradient

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import recurse as rc
+from optimizer_table import autograd_vjp
 
 CONFIGURATIONS = {
     "sgd": lambda: rc.SGD(0.05),
@@ -39,13 +40,6 @@ def random_problem(seed):
         step[0][0, 0] = 0.0
         grads.append(step)
     return params, grads
-
-
-def autograd_vjp(optimizer, params, grads, state, incoming):
-    leaf = optimizer.raw.detach().clone().requires_grad_()
-    outputs, _ = optimizer.update(params, grads, state, optimizer.hyper_values(leaf))
-    (gradient,) = torch.autograd.grad(outputs, leaf, grad_outputs=incoming, allow_unused=True)
-    return torch.zeros_like(leaf) if gradient is None else gradient
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGURATIONS))
