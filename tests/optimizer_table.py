@@ -96,8 +96,8 @@ def regression_data(seed: int = 1, count: int = 32, dtype=torch.float64):
     return inputs, targets
 
 
-def train_step(model, optimizer, inputs, targets) -> float:
-    optimizer.zero_grad()
+def train_step(model, optimizer, inputs, targets, *, set_to_none: bool = True) -> float:
+    optimizer.zero_grad(set_to_none=set_to_none)
     loss = torch.nn.functional.mse_loss(model(inputs), targets)
     loss.backward()
     optimizer.step()

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import recurse as rc
-from optimizer_table import CASE_IDS, CASES, regression_data, small_mlp
+from optimizer_table import CASE_IDS, CASES, regression_data, small_mlp, train_step
 
 
 def full_batch_loss(model, inputs, targets):
@@ -145,3 +145,17 @@ def test_with_the_identity_parametrization_lr_itself_takes_the_hypergradient_ste
             lr = lr - 1e-3 * expected
         assert opt.hyperparameters()["0.lr"] == pytest.approx(lr, rel=1e-12)
         previous_grads = grads
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_a_loop_that_zeroes_grads_in_place_learns_the_same_as_one_that_sets_them_to_none(case):
+    """The engine keeps g_t for the next hypergradient; zero_grad(set_to_none=False)
+    zeroes that very tensor in place, and must change nothing."""
+    inputs, targets = regression_data()
+    runs = []
+    for set_to_none in (True, False):
+        model = small_mlp()
+        opt = rc.HyperOptimizer(model.parameters(), case.make(hyper=rc.Adam(1e-2, hyper=rc.SGD(1e-3))))
+        losses = [train_step(model, opt, inputs, targets, set_to_none=set_to_none) for _ in range(6)]
+        runs.append((losses, opt.hyperparameters()))
+    assert runs[0] == runs[1]

@@ -58,6 +58,8 @@ class SGD(Optimizer):
         if self.initial_values["momentum"] != 0.0:
             if previous and previous[0] is not None:  # (all buffers start together, on the first step)
                 buffers = _ops.add_scaled_all(_ops.scale_all(previous, momentum), decayed, 1 - hyper["dampening"])
+            else:  # b_1 = d_1, a copy: d_1 may be the caller's .grad, which a loop can zero in place
+                buffers = [d.clone() for d in decayed]
             directions = _ops.add_scaled_all(decayed, buffers, momentum) if self.nesterov else buffers
         else:
             buffers = [None] * len(params)
