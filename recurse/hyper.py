@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import Tensor
 
+from recurse.optim import _ops
 from recurse.optim.base import Optimizer, State
 
 log = logging.getLogger("recurse")
@@ -232,8 +233,8 @@ class HyperOptimizer(torch.optim.Optimizer):
             proposal = self._propose(grads, hypergradients, closure)
         if self.guard != "off":
             proposed = list(proposal.raws.values()) + (proposal.model_params or [])
-            if not _all_finite(proposed):
-                self._reject("gradient" if not _all_finite(grads) else "update")
+            if not _ops.all_finite(proposed):
+                self._reject("gradient" if not _ops.all_finite(grads) else "update")
                 return loss
         self.last_hypergradients, self._hypergradient_points = hypergradients, points
         self._commit(proposal)
@@ -334,8 +335,7 @@ class HyperOptimizer(torch.optim.Optimizer):
     def _commit(self, proposal: _Proposal) -> None:
         if proposal.model_params is not None:
             with torch.no_grad():
-                for param, value in zip(self._params, proposal.model_params):
-                    param.copy_(value)
+                _ops.copy_all(self._params, proposal.model_params)
         for index, raw in proposal.raws.items():
             self.levels[index].optimizer.raw = raw
         for index, (state, norm_state, last_update) in proposal.level_updates.items():
@@ -523,15 +523,6 @@ def _detach_tree(tree: Any) -> Any:
     if isinstance(tree, (list, tuple)):
         return type(tree)(_detach_tree(value) for value in tree)
     return tree
-
-
-def _all_finite(tensors: list[Tensor]) -> bool:
-    """True when no tensor holds NaN or inf. One sum per tensor (a NaN or
-    inf anywhere makes the sum non-finite), much cheaper than isfinite();
-    finite values so large that their sum overflows count as divergence."""
-    if not tensors:
-        return True
-    return bool(torch.isfinite(torch.stack([t.sum() for t in tensors])).all())
 
 
 def _learned_values(levels: list[_Level]) -> list[Tensor]:

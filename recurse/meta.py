@@ -24,7 +24,8 @@ import torch
 from torch import Tensor
 
 from recurse.distributed import all_ranks_agree, total
-from recurse.hyper import _advance, _all_finite, _detach_tree
+from recurse.hyper import _advance, _detach_tree
+from recurse.optim import _ops
 from recurse.optim.base import Optimizer, State
 from recurse.unroll import Objective, _check_options, gradients, unroll
 
@@ -172,7 +173,7 @@ class MetaTrainer:
         top = self.optimizers[-1]
         new_values, (state, norm_state, _) = _advance(top, top.raw, [leaf.detach()], [gradient], self.states[-1],
                                                       self.top_norm_state, learned=False)
-        finite = _all_finite([loss.detach(), gradient, new_values[0]])
+        finite = _ops.all_finite([loss.detach(), gradient, new_values[0]])
         if self.distributed:
             finite = all_ranks_agree(finite, leaf.device)
         if not finite:

@@ -66,3 +66,26 @@ def test_a_run_that_cannot_recover_is_reported_diverged_with_its_rollbacks():
         train(LinearRegression(seed=0), rc.SGD(50.0), steps=400)
     result = caught.value.result
     assert 0 < result.gradient_evaluations < 400 and result.seconds > 0
+
+
+@pytest.mark.parametrize("one_kernel", [True, False], ids=["amp-kernel", "fallback-sums"])
+def test_the_finiteness_check_finds_any_nan_or_inf_and_leaves_every_value_as_it_was(one_kernel, monkeypatch):
+    from recurse.optim import _ops
+
+    if not one_kernel:
+        def missing(*args):
+            raise NotImplementedError("no such kernel here")
+        monkeypatch.setattr(torch, "_amp_foreach_non_finite_check_and_unscale_", missing)
+    generator = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(3, 4, generator=generator), torch.randn((), generator=generator, dtype=torch.float64),
+               torch.empty(0), torch.randn(5, generator=generator)[::2]]
+    tensors[1].fill_(3e38)  # large but finite: not divergence
+    assert _ops.all_finite(tensors) and _ops.all_finite([])
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        for index in (0, 1, 3):
+            corrupted = [t.clone() for t in tensors]
+            corrupted[index].view(-1)[-1] = bad
+            before = [(t.clone(), t._version) for t in corrupted]
+            assert not _ops.all_finite(corrupted), f"missed {bad} in tensor {index}"
+            for t, (copy, version) in zip(corrupted, before):
+                assert torch.equal(t.nan_to_num(), copy.nan_to_num()) and t._version == version

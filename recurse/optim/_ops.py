@@ -75,6 +75,25 @@ def total(xs: list[Tensor]) -> Tensor:
     return torch.stack([x.sum() for x in xs]).sum()
 
 
+def all_finite(xs: list[Tensor]) -> bool:
+    """True when no tensor in ``xs`` holds NaN or inf.
+
+    One kernel for the whole list: the check torch.amp's GradScaler runs on
+    gradients (``torch._amp_foreach_non_finite_check_and_unscale_``) at scale
+    1, which leaves every value bit-identical and moves no version counter.
+    Where that kernel is missing (a dtype or device without it) one sum per
+    tensor does the check: a NaN or inf anywhere makes the sum non-finite.
+    """
+    if not xs:
+        return True
+    found = torch.zeros((), device=xs[0].device)  # float32, as the kernel requires
+    try:
+        torch._amp_foreach_non_finite_check_and_unscale_(xs, found, torch.ones_like(found))
+    except (RuntimeError, NotImplementedError):
+        return bool(torch.isfinite(torch.stack([x.sum() for x in xs])).all())
+    return not found.item()
+
+
 def _per_tensor(scalar: Scalar, *lists: list[Tensor]) -> bool:
     """True when the single-tensor ops must be used: a tensor scalar or a
     graph to keep (differentiable), or an empty list (foreach ops refuse one)."""
@@ -128,6 +147,12 @@ def addcdiv_all(xs: list[Tensor], as_: list[Tensor], bs: list[Tensor], value: Sc
     if _per_tensor(value, xs, as_, bs):
         return [addcdiv(x, a, b, value) for x, a, b in zip(xs, as_, bs)]
     return torch._foreach_addcdiv(xs, as_, bs, value=value)
+
+
+def copy_all(destinations: list[Tensor], sources: list[Tensor]) -> None:
+    """destination.copy_(source) for each pair, in one foreach call."""
+    if destinations:
+        torch._foreach_copy_(destinations, sources)
 
 
 def sqrt_all(xs: list[Tensor]) -> list[Tensor]:
