@@ -63,17 +63,23 @@ class RunningRMS(Normalizer):
         self.eps = eps
 
     def init(self, grads: Sequence[Tensor]) -> dict[str, Any]:
-        return {"step": 0, "mean_square": torch.zeros((), dtype=grads[0].dtype, device=grads[0].device)}
+        return {"step": 0, "mean_square": 0.0}
 
     def apply(self, grads: Sequence[Tensor], state: dict[str, Any]) -> tuple[list[Tensor], dict[str, Any]]:
         step = state["step"] + 1
-        count = sum(g.numel() for g in grads)
-        # Few operations: on a tower's upper levels g is a handful of numbers
-        # and each operation costs far more than its arithmetic.
-        mean_square = torch.add(state["mean_square"] * self.decay, _ops.dot(grads, grads),
-                                alpha=(1.0 - self.decay) / max(count, 1))
-        scale = torch.rsqrt(mean_square * (1.0 / (1.0 - self.decay**step)) + self.eps**2)
-        return [g * scale for g in grads], {"step": step, "mean_square": mean_square}
+        count = max(sum(g.numel() for g in grads), 1)
+        square_sum = _ops.dot(list(grads), list(grads))
+        if square_sum.requires_grad:  # differentiated through (an unroll): stay in tensors
+            mean_square = state["mean_square"] * self.decay + square_sum * ((1.0 - self.decay) / count)
+            scale = torch.rsqrt(mean_square * (1.0 / (1.0 - self.decay**step)) + self.eps**2)
+            return [g * scale for g in grads], {"step": step, "mean_square": mean_square}
+        # The running mean is one number: keep it a host float, as the
+        # engine keeps hyperparameter values, instead of paying a tensor
+        # operation's dispatch for each scalar step.
+        mean_square = self.decay * float(state["mean_square"]) + (1.0 - self.decay) * square_sum.item() / count
+        denominator = mean_square / (1.0 - self.decay**step) + self.eps**2
+        scale = 1.0 / math.sqrt(denominator) if denominator > 0.0 else math.inf  # (NaN stays NaN)
+        return _ops.scale_all(list(grads), scale), {"step": step, "mean_square": mean_square}
 
     def __repr__(self) -> str:
         return f"RunningRMS(decay={self.decay}, eps={self.eps})"

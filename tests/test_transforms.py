@@ -8,13 +8,16 @@ import recurse as rc
 from recurse.transforms import RunningRMS
 
 
-def test_running_rms_follows_its_formula():
+@pytest.mark.parametrize("differentiable", [False, True], ids=["host-float-mean", "tensor-mean-in-a-graph"])
+def test_running_rms_follows_its_formula(differentiable):
     normalizer = RunningRMS(decay=0.9, eps=1e-12)
-    grads_by_step = [[torch.tensor([3.0, 4.0], dtype=torch.float64)], [torch.tensor([1.0, -1.0], dtype=torch.float64)]]
+    grads_by_step = [[torch.tensor([3.0, 4.0], dtype=torch.float64, requires_grad=differentiable)],
+                     [torch.tensor([1.0, -1.0], dtype=torch.float64, requires_grad=differentiable)]]
     state = normalizer.init(grads_by_step[0])
     mean_square = 0.0
     for step, grads in enumerate(grads_by_step, start=1):
         out, state = normalizer.apply(grads, state)
+        assert out[0].requires_grad == differentiable
         mean_square = 0.9 * mean_square + 0.1 * grads[0].square().mean().item()
         expected = grads[0] / (mean_square / (1 - 0.9**step) + 1e-24) ** 0.5
         assert torch.allclose(out[0], expected, rtol=1e-14, atol=0)

@@ -210,8 +210,9 @@ class Optimizer:
         """Rows ``(coefficient, tensor)`` with d loss / d value = coefficient *
         tensor, one per learnable hyperparameter, as the vector d loss / d raw
         (each times its constraint's d value / d raw, in one multiplication)."""
-        return torch.stack([tensor * (coefficient * constraint.raw_derivative(values[name]))
-                            for (coefficient, tensor), (name, constraint) in zip(rows, self._learnable_constraints)])
+        scaled = [tensor * (coefficient * constraint.raw_derivative(values[name]))
+                  for (coefficient, tensor), (name, constraint) in zip(rows, self._learnable_constraints)]
+        return scaled[0].reshape(1) if len(scaled) == 1 else torch.stack(scaled)
 
     def values_from_raw(self, raw: Sequence[float]) -> dict[str, float]:
         """Every hyperparameter as a Python float, the learnable ones read
