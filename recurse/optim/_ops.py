@@ -66,8 +66,12 @@ def dot(xs: list[Tensor], ys: list[Tensor]) -> Tensor:
     """sum_i <xs_i, ys_i>, a 0-d tensor: the inner product of two lists of
     tensors viewed as one long vector (closed-form hypergradients)."""
     if len(xs) == 1:
-        return torch.dot(xs[0].reshape(-1), ys[0].reshape(-1))
-    return torch.stack([torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in zip(xs, ys)]).sum()
+        return torch.dot(_flat(xs[0]), _flat(ys[0]))
+    return torch.stack([torch.dot(_flat(x), _flat(y)) for x, y in zip(xs, ys)]).sum()
+
+
+def _flat(x: Tensor) -> Tensor:
+    return x if x.dim() == 1 else x.reshape(-1)  # (a view costs a dispatch too)
 
 
 def total(xs: list[Tensor]) -> Tensor:

@@ -50,7 +50,7 @@ class Adam(Optimizer):
 
     def _step(self, params, grads, state, hyper):
         """The update, and its intermediates: the lists d_t (the gradient
-        with L2 weight decay) and denominators sqrt(v_t) / sqrt(1 - beta2^t) + eps,
+        with L2 weight decay), sqrt(v_t) and denominators sqrt(v_t) / sqrt(1 - beta2^t) + eps,
         and the scalars 1 - beta1^t, sqrt(1 - beta2^t) and lr / (1 - beta1^t)."""
         lr, beta1, beta2, eps = hyper["lr"], hyper["beta1"], hyper["beta2"], hyper["eps"]
         weight_decay = hyper["weight_decay"]
@@ -67,10 +67,11 @@ class Adam(Optimizer):
                 grads = _ops.add_scaled_all(grads, params, weight_decay)
         exp_avgs = _ops.lerp_all(state["exp_avg"], grads, 1 - beta1)
         exp_avg_sqs = _ops.addcmul_all(_ops.scale_all(state["exp_avg_sq"], beta2), grads, grads, 1 - beta2)
-        denoms = _ops.shift_all(_ops.divide_all(_ops.sqrt_all(exp_avg_sqs), bias_correction2_sqrt), eps)
+        roots = _ops.sqrt_all(exp_avg_sqs)
+        denoms = _ops.shift_all(_ops.divide_all(roots, bias_correction2_sqrt), eps)
         new_params = _ops.addcdiv_all(params, exp_avgs, denoms, -step_size)
         new_state = {"step": step, "exp_avg": exp_avgs, "exp_avg_sq": exp_avg_sqs}
-        return new_params, new_state, (grads, denoms, bias_correction1, bias_correction2_sqrt, step_size)
+        return new_params, new_state, (grads, roots, denoms, bias_correction1, bias_correction2_sqrt, step_size)
 
     def update_with_vjp(self, params, grads, state, values):
         """Closed form. With r = m_t / den, den = s / c + eps, s = sqrt(v_t),
@@ -85,7 +86,7 @@ class Adam(Optimizer):
 
         where a term divided by s is 0 at s = 0 (as :func:`recurse.optim._ops.sqrt` defines it).
         """
-        new_params, new_state, (decayed, denoms, bias_correction1, c, step_size) = \
+        new_params, new_state, (decayed, roots, denoms, bias_correction1, c, step_size) = \
             self._step(params, grads, state, values)
         lr, beta1, beta2 = values["lr"], values["beta1"], values["beta2"]
         weight_decay, step = values["weight_decay"], new_state["step"]
@@ -100,7 +101,6 @@ class Adam(Optimizer):
             needs_z = any(name in ("eps", "beta2") or (name == "weight_decay" and not decoupled) for name in learnable)
             z = torch._foreach_mul(torch._foreach_div(w, denoms), exp_avgs) if needs_z else None
             if "beta2" in learnable or ("weight_decay" in learnable and not decoupled):
-                roots = torch._foreach_sqrt(new_state["exp_avg_sq"])
                 # z / s, 0 where s = 0: there every gradient so far was 0, so m_t and z are 0 too.
                 tiny = torch.finfo(roots[0].dtype).tiny if roots else 0.0
                 z_over_root = torch._foreach_div(z, torch._foreach_clamp_min(roots, tiny))
