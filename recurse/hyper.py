@@ -18,11 +18,19 @@ level k - 1. At step t, with g_t the model gradient:
 Model parameters stay leaf tensors (updated in place, like torch.optim);
 hyperparameters are learned in their unconstrained form (log lr, logit of
 betas), see :mod:`recurse.constraints`.
+
+A level above the model whose "parameters" are a handful of numbers (the
+raw vector of the level below, at most ``HOST_LEVEL_MAX_ENTRIES``) and whose
+optimizer and normaliser declare ``host_floats`` is a *host level*: it steps
+them as Python floats (one multiply-add is ~50 ns there, against a few
+microseconds of dispatch for a tensor operation of any size). Its
+hypergradient is a list of floats; ``raw`` stays a tensor.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -35,6 +43,9 @@ from recurse.optim.base import Optimizer, State
 log = logging.getLogger("recurse")
 
 GUARD_MODES = ("skip", "raise", "off")
+# A level steps the raw vector below it in Python floats up to this size;
+# above it, one tensor operation per formula step is cheaper.
+HOST_LEVEL_MAX_ENTRIES = 64
 
 
 @dataclass
@@ -65,6 +76,7 @@ class _Level:
     def __init__(self, optimizer: Optimizer, tied: bool) -> None:
         self.optimizer = optimizer
         self.tied = tied
+        self.host = False  # steps the level below in Python floats (set by _build_levels)
         self.state: State | None = None
         self.norm_state: State | None = None
         self.last_update: _LastUpdate | None = None
@@ -137,7 +149,7 @@ class HyperOptimizer(torch.optim.Optimizer):
         self.step_count = 0
         self.nonfinite_steps = 0
         self._history: list[list[Tensor]] = []
-        self.last_hypergradients: list[Tensor | None] = [None] * len(self.levels)
+        self._last_hypergradients: list[Tensor | list[float] | None] = [None] * len(self.levels)
         self._hypergradient_points: list[Tensor | None] = [None] * len(self.levels)
         self._ready = True
 
@@ -178,6 +190,13 @@ class HyperOptimizer(torch.optim.Optimizer):
             for index, level in enumerate(self.levels)
             for name, value in level.optimizer.current_values().items()
         }
+
+    @property
+    def last_hypergradients(self) -> list[Tensor | None]:
+        """d loss / d raw that each level received at the last step (None
+        where none yet), one 1-D tensor per level on the raw's device."""
+        return [None if gradient is None else self._as_raw_tensor(index, gradient)
+                for index, gradient in enumerate(self._last_hypergradients)]
 
     def hypergradients(self) -> dict[str, float]:
         """The hypergradient each learned level received at the last step,
@@ -229,14 +248,14 @@ class HyperOptimizer(torch.optim.Optimizer):
         grads = self._model_grads()
         with torch.enable_grad():
             points = [None if level.last_update is None else level.last_update.raw for level in self.levels]
-            hypergradients = self._hypergradients(grads)
-            proposal = self._propose(grads, hypergradients, closure)
+            hypergradients, level_grads = self._hypergradients(grads)
+            proposal = self._propose(level_grads, hypergradients, closure)
         if self.guard != "off":
             proposed = list(proposal.raws.values()) + (proposal.model_params or [])
             if not _ops.all_finite(proposed):
                 self._reject("gradient" if not _ops.all_finite(grads) else "update")
                 return loss
-        self.last_hypergradients, self._hypergradient_points = hypergradients, points
+        self._last_hypergradients, self._hypergradient_points = hypergradients, points
         self._commit(proposal)
         return loss
 
@@ -270,15 +289,18 @@ class HyperOptimizer(torch.optim.Optimizer):
             grads = [grad.clone() for grad in grads]
         return grads
 
-    def _hypergradients(self, grads: list[Tensor]) -> list[Tensor | None]:
-        """G_k for every level, bottom-up; None where not available yet."""
-        incoming: list[Tensor] | None = grads
-        hypergradients: list[Tensor | None] = []
-        for level in self.levels:
+    def _hypergradients(self, grads: list[Tensor]) -> tuple[list, list]:
+        """G_k for every level, bottom-up (None where not available yet), and
+        the gradient each level steps with: the model's for level 0, G_{k-1}
+        in the level's own form (floats for a host level) for level k."""
+        hypergradients: list[Tensor | list[float] | None] = []
+        level_grads: list[list | None] = [grads]
+        for index, level in enumerate(self.levels):
             optimizer = level.optimizer
+            incoming = level_grads[index]
             if incoming is None or not optimizer.is_learned or level.last_update is None:
-                incoming = None
                 hypergradients.append(None)
+                level_grads.append(None)
                 continue
             hypergradient = _vjp(optimizer, level.last_update, incoming, retain_graph=False)
             if level.tied and level.last_self_update is not None:
@@ -287,10 +309,25 @@ class HyperOptimizer(torch.optim.Optimizer):
                     through_self = _vjp(optimizer, level.last_self_update, [through_self], retain_graph=True)
                     hypergradient = hypergradient + through_self
             hypergradients.append(hypergradient)
-            incoming = [hypergradient]
-        return hypergradients
+            above = index + 1
+            level_grads.append(self._as_level_input(above, hypergradient) if above < len(self.levels) else None)
+        return hypergradients, level_grads
 
-    def _propose(self, grads, hypergradients, closure) -> _Proposal:
+    def _as_level_input(self, index: int, gradient: Tensor | list[float]) -> list:
+        """G_{index-1} as level ``index`` steps with it: floats for a host
+        level, else a one-tensor list."""
+        if self.levels[index].host:
+            return gradient if isinstance(gradient, list) else gradient.tolist()
+        return [self._as_raw_tensor(index - 1, gradient)]
+
+    def _as_raw_tensor(self, index: int, values: Tensor | list[float]) -> Tensor:
+        """``values`` (shaped like level ``index``'s raw) as a tensor beside that raw."""
+        if isinstance(values, Tensor):
+            return values
+        raw = self.levels[index].optimizer.raw
+        return torch.tensor(values, dtype=raw.dtype, device=raw.device)
+
+    def _propose(self, level_grads, hypergradients, closure) -> _Proposal:
         raws: dict[int, Tensor] = {}
         level_updates: dict[int, tuple[State, State | None, _LastUpdate | None]] = {}
         self_update = None
@@ -314,12 +351,12 @@ class HyperOptimizer(torch.optim.Optimizer):
                 elif optimizer.is_learned and optimizer.update_depends_on_params():
                     # Kept by the last update, and the model changes in place.
                     targets = [p.clone() for p in targets]
-                target_grads = grads
             else:
                 below = self.levels[index - 1].optimizer
-                if hypergradients[index - 1] is None:
+                if level_grads[index] is None:
                     continue
-                targets, target_grads = [below.raw], [hypergradients[index - 1]]
+                targets = below.raw.tolist() if level.host else [below.raw]
+            target_grads = level_grads[index]
             raw = raws.get(index, optimizer.raw)
             new_values, (state, norm_state, last_update) = _advance(
                 optimizer, raw, targets, target_grads, level.state, level.norm_state,
@@ -328,6 +365,8 @@ class HyperOptimizer(torch.optim.Optimizer):
             level_updates[index] = (state, norm_state, last_update)
             if index == 0:
                 model_params = [value.detach() for value in new_values]
+            elif level.host:
+                raws[index - 1] = self._as_raw_tensor(index - 1, new_values)
             else:
                 raws[index - 1] = new_values[0].detach()
         return _Proposal(model_params, raws, level_updates, self_update)
@@ -437,7 +476,13 @@ def _build_levels(optimizer: Optimizer) -> list[_Level]:
             )
         if tied and current.tied_depth < 1:
             raise ValueError(f"rc.HyperOptimizer: {current!r} steps itself; build it with rc.tower(opt, depth, tie=True)")
-        levels.append(_Level(current, tied))
+        level = _Level(current, tied)
+        if levels:
+            below = levels[-1].optimizer
+            level.host = (not tied and type(current).__dict__.get("host_floats", False)
+                          and (current.normalizer is None or type(current.normalizer).__dict__.get("host_floats", False))
+                          and below.raw.numel() <= HOST_LEVEL_MAX_ENTRIES)
+        levels.append(level)
         current = None if tied else current.hyper
     return levels
 
@@ -458,6 +503,8 @@ def _advance(optimizer, raw, targets, grads, state, norm_state, *, learned, clos
         if closed is not None:
             new_values, new_state, last_update = closed
             return new_values, (new_state, norm_state, last_update)
+        if _ops.on_host(targets):  # a saturated value (see _closed_form_update): a non-finite step
+            return [math.nan] * len(targets), (state, norm_state, None)
     hyper_leaf = raw.detach().requires_grad_() if learned else None
     hyper = optimizer.hyper_values(hyper_leaf) if learned else optimizer.hyper_values()
     new_values, new_state = optimizer.update(targets, grads, state, hyper, closure=closure)
@@ -497,6 +544,8 @@ def _vjp(optimizer: Optimizer, last_update: _LastUpdate, incoming: list[Tensor],
                                      last_update.state)
         if closed is not None:
             last_update.closed_form = closed[2].closed_form
+        elif _ops.on_host(last_update.params):  # saturated (see _advance): a non-finite hypergradient
+            return [math.nan] * optimizer.raw.numel()
         else:
             leaf = last_update.raw.detach().clone().requires_grad_()
             outputs, _ = optimizer.update(last_update.params, last_update.grads, last_update.state,

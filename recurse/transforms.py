@@ -31,6 +31,10 @@ class Normalizer:
     >>> opt = rc.HyperOptimizer(model.parameters(), rc.SGD(0.1, hyper=rc.SGD(1e-3, normalize=Sign())))
     """
 
+    # True where apply also runs on host vectors (lists of Python floats, see
+    # recurse.optim._ops); declared by each class itself, not inherited.
+    host_floats = False
+
     def init(self, grads: Sequence[Tensor]) -> dict[str, Any]:
         raise NotImplementedError
 
@@ -54,6 +58,8 @@ class RunningRMS(Normalizer):
     [0.8485..., 1.1313...]
     """
 
+    host_floats = True
+
     def __init__(self, decay: float = 0.99, eps: float = 1e-12) -> None:
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"RunningRMS: decay must be in [0, 1), got {decay!r}")
@@ -67,16 +73,16 @@ class RunningRMS(Normalizer):
 
     def apply(self, grads: Sequence[Tensor], state: dict[str, Any]) -> tuple[list[Tensor], dict[str, Any]]:
         step = state["step"] + 1
-        count = max(sum(g.numel() for g in grads), 1)
+        count = max(_ops.size(grads), 1)
         square_sum = _ops.dot(list(grads), list(grads))
-        if square_sum.requires_grad:  # differentiated through (an unroll): stay in tensors
+        if isinstance(square_sum, Tensor) and square_sum.requires_grad:  # differentiated through (an unroll): stay in tensors
             mean_square = state["mean_square"] * self.decay + square_sum * ((1.0 - self.decay) / count)
             scale = torch.rsqrt(mean_square * (1.0 / (1.0 - self.decay**step)) + self.eps**2)
             return [g * scale for g in grads], {"step": step, "mean_square": mean_square}
         # The running mean is one number: keep it a host float, as the
         # engine keeps hyperparameter values, instead of paying a tensor
         # operation's dispatch for each scalar step.
-        mean_square = self.decay * float(state["mean_square"]) + (1.0 - self.decay) * square_sum.item() / count
+        mean_square = self.decay * float(state["mean_square"]) + (1.0 - self.decay) * float(square_sum) / count
         denominator = mean_square / (1.0 - self.decay**step) + self.eps**2
         scale = 1.0 / math.sqrt(denominator) if denominator > 0.0 else math.inf  # (NaN stays NaN)
         return _ops.scale_all(list(grads), scale), {"step": step, "mean_square": mean_square}

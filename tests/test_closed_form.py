@@ -88,3 +88,49 @@ def test_every_built_in_steps_an_empty_parameter_list(make):
     optimizer = make()
     new_params, _ = optimizer.update([], [], optimizer.init([]), optimizer.hyper_values())
     assert new_params == []
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGURATIONS))
+def test_on_host_floats_every_closed_form_computes_what_it_computes_on_a_tensor(name):
+    """A tower's upper levels step their few numbers as Python floats (a host
+    vector, one float per entry); the same formulas on one float64 tensor
+    (the engine's tensor path) give the same update, state and vjp."""
+    on_tensor, on_host = CONFIGURATIONS[name](), CONFIGURATIONS[name]()
+    assert type(on_host).host_floats
+    for optimizer in (on_tensor, on_host):
+        optimizer.to("cpu", torch.float64)
+    generator = torch.Generator().manual_seed(len(name))
+    start = torch.randn(5, generator=generator, dtype=torch.float64)
+    start[0] = 0.0  # a coordinate whose gradient stays 0: Adam's v_t is exactly 0 there
+    tensor_params, host_params = [start], start.tolist()
+    tensor_state, host_state = on_tensor.init(tensor_params), on_host.init(host_params)
+    values = on_tensor.values_from_raw(on_tensor.raw.tolist())
+    for _ in range(4):
+        grads = torch.randn(5, generator=generator, dtype=torch.float64)
+        grads[0] = 0.0
+        incoming = torch.randn(5, generator=generator, dtype=torch.float64)
+        tensor_params, tensor_state, tensor_vjp = on_tensor.update_with_vjp(tensor_params, [grads], tensor_state, values)
+        host_params, host_state, host_vjp = on_host.update_with_vjp(host_params, grads.tolist(), host_state, values)
+        assert all(type(value) is float for value in host_params)
+        torch.testing.assert_close(torch.tensor(host_params, dtype=torch.float64), tensor_params[0], rtol=1e-13, atol=1e-15)
+        torch.testing.assert_close(torch.tensor(host_vjp(incoming.tolist()), dtype=torch.float64),
+                                   tensor_vjp([incoming]), rtol=1e-12, atol=1e-15)
+        for key, tensors in tensor_state.items():
+            floats = host_state[key]
+            if isinstance(tensors, (list, tuple)) and tensors and tensors[0] is not None:
+                torch.testing.assert_close(torch.tensor(floats, dtype=torch.float64), tensors[0], rtol=1e-13, atol=1e-15)
+            else:
+                assert floats == tensors or (list(tensors) == [None] and floats == [None] * 5)
+
+
+def test_host_arithmetic_keeps_ieee_results_where_python_would_raise():
+    from recurse.optim import _ops
+
+    assert _ops.divide_each([1.0, -1.0, 0.0], [0.0, 0.0, 0.0])[:2] == [float("inf"), -float("inf")]
+    assert _ops.divide_each([0.0], [0.0])[0] != _ops.divide_each([0.0], [0.0])[0]  # NaN
+    assert _ops.divide_all([1.0], -0.0) == [-float("inf")]
+    assert _ops.addcdiv_all([1.0], [2.0], [0.0], 1.0) == [float("inf")]
+    root = _ops.sqrt_all([4.0, float("nan"), float("inf")])
+    assert root[0] == 2.0 and root[1] != root[1] and root[2] == float("inf")
+    assert _ops.dot([float("inf"), 1.0], [1.0, float("-inf")]) != _ops.dot([float("inf")], [1.0])  # inf - inf: NaN
+    assert _ops.clamp_min_all([float("nan"), -1.0, 2.0], 0.5)[1:] == [0.5, 2.0]

@@ -139,3 +139,37 @@ def test_model_stays_a_deep_copyable_leaf_module():
     restored = pickle.loads(pickle.dumps(model))
     for p, q, r in zip(model.parameters(), clone.parameters(), restored.parameters()):
         assert torch.equal(p, q) and torch.equal(p, r)
+
+
+HOST_TOWERS = {
+    "sgd-momentum-rms": lambda: rc.stack(rc.SGD(0.05, momentum=0.5), rc.SGD(1e-3, normalize="rms"),
+                                         rc.SGD(1e-3, momentum=0.5, nesterov=True, normalize="rms")),
+    "sgd-rms-over-adam": lambda: rc.stack(rc.Adam(1e-2, eps=1e-3), rc.SGD(1e-3, normalize="rms"), rc.SGD(1e-4)),
+    "adam-adam-adamw": lambda: rc.stack(rc.Adam(1e-2), rc.Adam(1e-3, normalize="rms"),
+                                        rc.AdamW(1e-4, weight_decay=1e-2)),
+    "rmsprop-between-host-levels": lambda: rc.stack(rc.SGD(0.05), rc.RMSprop(1e-3), rc.Adam(1e-3), rc.SGD(1e-4)),
+    "clip-keeps-a-level-on-tensors": lambda: rc.stack(rc.Adam(1e-2), rc.SGD(1e-3, normalize=rc.transforms.Clip(1.0)),
+                                                      rc.SGD(1e-3, normalize="rms")),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(HOST_TOWERS))
+def test_levels_stepped_in_host_floats_take_the_steps_tensor_levels_take(kind, monkeypatch):
+    """Upper levels run as Python floats (HyperOptimizer's host levels); with
+    that switched off every level runs on tensors. Same float64 run both ways."""
+    import recurse.hyper
+
+    inputs, targets = regression_data()
+    runs = {}
+    for host in (True, False):
+        if not host:
+            monkeypatch.setattr(recurse.hyper, "HOST_LEVEL_MAX_ENTRIES", -1)
+        model = small_mlp()
+        opt = rc.HyperOptimizer(model.parameters(), HOST_TOWERS[kind]())
+        assert any(level.host for level in opt.levels) == host
+        losses = [train_step(model, opt, inputs, targets) for _ in range(30)]
+        runs[host] = losses, opt.hyperparameters(), torch.cat(opt.last_hypergradients[:-1])
+    (host_losses, host_values, host_gradients), (losses, values, gradients) = runs[True], runs[False]
+    assert host_losses == pytest.approx(losses, rel=1e-9)
+    assert host_values == pytest.approx(values, rel=1e-9)
+    torch.testing.assert_close(host_gradients, gradients, rtol=1e-8, atol=1e-14)

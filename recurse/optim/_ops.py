@@ -10,14 +10,37 @@ The ``*_all`` versions take lists (one tensor per parameter): with a float
 and no tensor that keeps a graph they make one ``torch._foreach_*`` call for
 the whole list, as torch.optim's foreach path does; otherwise they apply the
 single-tensor op to each (differentiable, as above).
+
+They also take a list of Python floats (a *host vector*: one number per
+entry), the form in which the online engine steps a tower's upper levels,
+whose "parameters" are the few hyperparameters of the level below: there a
+tensor operation would cost its dispatch many times over its arithmetic.
+The float versions follow IEEE arithmetic as tensors do (x / 0 is inf or
+NaN, not an exception), so divergence still reaches the non-finite guard.
 """
 
 from __future__ import annotations
+
+import math
+import sys
 
 import torch
 from torch import Tensor
 
 Scalar = float | Tensor
+Vector = list[Tensor] | list[float]
+
+
+def on_host(xs: Vector) -> bool:
+    """True for a host vector (a non-empty list of Python floats)."""
+    return bool(xs) and type(xs[0]) is float
+
+
+def _divide(x: float, y: float) -> float:
+    """x / y with IEEE semantics: +-inf for x != 0 and NaN for x == 0 when y == 0."""
+    if y != 0.0:  # (NaN too)
+        return x / y
+    return math.nan if x == 0.0 or math.isnan(x) else math.copysign(math.inf, x) * math.copysign(1.0, y)
 
 
 def add_scaled(x: Tensor, y: Tensor, alpha: Scalar) -> Tensor:
@@ -62,9 +85,11 @@ def sqrt(x: Tensor) -> Tensor:
     return torch.where(positive, torch.where(positive, x, torch.ones_like(x)).sqrt(), torch.zeros_like(x))
 
 
-def dot(xs: list[Tensor], ys: list[Tensor]) -> Tensor:
+def dot(xs: Vector, ys: Vector) -> Tensor | float:
     """sum_i <xs_i, ys_i>, a 0-d tensor: the inner product of two lists of
     tensors viewed as one long vector (closed-form hypergradients)."""
+    if on_host(xs):
+        return sum((x * y for x, y in zip(xs, ys)), 0.0)
     if len(xs) == 1:
         return torch.dot(_flat(xs[0]), _flat(ys[0]))
     return torch.stack([torch.dot(_flat(x), _flat(y)) for x, y in zip(xs, ys)]).sum()
@@ -74,9 +99,26 @@ def _flat(x: Tensor) -> Tensor:
     return x if x.dim() == 1 else x.reshape(-1)  # (a view costs a dispatch too)
 
 
-def total(xs: list[Tensor]) -> Tensor:
+def total(xs: Vector) -> Tensor | float:
     """The sum of every entry of every tensor in ``xs``, a 0-d tensor."""
+    if on_host(xs):
+        return sum(xs, 0.0)
     return torch.stack([x.sum() for x in xs]).sum()
+
+
+def size(xs: Vector) -> int:
+    """The number of entries of all of ``xs``."""
+    return len(xs) if on_host(xs) else sum(x.numel() for x in xs)
+
+
+def zero_like(x: Tensor | float) -> Tensor | float:
+    """A 0-d zero on ``x``'s device and dtype (0.0 for a float)."""
+    return 0.0 if type(x) is float else x.new_zeros(())
+
+
+def tiny(xs: Vector) -> float:
+    """The smallest positive normal number of the entries' type."""
+    return sys.float_info.min if on_host(xs) or not xs else torch.finfo(xs[0].dtype).tiny
 
 
 def all_finite(xs: list[Tensor]) -> bool:
@@ -104,53 +146,104 @@ def _per_tensor(scalar: Scalar, *lists: list[Tensor]) -> bool:
     return isinstance(scalar, Tensor) or not lists[0] or any(x.requires_grad for xs in lists for x in xs)
 
 
-def scale_all(xs: list[Tensor], factor: Scalar) -> list[Tensor]:
+def scale_all(xs: Vector, factor: Scalar) -> Vector:
     """[x * factor]."""
+    if on_host(xs):
+        return [x * factor for x in xs]
     if _per_tensor(factor, xs):
         return [x * factor for x in xs]
     return torch._foreach_mul(xs, factor)
 
 
-def divide_all(xs: list[Tensor], divisor: Scalar) -> list[Tensor]:
+def divide_all(xs: Vector, divisor: Scalar) -> Vector:
     """[x / divisor]."""
+    if on_host(xs):
+        return [_divide(x, divisor) for x in xs]
     if _per_tensor(divisor, xs):
         return [x / divisor for x in xs]
     return torch._foreach_div(xs, divisor)
 
 
-def shift_all(xs: list[Tensor], offset: Scalar) -> list[Tensor]:
+def shift_all(xs: Vector, offset: Scalar) -> Vector:
     """[x + offset]."""
+    if on_host(xs):
+        return [x + offset for x in xs]
     if _per_tensor(offset, xs):
         return [x + offset for x in xs]
     return torch._foreach_add(xs, offset)
 
 
-def add_scaled_all(xs: list[Tensor], ys: list[Tensor], alpha: Scalar) -> list[Tensor]:
+def add_scaled_all(xs: Vector, ys: Vector, alpha: Scalar) -> Vector:
     """[x + alpha * y]."""
+    if on_host(xs):
+        return [x + alpha * y for x, y in zip(xs, ys)]
     if _per_tensor(alpha, xs, ys):
         return [add_scaled(x, y, alpha) for x, y in zip(xs, ys)]
     return torch._foreach_add(xs, ys, alpha=alpha)
 
 
-def lerp_all(xs: list[Tensor], ys: list[Tensor], weight: Scalar) -> list[Tensor]:
+def lerp_all(xs: Vector, ys: Vector, weight: Scalar) -> Vector:
     """[x + weight * (y - x)]."""
+    if on_host(xs):
+        return [x + weight * (y - x) for x, y in zip(xs, ys)]
     if _per_tensor(weight, xs, ys):
         return [lerp(x, y, weight) for x, y in zip(xs, ys)]
     return torch._foreach_lerp(xs, ys, weight)
 
 
-def addcmul_all(xs: list[Tensor], as_: list[Tensor], bs: list[Tensor], value: Scalar) -> list[Tensor]:
+def addcmul_all(xs: Vector, as_: Vector, bs: Vector, value: Scalar) -> Vector:
     """[x + value * a * b]."""
+    if on_host(xs):
+        return [x + value * a * b for x, a, b in zip(xs, as_, bs)]
     if _per_tensor(value, xs, as_, bs):
         return [addcmul(x, a, b, value) for x, a, b in zip(xs, as_, bs)]
     return torch._foreach_addcmul(xs, as_, bs, value=value)
 
 
-def addcdiv_all(xs: list[Tensor], as_: list[Tensor], bs: list[Tensor], value: Scalar) -> list[Tensor]:
+def addcdiv_all(xs: Vector, as_: Vector, bs: Vector, value: Scalar) -> Vector:
     """[x + value * a / b]."""
+    if on_host(xs):
+        return [x + value * _divide(a, b) for x, a, b in zip(xs, as_, bs)]
     if _per_tensor(value, xs, as_, bs):
         return [addcdiv(x, a, b, value) for x, a, b in zip(xs, as_, bs)]
     return torch._foreach_addcdiv(xs, as_, bs, value=value)
+
+
+def divide_each(xs: Vector, ys: Vector) -> Vector:
+    """[x / y]."""
+    if on_host(xs):
+        return [_divide(x, y) for x, y in zip(xs, ys)]
+    if _per_tensor(1.0, xs, ys):
+        return [x / y for x, y in zip(xs, ys)]
+    return torch._foreach_div(xs, ys)
+
+
+def multiply_each(xs: Vector, ys: Vector) -> Vector:
+    """[x * y]."""
+    if on_host(xs):
+        return [x * y for x, y in zip(xs, ys)]
+    if _per_tensor(1.0, xs, ys):
+        return [x * y for x, y in zip(xs, ys)]
+    return torch._foreach_mul(xs, ys)
+
+
+def clamp_min_all(xs: Vector, floor: float) -> Vector:
+    """[max(x, floor)] (NaN stays NaN)."""
+    if on_host(xs):
+        return [x if x >= floor or math.isnan(x) else floor for x in xs]
+    if _per_tensor(floor, xs):
+        return [x.clamp_min(floor) for x in xs]
+    return torch._foreach_clamp_min(xs, floor)
+
+
+def copies(xs: Vector) -> Vector:
+    """Copies of the tensors (floats are values already)."""
+    return list(xs) if on_host(xs) else [x.clone() for x in xs]
+
+
+def zeros_like_all(xs: Vector) -> Vector:
+    """Zeros shaped like each entry."""
+    return [0.0] * len(xs) if on_host(xs) else [torch.zeros_like(x) for x in xs]
 
 
 def copy_all(destinations: list[Tensor], sources: list[Tensor]) -> None:
@@ -159,8 +252,10 @@ def copy_all(destinations: list[Tensor], sources: list[Tensor]) -> None:
         torch._foreach_copy_(destinations, sources)
 
 
-def sqrt_all(xs: list[Tensor]) -> list[Tensor]:
+def sqrt_all(xs: Vector) -> Vector:
     """[sqrt(x)], with :func:`sqrt`'s derivative at 0 where a graph is kept."""
+    if on_host(xs):
+        return [math.sqrt(x) if x >= 0.0 else math.nan for x in xs]
     if _per_tensor(1.0, xs):
         return [sqrt(x) for x in xs]
     return torch._foreach_sqrt(xs)

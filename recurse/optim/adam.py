@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from recurse.constraints import positive, unit_interval
 from recurse.optim import _ops
 from recurse.optim.base import Hyperparameter, Optimizer
@@ -21,6 +19,7 @@ class Adam(Optimizer):
     """
 
     decoupled_weight_decay = False
+    host_floats = True
     hyperparameter_specs = (
         Hyperparameter("lr", positive),
         Hyperparameter("beta1", unit_interval, can_be_off=True),
@@ -37,8 +36,8 @@ class Adam(Optimizer):
     def init(self, params):
         return {
             "step": 0,
-            "exp_avg": [torch.zeros_like(p) for p in params],
-            "exp_avg_sq": [torch.zeros_like(p) for p in params],
+            "exp_avg": _ops.zeros_like_all(params),
+            "exp_avg_sq": _ops.zeros_like_all(params),
         }
 
     def update_depends_on_params(self):
@@ -97,14 +96,13 @@ class Adam(Optimizer):
         def vjp(incoming):
             # Every row is a few inner products with w = incoming / den and
             # z = w m_t / den (= incoming r / den), so no per-row temporaries.
-            w = torch._foreach_div(list(incoming), denoms)
+            w = _ops.divide_each(list(incoming), denoms)
             needs_z = any(name in ("eps", "beta2") or (name == "weight_decay" and not decoupled) for name in learnable)
-            z = torch._foreach_mul(torch._foreach_div(w, denoms), exp_avgs) if needs_z else None
+            z = _ops.multiply_each(_ops.divide_each(w, denoms), exp_avgs) if needs_z else None
             if "beta2" in learnable or ("weight_decay" in learnable and not decoupled):
                 # z / s, 0 where s = 0: there every gradient so far was 0, so m_t and z are 0 too.
-                tiny = torch.finfo(roots[0].dtype).tiny if roots else 0.0
-                z_over_root = torch._foreach_div(z, torch._foreach_clamp_min(roots, tiny))
-                z_d_over_root = torch._foreach_mul(z_over_root, decayed)
+                z_over_root = _ops.divide_each(z, _ops.clamp_min_all(roots, _ops.tiny(roots)))
+                z_d_over_root = _ops.multiply_each(z_over_root, decayed)
             w_dot_m = _ops.dot(w, exp_avgs) if "lr" in learnable or "beta1" in learnable else None
             rows = []  # (coefficient, 0-d tensor): d p_t / d value = coefficient * tensor
             for name in learnable:
@@ -140,6 +138,7 @@ class AdamW(Adam):
     ('lr', 'beta1', 'beta2', 'eps', 'weight_decay')"""
 
     decoupled_weight_decay = True
+    host_floats = True
 
     def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, **options):
         super().__init__(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, **options)

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from recurse.constraints import Constraint, identity
+from recurse.optim import _ops
 from recurse.transforms import Normalizer, make_normalizer
 
 State = dict[str, Any]
@@ -113,6 +114,11 @@ class Optimizer:
     # True for rules that need the loss's graph (Newton's Hessian): the
     # online engine then requires step(closure) and takes the gradient itself.
     needs_loss_graph: ClassVar[bool] = False
+    # True for rules whose init, update and update_with_vjp also run on host
+    # vectors (lists of Python floats, see recurse.optim._ops): the online
+    # engine then steps this optimizer's levels above the model in floats.
+    # Declared by each class itself; a subclass does not inherit it.
+    host_floats: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -212,6 +218,8 @@ class Optimizer:
         (each times its constraint's d value / d raw, in one multiplication)."""
         scaled = [tensor * (coefficient * constraint.raw_derivative(values[name]))
                   for (coefficient, tensor), (name, constraint) in zip(rows, self._learnable_constraints)]
+        if _ops.on_host(scaled):
+            return scaled
         return scaled[0].reshape(1) if len(scaled) == 1 else torch.stack(scaled)
 
     def values_from_raw(self, raw: Sequence[float]) -> dict[str, float]:

@@ -21,6 +21,7 @@ class SGD(Optimizer):
     >>> opt = rc.SGD(0.1, momentum=0.9, hyper=rc.SGD(1e-3))
     """
 
+    host_floats = True
     hyperparameter_specs = (
         Hyperparameter("lr", positive),
         Hyperparameter("momentum", unit_interval, can_be_off=True),
@@ -59,7 +60,7 @@ class SGD(Optimizer):
             if previous and previous[0] is not None:  # (all buffers start together, on the first step)
                 buffers = _ops.add_scaled_all(_ops.scale_all(previous, momentum), decayed, 1 - hyper["dampening"])
             else:  # b_1 = d_1, a copy: d_1 may be the caller's .grad, which a loop can zero in place
-                buffers = [d.clone() for d in decayed]
+                buffers = _ops.copies(decayed)
             directions = _ops.add_scaled_all(decayed, buffers, momentum) if self.nesterov else buffers
         else:
             buffers = [None] * len(params)
@@ -86,13 +87,13 @@ class SGD(Optimizer):
                 if name == "lr":
                     rows.append((-1.0, _ops.dot(incoming, directions)))
                 elif name == "momentum":  # d u / d momentum = [b_t if Nesterov] + (momentum if Nesterov else 1) b_{t-1}
-                    row = _ops.dot(incoming, buffers) if nesterov else incoming[0].new_zeros(())
+                    row = _ops.dot(incoming, buffers) if nesterov else _ops.zero_like(incoming[0])
                     if not first:
                         row = row + (momentum if nesterov else 1.0) * _ops.dot(incoming, previous)
                     rows.append((-lr, row))
                 elif name == "dampening":
                     scale = 0.0 if first else (momentum if nesterov else 1.0)
-                    rows.append((lr * scale, incoming[0].new_zeros(()) if first else _ops.dot(incoming, decayed)))
+                    rows.append((lr * scale, _ops.zero_like(incoming[0]) if first else _ops.dot(incoming, decayed)))
                 else:  # weight_decay
                     through_buffer = 1.0 if first else 1.0 - dampening
                     scale = (1.0 + momentum * through_buffer if nesterov else through_buffer) if use_momentum else 1.0
