@@ -151,6 +151,7 @@ class HyperOptimizer(torch.optim.Optimizer):
         self._history: list[list[Tensor]] = []
         self._last_hypergradients: list[Tensor | list[float] | None] = [None] * len(self.levels)
         self._hypergradient_points: list[Tensor | None] = [None] * len(self.levels)
+        self._finite = _ops.FiniteCheck(reference.device)
         self._ready = True
 
     # --- construction checks --------------------------------------------
@@ -252,8 +253,8 @@ class HyperOptimizer(torch.optim.Optimizer):
             proposal = self._propose(level_grads, hypergradients, closure)
         if self.guard != "off":
             proposed = list(proposal.raws.values()) + (proposal.model_params or [])
-            if not _ops.all_finite(proposed):
-                self._reject("gradient" if not _ops.all_finite(grads) else "update")
+            if not self._finite(proposed):
+                self._reject("gradient" if not self._finite(grads) else "update")
                 return loss
         self._last_hypergradients, self._hypergradient_points = hypergradients, points
         self._commit(proposal)

@@ -81,11 +81,13 @@ def test_the_finiteness_check_finds_any_nan_or_inf_and_leaves_every_value_as_it_
                torch.empty(0), torch.randn(5, generator=generator)[::2]]
     tensors[1].fill_(3e38)  # large but finite: not divergence
     assert _ops.all_finite(tensors) and _ops.all_finite([])
+    reused = _ops.FiniteCheck("cpu")  # as HyperOptimizer keeps one
     for bad in (float("nan"), float("inf"), -float("inf")):
         for index in (0, 1, 3):
             corrupted = [t.clone() for t in tensors]
             corrupted[index].view(-1)[-1] = bad
             before = [(t.clone(), t._version) for t in corrupted]
             assert not _ops.all_finite(corrupted), f"missed {bad} in tensor {index}"
+            assert not reused(corrupted) and reused(tensors), "a reused check must forget what it found"
             for t, (copy, version) in zip(corrupted, before):
                 assert torch.equal(t.nan_to_num(), copy.nan_to_num()) and t._version == version

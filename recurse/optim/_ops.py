@@ -122,22 +122,37 @@ def tiny(xs: Vector) -> float:
 
 
 def all_finite(xs: list[Tensor]) -> bool:
-    """True when no tensor in ``xs`` holds NaN or inf.
+    """True when no tensor in ``xs`` holds NaN or inf (see :class:`FiniteCheck`)."""
+    return FiniteCheck(xs[0].device)(xs) if xs else True
+
+
+class FiniteCheck:
+    """A reusable :func:`all_finite` for tensors on one device.
 
     One kernel for the whole list: the check torch.amp's GradScaler runs on
     gradients (``torch._amp_foreach_non_finite_check_and_unscale_``) at scale
     1, which leaves every value bit-identical and moves no version counter.
-    Where that kernel is missing (a dtype or device without it) one sum per
-    tensor does the check: a NaN or inf anywhere makes the sum non-finite.
+    Its two flag tensors are kept between calls (the found flag is reset
+    only after it fired). Where that kernel is missing (a dtype or device
+    without it) one sum per tensor does the check: a NaN or inf anywhere
+    makes the sum non-finite.
     """
-    if not xs:
+
+    def __init__(self, device: torch.device | str) -> None:
+        self.found = torch.zeros((), device=device)  # float32, as the kernel requires
+        self.scale = torch.ones((), device=device)
+
+    def __call__(self, xs: list[Tensor]) -> bool:
+        if not xs:
+            return True
+        try:
+            torch._amp_foreach_non_finite_check_and_unscale_(xs, self.found, self.scale)
+        except (RuntimeError, NotImplementedError):
+            return bool(torch.isfinite(torch.stack([x.sum() for x in xs])).all())
+        if self.found.item():
+            self.found.zero_()
+            return False
         return True
-    found = torch.zeros((), device=xs[0].device)  # float32, as the kernel requires
-    try:
-        torch._amp_foreach_non_finite_check_and_unscale_(xs, found, torch.ones_like(found))
-    except (RuntimeError, NotImplementedError):
-        return bool(torch.isfinite(torch.stack([x.sum() for x in xs])).all())
-    return not found.item()
 
 
 def _per_tensor(scalar: Scalar, *lists: list[Tensor]) -> bool:
