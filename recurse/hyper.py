@@ -150,7 +150,7 @@ class HyperOptimizer(torch.optim.Optimizer):
         self.nonfinite_steps = 0
         self._history: list[list[Tensor]] = []
         self._last_hypergradients: list[Tensor | list[float] | None] = [None] * len(self.levels)
-        self._hypergradient_points: list[Tensor | None] = [None] * len(self.levels)
+        self._hypergradient_points: list[Tensor | list[float] | None] = [None] * len(self.levels)
         self._finite = _ops.FiniteCheck(reference.device)
         self._ready = True
 
@@ -208,7 +208,8 @@ class HyperOptimizer(torch.optim.Optimizer):
         for index, (level, gradient) in enumerate(zip(self.levels, self.last_hypergradients)):
             if gradient is None:
                 continue
-            values = level.optimizer.hypergradient_values(self._hypergradient_points[index], gradient)
+            point = self._as_raw_tensor(index, self._hypergradient_points[index])
+            values = level.optimizer.hypergradient_values(point, gradient)
             result.update({f"{index}.{name}": value for name, value in values.items()})
         return result
 
@@ -252,8 +253,9 @@ class HyperOptimizer(torch.optim.Optimizer):
             hypergradients, level_grads = self._hypergradients(grads)
             proposal = self._propose(level_grads, hypergradients, closure)
         if self.guard != "off":
-            proposed = list(proposal.raws.values()) + (proposal.model_params or [])
-            if not self._finite(proposed):
+            proposed = [raw for raw in proposal.raws.values() if isinstance(raw, Tensor)] + (proposal.model_params or [])
+            host_values = [value for raw in proposal.raws.values() if isinstance(raw, list) for value in raw]
+            if not (all(map(math.isfinite, host_values)) and self._finite(proposed)):
                 self._reject("gradient" if not self._finite(grads) else "update")
                 return loss
         self._last_hypergradients, self._hypergradient_points = hypergradients, points
@@ -325,8 +327,8 @@ class HyperOptimizer(torch.optim.Optimizer):
         """``values`` (shaped like level ``index``'s raw) as a tensor beside that raw."""
         if isinstance(values, Tensor):
             return values
-        raw = self.levels[index].optimizer.raw
-        return torch.tensor(values, dtype=raw.dtype, device=raw.device)
+        optimizer = self.levels[index].optimizer
+        return torch.tensor(values, dtype=optimizer.raw_dtype, device=optimizer.raw_device)
 
     def _propose(self, level_grads, hypergradients, closure) -> _Proposal:
         raws: dict[int, Tensor] = {}
@@ -356,9 +358,11 @@ class HyperOptimizer(torch.optim.Optimizer):
                 below = self.levels[index - 1].optimizer
                 if level_grads[index] is None:
                     continue
-                targets = below.raw.tolist() if level.host else [below.raw]
+                targets = list(below.raw_floats()) if level.host else [below.raw]
             target_grads = level_grads[index]
-            raw = raws.get(index, optimizer.raw)
+            raw = raws.get(index)
+            if raw is None:
+                raw = optimizer.raw_floats() if optimizer.is_learned else optimizer.raw
             new_values, (state, norm_state, last_update) = _advance(
                 optimizer, raw, targets, target_grads, level.state, level.norm_state,
                 learned=optimizer.is_learned, closure=closure if index == 0 else None,
@@ -367,7 +371,7 @@ class HyperOptimizer(torch.optim.Optimizer):
             if index == 0:
                 model_params = [value.detach() for value in new_values]
             elif level.host:
-                raws[index - 1] = self._as_raw_tensor(index - 1, new_values)
+                raws[index - 1] = _ops.rounded(new_values, below.raw_dtype)
             else:
                 raws[index - 1] = new_values[0].detach()
         return _Proposal(model_params, raws, level_updates, self_update)
@@ -377,7 +381,10 @@ class HyperOptimizer(torch.optim.Optimizer):
             with torch.no_grad():
                 _ops.copy_all(self._params, proposal.model_params)
         for index, raw in proposal.raws.items():
-            self.levels[index].optimizer.raw = raw
+            if isinstance(raw, list):
+                self.levels[index].optimizer.set_raw_floats(raw)
+            else:
+                self.levels[index].optimizer.raw = raw
         for index, (state, norm_state, last_update) in proposal.level_updates.items():
             level = self.levels[index]
             level.state, level.norm_state, level.last_update = state, norm_state, last_update
@@ -506,6 +513,8 @@ def _advance(optimizer, raw, targets, grads, state, norm_state, *, learned, clos
             return new_values, (new_state, norm_state, last_update)
         if _ops.on_host(targets):  # a saturated value (see _closed_form_update): a non-finite step
             return [math.nan] * len(targets), (state, norm_state, None)
+    if isinstance(raw, list):
+        raw = torch.tensor(raw, dtype=optimizer.raw_dtype, device=optimizer.raw_device)
     hyper_leaf = raw.detach().requires_grad_() if learned else None
     hyper = optimizer.hyper_values(hyper_leaf) if learned else optimizer.hyper_values()
     new_values, new_state = optimizer.update(targets, grads, state, hyper, closure=closure)
@@ -525,8 +534,9 @@ def _closed_form_update(optimizer, raw, targets, grads, state):
     values (no graph), or None when the optimizer has no closed form."""
     if type(optimizer).update_with_vjp is Optimizer.update_with_vjp:
         return None
-    raw = raw.detach()
-    values = optimizer.values_from_raw(raw.tolist())
+    if isinstance(raw, Tensor):
+        raw = raw.detach()
+    values = optimizer.values_from_raw(raw if isinstance(raw, list) else raw.tolist())
     if not optimizer.within_constraints(values):
         return None  # saturated: the tensor path gives the inf/NaN the guard rejects
     result = optimizer.update_with_vjp(targets, grads, state, values)
@@ -548,7 +558,10 @@ def _vjp(optimizer: Optimizer, last_update: _LastUpdate, incoming: list[Tensor],
         elif _ops.on_host(last_update.params):  # saturated (see _advance): a non-finite hypergradient
             return [math.nan] * optimizer.raw.numel()
         else:
-            leaf = last_update.raw.detach().clone().requires_grad_()
+            raw = last_update.raw
+            if isinstance(raw, list):
+                raw = torch.tensor(raw, dtype=optimizer.raw_dtype, device=optimizer.raw_device)
+            leaf = raw.detach().clone().requires_grad_()
             outputs, _ = optimizer.update(last_update.params, last_update.grads, last_update.state,
                                           optimizer.hyper_values(leaf))
             last_update.hyper_leaf, last_update.outputs = leaf, outputs

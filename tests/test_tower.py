@@ -173,3 +173,14 @@ def test_levels_stepped_in_host_floats_take_the_steps_tensor_levels_take(kind, m
     assert host_losses == pytest.approx(losses, rel=1e-9)
     assert host_values == pytest.approx(values, rel=1e-9)
     torch.testing.assert_close(host_gradients, gradients, rtol=1e-8, atol=1e-14)
+
+
+def test_raw_set_as_host_floats_reads_back_as_the_tensor_of_its_dtype_and_follows_in_place_edits():
+    optimizer = rc.Adam(1e-3, hyper=rc.SGD(1e-4))
+    optimizer.to("cpu", torch.float32)
+    optimizer.set_raw_floats([0.1, -2.0, 3.0, 1e39])
+    assert optimizer.raw.dtype == torch.float32
+    assert optimizer.raw.tolist() == torch.tensor([0.1, -2.0, 3.0, 1e39], dtype=torch.float32).tolist()
+    assert optimizer.raw_floats() == optimizer.raw.tolist()  # rounded as the tensor holds them
+    optimizer.raw.mul_(2.0)  # an in-place edit of the tensor is what raw_floats reads next
+    assert optimizer.raw_floats() == optimizer.raw.tolist() and optimizer.raw_floats()[1] == -4.0

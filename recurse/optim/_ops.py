@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import sys
+from array import array
 
 import torch
 from torch import Tensor
@@ -83,6 +84,15 @@ def sqrt(x: Tensor) -> Tensor:
         return x.sqrt()
     positive = x > 0
     return torch.where(positive, torch.where(positive, x, torch.ones_like(x)).sqrt(), torch.zeros_like(x))
+
+
+def rounded(values: list[float], dtype: torch.dtype) -> list[float]:
+    """Python floats rounded to ``dtype``, as a tensor of that dtype holds them."""
+    if dtype == torch.float64:
+        return list(values)
+    if dtype == torch.float32:
+        return array("f", values).tolist()
+    return torch.tensor(values, dtype=dtype).tolist()
 
 
 def dot(xs: Vector, ys: Vector) -> Tensor | float:

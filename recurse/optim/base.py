@@ -260,6 +260,34 @@ class Optimizer:
             raise ValueError(f"rc.{type(self).__name__}.step: {len(params)} params but {len(grads)} grads")
         return self.update(params, grads, state, self.hyper_values() if hyper is None else hyper, closure=closure)
 
+    # --- the learnable values: a tensor, or host floats the engine set ------
+
+    @property
+    def raw(self) -> Tensor:
+        """The learnable hyperparameters in unconstrained form, a 1-D tensor
+        (built on first read after :meth:`set_raw_floats`)."""
+        if self._raw is None:
+            self._raw = torch.tensor(self._raw_floats, dtype=self.raw_dtype, device=self.raw_device)
+            self._raw_version = self._raw._version
+        return self._raw
+
+    @raw.setter
+    def raw(self, value: Tensor) -> None:
+        self._raw, self._raw_floats = value, None
+        self.raw_dtype, self.raw_device = value.dtype, value.device
+
+    def raw_floats(self) -> list[float]:
+        """``raw`` as Python floats: what the closed forms and host levels read."""
+        if self._raw_floats is None or (self._raw is not None and self._raw._version != self._raw_version):
+            self._raw_floats = self._raw.tolist()
+            self._raw_version = self._raw._version
+        return self._raw_floats
+
+    def set_raw_floats(self, values: list[float]) -> None:
+        """Take ``values`` as ``raw``, rounded to raw's dtype as a tensor
+        would hold them; no tensor is built until ``raw`` is read."""
+        self._raw_floats, self._raw = _ops.rounded(values, self.raw_dtype), None
+
     # --- hyperparameter values ---------------------------------------------
 
     @property
