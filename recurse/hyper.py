@@ -152,6 +152,13 @@ class HyperOptimizer(torch.optim.Optimizer):
         self._last_hypergradients: list[Tensor | list[float] | None] = [None] * len(self.levels)
         self._hypergradient_points: list[Tensor | list[float] | None] = [None] * len(self.levels)
         self._finite = _ops.FiniteCheck(reference.device)
+        # Level 0 keeps this step's gradient for the next hypergradient. By
+        # default it keeps the very .grad tensors (with their version
+        # counters, to notice an in-place write: then one hypergradient is
+        # skipped and gradients are copied from then on).
+        self.copies_gradients = False
+        self._kept_grads: list[tuple[Tensor, int]] | None = None
+        self._pending_kept_grads: list[tuple[Tensor, int]] | None = None
         self._ready = True
 
     # --- construction checks --------------------------------------------
@@ -247,6 +254,7 @@ class HyperOptimizer(torch.optim.Optimizer):
                 raise ValueError(f"rc.HyperOptimizer.step: {self.levels[0].optimizer!r} needs the loss; call "
                                  "step(closure) with a closure that returns it without calling backward")
             closure = self._gradients_from(loss)
+        self._forget_overwritten_gradients()
         grads = self._model_grads()
         with torch.enable_grad():
             points = [None if level.last_update is None else level.last_update.raw for level in self.levels]
@@ -287,10 +295,36 @@ class HyperOptimizer(torch.optim.Optimizer):
                 raise RuntimeError(f"rc.HyperOptimizer.step: parameter {index} has a sparse gradient; not supported")
             grads.append(param.grad.detach())
         if self.levels[0].optimizer.is_learned:
-            # A private copy: the graph kept for the next step must not see the
-            # caller zero or accumulate into .grad in place.
-            grads = [grad.clone() for grad in grads]
+            if self.copies_gradients:
+                grads = [grad.clone() for grad in grads]
+            else:
+                self._pending_kept_grads = [(param.grad, param.grad._version) for param in self._params]
         return grads
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """As torch.optim's, except that with ``set_to_none=False`` the
+        gradients level 0 keeps for the next hypergradient are replaced by
+        new zero tensors rather than zeroed in place."""
+        if not set_to_none and self._kept_grads is not None:
+            for param, (kept, _) in zip(self._params, self._kept_grads):
+                if param.grad is kept:
+                    param.grad = torch.zeros_like(kept)
+        super().zero_grad(set_to_none=set_to_none)
+
+    def _forget_overwritten_gradients(self) -> None:
+        """If a gradient level 0 kept was written in place since (an
+        accumulating backward, model.zero_grad(set_to_none=False), DDP's
+        gradient_as_bucket_view), drop the update that reads it: one
+        hypergradient is skipped, and gradients are copied from now on."""
+        if self._kept_grads is None:
+            return
+        if any(grad._version != version for grad, version in self._kept_grads):
+            self.levels[0].last_update = None
+            self.copies_gradients = True
+            log.warning("rc.HyperOptimizer: a gradient kept for the next hypergradient was written in place "
+                        "(model.zero_grad(set_to_none=False), gradient accumulation across steps, or DDP's "
+                        "gradient_as_bucket_view); one hypergradient was skipped, and gradients are copied from now on")
+        self._kept_grads = None
 
     def _hypergradients(self, grads: list[Tensor]) -> tuple[list, list]:
         """G_k for every level, bottom-up (None where not available yet), and
@@ -391,6 +425,7 @@ class HyperOptimizer(torch.optim.Optimizer):
         if proposal.self_update is not None:
             top = self.levels[-1]
             top.self_state, top.self_norm_state, top.last_self_update = proposal.self_update
+        self._kept_grads, self._pending_kept_grads = self._pending_kept_grads, None
         self.step_count += 1
         if self.record_history:
             self._history.append(_learned_values(self.levels))
@@ -406,6 +441,7 @@ class HyperOptimizer(torch.optim.Optimizer):
         if self.nonfinite_steps & (self.nonfinite_steps - 1) == 0:  # log the 1st, 2nd, 4th, 8th, ... event
             log.warning("%s (%d non-finite steps so far)", message, self.nonfinite_steps)
         # The last-update graphs were consumed; restart the chain cleanly.
+        self._pending_kept_grads = None
         for level in self.levels:
             level.last_update = None
             level.last_self_update = None
@@ -415,9 +451,13 @@ class HyperOptimizer(torch.optim.Optimizer):
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume exactly: hyperparameters, optimizer and
         normaliser states and the inputs of each level's last update."""
+        kept = self._kept_grads
+        self._forget_overwritten_gradients()  # a resumed run must skip what this one will
+        self._kept_grads = kept if self.levels[0].last_update is not None else None
         return {
             "step_count": self.step_count,
             "nonfinite_steps": self.nonfinite_steps,
+            "copies_gradients": self.copies_gradients,
             "levels": [
                 {
                     "optimizer": type(level.optimizer).__name__,
@@ -462,6 +502,8 @@ class HyperOptimizer(torch.optim.Optimizer):
             )
         self.step_count = state_dict["step_count"]
         self.nonfinite_steps = state_dict["nonfinite_steps"]
+        self.copies_gradients = state_dict.get("copies_gradients", False)
+        self._kept_grads = None  # the loaded last update holds its own gradients
         self._history = list(state_dict.get("history", []))
 
     def __repr__(self) -> str:

@@ -159,3 +159,44 @@ def test_a_loop_that_zeroes_grads_in_place_learns_the_same_as_one_that_sets_them
         losses = [train_step(model, opt, inputs, targets, set_to_none=set_to_none) for _ in range(6)]
         runs.append((losses, opt.hyperparameters()))
     assert runs[0] == runs[1]
+
+
+def test_a_kept_gradient_written_in_place_behind_the_optimizer_skips_one_hypergradient_and_says_so(caplog):
+    """model.zero_grad(set_to_none=False) zeroes, in place, the .grad tensors
+    level 0 kept for the next hypergradient (the optimizer's own zero_grad
+    swaps them instead). The engine notices, skips that one hypergradient,
+    warns, and copies gradients from then on; a checkpoint taken in between
+    resumes to the same run."""
+    inputs, targets = regression_data()
+
+    def run(steps, opt=None, model=None):
+        for _ in range(steps):
+            model.zero_grad(set_to_none=False)
+            full_batch_loss(model, inputs, targets).backward()
+            opt.step()
+
+    model = small_mlp()
+    opt = rc.HyperOptimizer(model.parameters(), rc.SGD(0.05, hyper=rc.SGD(1e-3)))
+    run(1, opt, model)
+    assert not opt.copies_gradients
+    with caplog.at_level("WARNING", logger="recurse"):
+        run(1, opt, model)
+    assert opt.last_hypergradients[0] is None and opt.copies_gradients
+    assert sum("written in place" in record.message for record in caplog.records) == 1
+    run(1, opt, model)
+    assert opt.last_hypergradients[0] is not None  # copied gradients: learning goes on
+
+    # The same, checkpointed right after the in-place write: both runs skip it.
+    model, resumed_model = small_mlp(), small_mlp()
+    opt = rc.HyperOptimizer(model.parameters(), rc.SGD(0.05, hyper=rc.SGD(1e-3)))
+    run(2, opt, model)
+    model.zero_grad(set_to_none=False)
+    saved = copy.deepcopy({"model": model.state_dict(), "opt": opt.state_dict()})
+    resumed = rc.HyperOptimizer(resumed_model.parameters(), rc.SGD(0.05, hyper=rc.SGD(1e-3)))
+    resumed_model.load_state_dict(saved["model"])
+    resumed.load_state_dict(saved["opt"])
+    run(3, opt, model)
+    run(3, resumed, resumed_model)
+    assert opt.hyperparameters() == resumed.hyperparameters()
+    for p, q in zip(model.parameters(), resumed_model.parameters()):
+        assert torch.equal(p, q)
