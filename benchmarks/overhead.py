@@ -7,7 +7,11 @@ the cost of the levels as a fraction of a depth-0 step: averaged over all
 levels, and marginal (from one measured depth to the next), since the first
 learned level costs more than the ones above it. Every recurse row runs with
 the default non-finite guard (one read of the new parameters per step),
-except "depth 0, guard off", which shows what the guard costs.
+except "depth 0, guard off", which shows what the guard costs. The SGD
+family also times depth 1 written by hand as a minimal torch.optim
+optimizer (the same arithmetic; no guard, no checks, the update in place):
+a floor for what one learned level costs here. The run ends by checking
+that it learned the same lr as recurse.
 
     python benchmarks/overhead.py [--steps 200] [--repeats 5] [--device cuda]
 """
@@ -15,6 +19,7 @@ except "depth 0, guard off", which shows what the guard costs.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 
@@ -23,6 +28,7 @@ import torch
 import recurse as rc
 
 DEPTHS = (0, 1, 2, 4, 8)
+HAND_WRITTEN = "depth 1 by hand (torch.optim.Optimizer, in place, no guard)"
 
 
 def make_model(device):
@@ -40,9 +46,36 @@ def tower_of(family, depth):
     return rc.stack(*levels)
 
 
+class HandWrittenDepthOne(torch.optim.Optimizer):
+    """tower_of("SGD", 1) by hand, as the smallest torch.optim.Optimizer
+    (so it pays the same step and zero_grad machinery as torch.optim and
+    recurse): level 1 steps log lr by SGD on the RMS-normalised
+    hypergradient d loss / d log lr = -lr g_t . g_{t-1}; level 0 then steps
+    the model in place with the new lr. No guard, no checks."""
+
+    def __init__(self, params):
+        super().__init__(params, {})
+        self.log_lr, self.previous, self.mean_square, self.hyper_steps = math.log(0.05), None, 0.0, 0
+
+    @torch.no_grad()
+    def step(self):
+        params = self.param_groups[0]["params"]
+        grads = [param.grad for param in params]
+        if self.previous is not None:
+            dot = torch.stack([torch.dot(g.view(-1), h.view(-1)) for g, h in zip(grads, self.previous)]).sum()
+            hypergradient = -math.exp(self.log_lr) * dot.item()
+            self.hyper_steps += 1
+            self.mean_square = 0.99 * self.mean_square + 0.01 * hypergradient**2
+            self.log_lr -= 1e-3 * hypergradient / math.sqrt(self.mean_square / (1 - 0.99**self.hyper_steps) + 1e-24)
+        torch._foreach_add_(params, grads, alpha=-math.exp(self.log_lr))
+        self.previous = [g.clone() for g in grads]
+
+
 def make_runner(name, family, depth, device, inputs, labels):
     model = make_model(device)
-    if name == "torch.optim":
+    if name == HAND_WRITTEN:
+        opt = HandWrittenDepthOne(model.parameters())
+    elif name == "torch.optim":
         opt = torch.optim.SGD(model.parameters(), lr=0.05) if family == "SGD" else torch.optim.Adam(model.parameters(), lr=1e-3)
     else:
         guard = "off" if name.endswith("guard off") else "skip"
@@ -53,7 +86,9 @@ def make_runner(name, family, depth, device, inputs, labels):
         torch.nn.functional.cross_entropy(model(inputs), labels).backward()
         opt.step()
 
-    return step
+    learned_lr = {"recurse depth 1": lambda: opt.hyperparameters()["0.lr"],
+                  HAND_WRITTEN: lambda: math.exp(opt.log_lr)}.get(name)
+    return step, learned_lr
 
 
 def time_steps(step, steps, device):
@@ -83,9 +118,13 @@ def main(argv=None):
     print("| family | method | ms/step | ratio to torch.optim | mean cost per level (% of depth-0 step) | "
           "marginal cost per level since the previous depth (%) |")
     print("|---|---|---|---|---|---|")
+    checks = []
     for family in ("SGD", "Adam", "Adam, lr only"):
         methods = [("torch.optim", 0), ("recurse depth 0, guard off", 0)] + [(f"recurse depth {d}", d) for d in DEPTHS]
-        runners = {name: make_runner(name, family, depth, device, inputs, labels) for name, depth in methods}
+        if family == "SGD":
+            methods.insert(3, (HAND_WRITTEN, 1))
+        built = {name: make_runner(name, family, depth, device, inputs, labels) for name, depth in methods}
+        runners = {name: run for name, (run, _) in built.items()}
         for run in runners.values():
             time_steps(run, 20, device)  # warm-up
         samples = {name: [] for name in runners}
@@ -96,14 +135,20 @@ def main(argv=None):
         baseline, depth0 = medians["torch.optim"], medians["recurse depth 0"]
         previous = None
         for name, depth in methods:
-            per_level = "" if depth == 0 else f"{100 * (medians[name] - depth0) / depth0 / depth:.1f}"
+            recurse_tower = name.startswith("recurse depth")
+            per_level = "" if depth == 0 or not recurse_tower else f"{100 * (medians[name] - depth0) / depth0 / depth:.1f}"
             marginal = ""
-            if previous is not None and depth > previous[1]:
+            if recurse_tower and previous is not None and depth > previous[1]:
                 marginal = f"{100 * (medians[name] - previous[0]) / depth0 / (depth - previous[1]):.1f}"
-            if name.startswith("recurse depth") and not name.endswith("guard off"):
+            if recurse_tower and not name.endswith("guard off"):
                 previous = (medians[name], depth)
             print(f"| {family} | {name} | {medians[name]:.3f} | {medians[name] / baseline:.2f} | {per_level} | "
                   f"{marginal} |")
+        if family == "SGD":  # both took the same steps on the same batch: they must have learned the same lr
+            ours, theirs = built["recurse depth 1"][1](), built[HAND_WRITTEN][1]()
+            checks.append(f"learned lr after {20 + args.repeats * args.steps} steps, recurse depth 1 {ours:.6g}, "
+                          f"by hand {theirs:.6g}: relative difference {abs(ours - theirs) / theirs:.1e}")
+    print("\n" + "\n".join(checks))
 
 
 if __name__ == "__main__":
