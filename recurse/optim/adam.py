@@ -96,6 +96,9 @@ class Adam(Optimizer):
         def vjp(incoming):
             # Every row is a few inner products with w = incoming / den and
             # z = w m_t / den (= incoming r / den), so no per-row temporaries.
+            # Two are combinations of others, since m_t and v_t are:
+            # <w, m_t> = beta1 <w, m_{t-1}> + (1 - beta1) <w, d_t>, and
+            # <z, s> = <z / s, v_t> = beta2 <z / s, v_{t-1}> + (1 - beta2) <z d_t / s, d_t>.
             w = _ops.divide_each(list(incoming), denoms)
             needs_z = any(name in ("eps", "beta2") or (name == "weight_decay" and not decoupled) for name in learnable)
             z = _ops.multiply_each(_ops.divide_each(w, denoms), exp_avgs) if needs_z else None
@@ -103,7 +106,11 @@ class Adam(Optimizer):
                 # z / s, 0 where s = 0: there every gradient so far was 0, so m_t and z are 0 too.
                 z_over_root = _ops.divide_each(z, _ops.clamp_min_all(roots, _ops.tiny(roots)))
                 z_d_over_root = _ops.multiply_each(z_over_root, decayed)
-            w_dot_m = _ops.dot(w, exp_avgs) if "lr" in learnable or "beta1" in learnable else None
+            if "beta1" in learnable:
+                w_dot_previous, w_dot_d = _ops.dot(w, previous_avgs), _ops.dot(w, decayed)
+                w_dot_m = beta1 * w_dot_previous + (1 - beta1) * w_dot_d
+            elif "lr" in learnable:
+                w_dot_m = _ops.dot(w, exp_avgs)
             rows = []  # (coefficient, 0-d tensor): d p_t / d value = coefficient * tensor
             for name in learnable:
                 if name == "lr":
@@ -114,11 +121,14 @@ class Adam(Optimizer):
                 elif name == "eps":
                     rows.append((step_size, _ops.total(z)))
                 elif name == "beta1":
-                    rows.append((-step_size, _ops.dot(w, previous_avgs) - _ops.dot(w, decayed)
+                    rows.append((-step_size, w_dot_previous - w_dot_d
                                  + step * beta1 ** (step - 1) / bias_correction1 * w_dot_m))
                 elif name == "beta2":
-                    change = (_ops.dot(z_over_root, state["exp_avg_sq"]) - _ops.dot(z_d_over_root, decayed)) / (2 * c)
-                    rows.append((step_size, change + step * beta2 ** (step - 1) / (2 * c**3) * _ops.dot(z, roots)))
+                    previous_part = _ops.dot(z_over_root, state["exp_avg_sq"])
+                    gradient_part = _ops.dot(z_d_over_root, decayed)
+                    z_dot_root = beta2 * previous_part + (1 - beta2) * gradient_part
+                    rows.append((step_size, (previous_part - gradient_part) / (2 * c)
+                                 + step * beta2 ** (step - 1) / (2 * c**3) * z_dot_root))
                 elif decoupled:  # weight_decay, AdamW
                     rows.append((-lr, _ops.dot(incoming, params)))
                 else:  # weight_decay, L2
