@@ -230,7 +230,7 @@ class HyperOptimizer(torch.optim.Optimizer):
         ]
         columns: dict[str, list[float]] = {name: [] for name in names}
         for row in self._history:
-            values = torch.cat(row).tolist() if row else []
+            values = [value for entry in row for value in (entry.tolist() if isinstance(entry, Tensor) else entry)]
             for name, value in zip(names, values):
                 columns[name].append(value)
         return columns
@@ -630,9 +630,18 @@ def _detach_tree(tree: Any) -> Any:
     return tree
 
 
-def _learned_values(levels: list[_Level]) -> list[Tensor]:
+def _learned_values(levels: list[_Level]) -> list[Tensor | list[float]]:
+    """One history row: each learned level's tracked values, as host floats
+    where a host level steps its raw (no tensor to build), else a tensor
+    (no host synchronisation)."""
     row = []
-    for level in levels:
-        if level.optimizer.is_learned:
-            row.append(level.optimizer.tracked_values())
+    for level, above in zip(levels, levels[1:] + [None]):
+        optimizer = level.optimizer
+        if not optimizer.is_learned:
+            continue
+        if above is not None and above.host and type(optimizer).tracked_values is Optimizer.tracked_values:
+            values = optimizer.values_from_raw(optimizer.raw_floats())
+            row.append([values[name] for name in optimizer.learnable])
+        else:
+            row.append(optimizer.tracked_values())
     return row
