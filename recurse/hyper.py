@@ -110,7 +110,15 @@ class HyperOptimizer(torch.optim.Optimizer):
     FloatingPointError, nothing updated. ``"off"``: no check (fastest).
 
     ``record_history``: keep the learned hyperparameters after every step
-    (cheap: one small tensor per step); read them with :meth:`history`.
+    (cheap: a few numbers per step); read them with :meth:`history`.
+
+    A learned level 0 keeps this step's ``.grad`` tensors for the next
+    hypergradient, uncopied. If one is written in place behind the
+    optimizer (``model.zero_grad(set_to_none=False)``, gradients accumulated
+    across steps, DDP's ``gradient_as_bucket_view``), that hypergradient is
+    skipped with a warning and ``copies_gradients`` turns True: gradients
+    are copied from then on. This optimizer's own ``zero_grad`` never
+    writes into a kept gradient.
     """
 
     def __init__(
