@@ -367,10 +367,7 @@ class HyperOptimizer(torch.optim.Optimizer):
 
     def _as_raw_tensor(self, index: int, values: Tensor | list[float]) -> Tensor:
         """``values`` (shaped like level ``index``'s raw) as a tensor beside that raw."""
-        if isinstance(values, Tensor):
-            return values
-        optimizer = self.levels[index].optimizer
-        return torch.tensor(values, dtype=optimizer.raw_dtype, device=optimizer.raw_device)
+        return self.levels[index].optimizer.as_raw_tensor(values)
 
     def _propose(self, level_grads, hypergradients, closure) -> _Proposal:
         raws: dict[int, Tensor] = {}
@@ -563,8 +560,7 @@ def _advance(optimizer, raw, targets, grads, state, norm_state, *, learned, clos
             return new_values, (new_state, norm_state, last_update)
         if _ops.on_host(targets):  # a saturated value (see _closed_form_update): a non-finite step
             return [math.nan] * len(targets), (state, norm_state, None)
-    if isinstance(raw, list):
-        raw = torch.tensor(raw, dtype=optimizer.raw_dtype, device=optimizer.raw_device)
+    raw = optimizer.as_raw_tensor(raw)
     hyper_leaf = raw.detach().requires_grad_() if learned else None
     hyper = optimizer.hyper_values(hyper_leaf) if learned else optimizer.hyper_values()
     new_values, new_state = optimizer.update(targets, grads, state, hyper, closure=closure)
@@ -608,10 +604,7 @@ def _vjp(optimizer: Optimizer, last_update: _LastUpdate, incoming: list[Tensor],
         elif _ops.on_host(last_update.params):  # saturated (see _advance): a non-finite hypergradient
             return [math.nan] * optimizer.raw.numel()
         else:
-            raw = last_update.raw
-            if isinstance(raw, list):
-                raw = torch.tensor(raw, dtype=optimizer.raw_dtype, device=optimizer.raw_device)
-            leaf = raw.detach().clone().requires_grad_()
+            leaf = optimizer.as_raw_tensor(last_update.raw).detach().clone().requires_grad_()
             outputs, _ = optimizer.update(last_update.params, last_update.grads, last_update.state,
                                           optimizer.hyper_values(leaf))
             last_update.hyper_leaf, last_update.outputs = leaf, outputs

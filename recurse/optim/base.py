@@ -267,7 +267,7 @@ class Optimizer:
         """The learnable hyperparameters in unconstrained form, a 1-D tensor
         (built on first read after :meth:`set_raw_floats`)."""
         if self._raw is None:
-            self._raw = torch.tensor(self._raw_floats, dtype=self.raw_dtype, device=self.raw_device)
+            self._raw = self.as_raw_tensor(self._raw_floats)
             self._raw_version = self._raw._version
         return self._raw
 
@@ -282,6 +282,12 @@ class Optimizer:
             self._raw_floats = self._raw.tolist()
             self._raw_version = self._raw._version
         return self._raw_floats
+
+    def as_raw_tensor(self, values: Tensor | list[float]) -> Tensor:
+        """``values`` (floats shaped like ``raw``) as a tensor of raw's dtype on its device."""
+        if isinstance(values, Tensor):
+            return values
+        return torch.tensor(values, dtype=self.raw_dtype, device=self.raw_device)
 
     def set_raw_floats(self, values: list[float]) -> None:
         """Take ``values`` as ``raw``, rounded to raw's dtype as a tensor
