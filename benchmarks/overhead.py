@@ -51,7 +51,8 @@ class HandWrittenDepthOne(torch.optim.Optimizer):
     (so it pays the same step and zero_grad machinery as torch.optim and
     recurse): level 1 steps log lr by SGD on the RMS-normalised
     hypergradient d loss / d log lr = -lr g_t . g_{t-1}; level 0 then steps
-    the model in place with the new lr. No guard, no checks."""
+    the model in place with the new lr. No guard, no checks, no copy of the
+    gradient."""
 
     def __init__(self, params):
         super().__init__(params, {})
@@ -68,7 +69,7 @@ class HandWrittenDepthOne(torch.optim.Optimizer):
             self.mean_square = 0.99 * self.mean_square + 0.01 * hypergradient**2
             self.log_lr -= 1e-3 * hypergradient / math.sqrt(self.mean_square / (1 - 0.99**self.hyper_steps) + 1e-24)
         torch._foreach_add_(params, grads, alpha=-math.exp(self.log_lr))
-        self.previous = [g.clone() for g in grads]
+        self.previous = grads  # (zero_grad sets .grad to None: these stay as they are)
 
 
 def make_runner(name, family, depth, device, inputs, labels):
