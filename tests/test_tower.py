@@ -184,3 +184,38 @@ def test_raw_set_as_host_floats_reads_back_as_the_tensor_of_its_dtype_and_follow
     assert optimizer.raw_floats() == optimizer.raw.tolist()  # rounded as the tensor holds them
     optimizer.raw.mul_(2.0)  # an in-place edit of the tensor is what raw_floats reads next
     assert optimizer.raw_floats() == optimizer.raw.tolist() and optimizer.raw_floats()[1] == -4.0
+
+
+def online_run(device: str) -> tuple[list[float], dict[str, float], torch.Tensor]:
+    """A float64 run on ``device`` of a tower with host levels, a tensor level
+    (RMSprop), kept gradients, a non-finite step the guard rejects and a
+    state_dict round trip: the losses, the learned values, the model."""
+    torch.manual_seed(0)
+    inputs, targets = regression_data()
+    inputs, targets = inputs.to(device), targets.to(device)
+    model = small_mlp().to(device)
+    tower = rc.stack(rc.Adam(1e-2, eps=1e-3), rc.RMSprop(1e-3), rc.Adam(1e-3, normalize="rms"), rc.SGD(1e-4))
+    opt = rc.HyperOptimizer(model.parameters(), tower, record_history=True)
+    losses = [train_step(model, opt, inputs, targets) for _ in range(10)]
+    opt.zero_grad()
+    (model(inputs).sum() * float("nan")).backward()
+    opt.step()  # rejected: nothing moves
+    assert opt.nonfinite_steps == 1
+    resumed = rc.HyperOptimizer(model.parameters(), rc.stack(rc.Adam(1e-2, eps=1e-3), rc.RMSprop(1e-3),
+                                                              rc.Adam(1e-3, normalize="rms"), rc.SGD(1e-4)),
+                                record_history=True)
+    resumed.load_state_dict(opt.state_dict())
+    losses += [train_step(model, resumed, inputs, targets) for _ in range(10)]
+    for level in resumed.levels:
+        assert level.optimizer.raw.device.type == torch.device(device).type
+    assert all(g is None or g.device.type == torch.device(device).type for g in resumed.last_hypergradients)
+    return losses, resumed.hyperparameters(), torch.cat([p.detach().reshape(-1) for p in model.parameters()]).cpu()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_online_engine_on_cuda_takes_the_steps_it_takes_on_the_cpu():
+    cpu_losses, cpu_values, cpu_model = online_run("cpu")
+    cuda_losses, cuda_values, cuda_model = online_run("cuda")
+    assert cuda_losses == pytest.approx(cpu_losses, rel=1e-9)
+    assert cuda_values == pytest.approx(cpu_values, rel=1e-9)
+    torch.testing.assert_close(cuda_model, cpu_model, rtol=1e-9, atol=1e-12)
