@@ -44,7 +44,9 @@ log = logging.getLogger("recurse")
 
 GUARD_MODES = ("skip", "raise", "off")
 # A level steps the raw vector below it in Python floats up to this size;
-# above it, one tensor operation per formula step is cheaper.
+# above it, one tensor operation per formula step is cheaper. (One learned
+# RMS-normalised step on CPU: floats and tensors break even near 100 entries
+# for SGD and 80 for Adam; at 64 floats take 11 vs 15 us and 29 vs 37 us.)
 HOST_LEVEL_MAX_ENTRIES = 64
 
 
