@@ -61,7 +61,7 @@ class _LastUpdate:
     params: list[Tensor]
     grads: list[Tensor]
     state: State
-    raw: Tensor
+    raw: Tensor | list[float]  # host floats where the level above is a host level
     hyper_leaf: Tensor | None = None
     outputs: list[Tensor] | None = None
     # A closed-form vector-Jacobian product (Optimizer.update_with_vjp), in
@@ -213,8 +213,8 @@ class HyperOptimizer(torch.optim.Optimizer):
     def last_hypergradients(self) -> list[Tensor | None]:
         """d loss / d raw that each level received at the last step (None
         where none yet), one 1-D tensor per level on the raw's device."""
-        return [None if gradient is None else self._as_raw_tensor(index, gradient)
-                for index, gradient in enumerate(self._last_hypergradients)]
+        return [None if gradient is None else level.optimizer.as_raw_tensor(gradient)
+                for level, gradient in zip(self.levels, self._last_hypergradients)]
 
     def hypergradients(self) -> dict[str, float]:
         """The hypergradient each learned level received at the last step,
@@ -225,7 +225,7 @@ class HyperOptimizer(torch.optim.Optimizer):
         for index, (level, gradient) in enumerate(zip(self.levels, self.last_hypergradients)):
             if gradient is None:
                 continue
-            point = self._as_raw_tensor(index, self._hypergradient_points[index])
+            point = level.optimizer.as_raw_tensor(self._hypergradient_points[index])
             values = level.optimizer.hypergradient_values(point, gradient)
             result.update({f"{index}.{name}": value for name, value in values.items()})
         return result
@@ -326,15 +326,14 @@ class HyperOptimizer(torch.optim.Optimizer):
         accumulating backward, model.zero_grad(set_to_none=False), DDP's
         gradient_as_bucket_view), drop the update that reads it: one
         hypergradient is skipped, and gradients are copied from now on."""
-        if self._kept_grads is None:
+        if self._kept_grads is None or all(grad._version == version for grad, version in self._kept_grads):
             return
-        if any(grad._version != version for grad, version in self._kept_grads):
-            self.levels[0].last_update = None
-            self.copies_gradients = True
-            log.warning("rc.HyperOptimizer: a gradient kept for the next hypergradient was written in place "
-                        "(model.zero_grad(set_to_none=False), gradient accumulation across steps, or DDP's "
-                        "gradient_as_bucket_view); one hypergradient was skipped, and gradients are copied from now on")
+        self.levels[0].last_update = None
         self._kept_grads = None
+        self.copies_gradients = True
+        log.warning("rc.HyperOptimizer: a gradient kept for the next hypergradient was written in place "
+                    "(model.zero_grad(set_to_none=False), gradient accumulation across steps, or DDP's "
+                    "gradient_as_bucket_view); one hypergradient was skipped, and gradients are copied from now on")
 
     def _hypergradients(self, grads: list[Tensor]) -> tuple[list, list]:
         """G_k for every level, bottom-up (None where not available yet), and
@@ -365,11 +364,7 @@ class HyperOptimizer(torch.optim.Optimizer):
         level, else a one-tensor list."""
         if self.levels[index].host:
             return gradient if isinstance(gradient, list) else gradient.tolist()
-        return [self._as_raw_tensor(index - 1, gradient)]
-
-    def _as_raw_tensor(self, index: int, values: Tensor | list[float]) -> Tensor:
-        """``values`` (shaped like level ``index``'s raw) as a tensor beside that raw."""
-        return self.levels[index].optimizer.as_raw_tensor(values)
+        return [self.levels[index - 1].optimizer.as_raw_tensor(gradient)]
 
     def _propose(self, level_grads, hypergradients, closure) -> _Proposal:
         raws: dict[int, Tensor] = {}
@@ -402,8 +397,8 @@ class HyperOptimizer(torch.optim.Optimizer):
                 targets = list(below.raw_floats()) if level.host else [below.raw]
             target_grads = level_grads[index]
             raw = raws.get(index)
-            if raw is None:
-                raw = optimizer.raw_floats() if optimizer.is_learned else optimizer.raw
+            if raw is None:  # a closed form reads floats; autograd needs the tensor
+                raw = optimizer.raw_floats() if optimizer.is_learned and _has_closed_form(optimizer) else optimizer.raw
             new_values, (state, norm_state, last_update) = _advance(
                 optimizer, raw, targets, target_grads, level.state, level.norm_state,
                 learned=optimizer.is_learned, closure=closure if index == 0 else None,
@@ -448,7 +443,7 @@ class HyperOptimizer(torch.optim.Optimizer):
         if self.nonfinite_steps & (self.nonfinite_steps - 1) == 0:  # log the 1st, 2nd, 4th, 8th, ... event
             log.warning("%s (%d non-finite steps so far)", message, self.nonfinite_steps)
         # The last-update graphs were consumed; restart the chain cleanly.
-        self._pending_kept_grads = None
+        self._kept_grads = self._pending_kept_grads = None
         for level in self.levels:
             level.last_update = None
             level.last_self_update = None
@@ -458,9 +453,7 @@ class HyperOptimizer(torch.optim.Optimizer):
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume exactly: hyperparameters, optimizer and
         normaliser states and the inputs of each level's last update."""
-        kept = self._kept_grads
         self._forget_overwritten_gradients()  # a resumed run must skip what this one will
-        self._kept_grads = kept if self.levels[0].last_update is not None else None
         return {
             "step_count": self.step_count,
             "nonfinite_steps": self.nonfinite_steps,
@@ -580,11 +573,13 @@ def _advance(optimizer, raw, targets, grads, state, norm_state, *, learned, clos
 def _closed_form_update(optimizer, raw, targets, grads, state):
     """The learned update through ``optimizer.update_with_vjp`` at float
     values (no graph), or None when the optimizer has no closed form."""
-    if type(optimizer).update_with_vjp is Optimizer.update_with_vjp:
+    if not _has_closed_form(optimizer):
         return None
     if isinstance(raw, Tensor):
         raw = raw.detach()
-    values = optimizer.values_from_raw(raw if isinstance(raw, list) else raw.tolist())
+        values = optimizer.values_from_raw(raw.tolist())
+    else:
+        values = optimizer.values_from_raw(raw)
     if not optimizer.within_constraints(values):
         return None  # saturated: the tensor path gives the inf/NaN the guard rejects
     result = optimizer.update_with_vjp(targets, grads, state, values)
@@ -593,6 +588,10 @@ def _closed_form_update(optimizer, raw, targets, grads, state):
     new_values, new_state, vjp = result
     last_update = _LastUpdate(list(targets), list(grads), state, raw, closed_form=vjp)
     return new_values, new_state, last_update
+
+
+def _has_closed_form(optimizer: Optimizer) -> bool:
+    return type(optimizer).update_with_vjp is not Optimizer.update_with_vjp
 
 
 def _vjp(optimizer: Optimizer, last_update: _LastUpdate, incoming: list[Tensor], *, retain_graph: bool) -> Tensor:
