@@ -75,16 +75,19 @@ class RunningRMS(Normalizer):
         step = state["step"] + 1
         count = max(_ops.size(grads), 1)
         square_sum = _ops.dot(list(grads), list(grads))
-        if isinstance(square_sum, Tensor) and square_sum.requires_grad:  # differentiated through (an unroll): stay in tensors
-            mean_square = state["mean_square"] * self.decay + square_sum * ((1.0 - self.decay) / count)
-            scale = torch.rsqrt(mean_square * (1.0 / (1.0 - self.decay**step)) + self.eps**2)
-            return [g * scale for g in grads], {"step": step, "mean_square": mean_square}
-        # The running mean is one number: keep it a host float, as the
-        # engine keeps hyperparameter values, instead of paying a tensor
-        # operation's dispatch for each scalar step.
-        mean_square = self.decay * float(state["mean_square"]) + (1.0 - self.decay) * float(square_sum) / count
+        previous = state["mean_square"]
+        if not (isinstance(square_sum, Tensor) and square_sum.requires_grad):
+            # Not differentiated through (as in an unroll): the running mean is
+            # one number, kept as a host float, as the engine keeps
+            # hyperparameter values, instead of paying a tensor operation's
+            # dispatch for each scalar step.
+            square_sum, previous = float(square_sum), float(previous)
+        mean_square = self.decay * previous + (1.0 - self.decay) * square_sum / count
         denominator = mean_square / (1.0 - self.decay**step) + self.eps**2
-        scale = 1.0 / math.sqrt(denominator) if denominator > 0.0 else math.inf  # (NaN stays NaN)
+        if isinstance(denominator, Tensor):
+            scale = torch.rsqrt(denominator)
+        else:
+            scale = 1.0 / math.sqrt(denominator) if denominator > 0.0 else math.inf  # (NaN stays NaN)
         return _ops.scale_all(list(grads), scale), {"step": step, "mean_square": mean_square}
 
     def __repr__(self) -> str:

@@ -96,8 +96,9 @@ def rounded(values: list[float], dtype: torch.dtype) -> list[float]:
 
 
 def dot(xs: Vector, ys: Vector) -> Tensor | float:
-    """sum_i <xs_i, ys_i>, a 0-d tensor: the inner product of two lists of
-    tensors viewed as one long vector (closed-form hypergradients)."""
+    """sum_i <xs_i, ys_i>, a 0-d tensor (a float for host vectors): the inner
+    product of two lists of tensors viewed as one long vector (closed-form
+    hypergradients)."""
     if on_host(xs):
         return sum((x * y for x, y in zip(xs, ys)), 0.0)
     if len(xs) == 1:
@@ -110,7 +111,7 @@ def _flat(x: Tensor) -> Tensor:
 
 
 def total(xs: Vector) -> Tensor | float:
-    """The sum of every entry of every tensor in ``xs``, a 0-d tensor."""
+    """The sum of every entry of every tensor in ``xs``, a 0-d tensor (a float for host vectors)."""
     if on_host(xs):
         return sum(xs, 0.0)
     return torch.stack([x.sum() for x in xs]).sum()
@@ -173,9 +174,7 @@ def _per_tensor(scalar: Scalar, *lists: list[Tensor]) -> bool:
 
 def scale_all(xs: Vector, factor: Scalar) -> Vector:
     """[x * factor]."""
-    if on_host(xs):
-        return [x * factor for x in xs]
-    if _per_tensor(factor, xs):
+    if on_host(xs) or _per_tensor(factor, xs):
         return [x * factor for x in xs]
     return torch._foreach_mul(xs, factor)
 
@@ -191,9 +190,7 @@ def divide_all(xs: Vector, divisor: Scalar) -> Vector:
 
 def shift_all(xs: Vector, offset: Scalar) -> Vector:
     """[x + offset]."""
-    if on_host(xs):
-        return [x + offset for x in xs]
-    if _per_tensor(offset, xs):
+    if on_host(xs) or _per_tensor(offset, xs):
         return [x + offset for x in xs]
     return torch._foreach_add(xs, offset)
 
@@ -245,9 +242,7 @@ def divide_each(xs: Vector, ys: Vector) -> Vector:
 
 def multiply_each(xs: Vector, ys: Vector) -> Vector:
     """[x * y]."""
-    if on_host(xs):
-        return [x * y for x, y in zip(xs, ys)]
-    if _per_tensor(1.0, xs, ys):
+    if on_host(xs) or _per_tensor(1.0, xs, ys):
         return [x * y for x, y in zip(xs, ys)]
     return torch._foreach_mul(xs, ys)
 
