@@ -32,6 +32,10 @@ class Adam(Optimizer):
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ValueError(f"rc.{type(self).__name__}: betas must be a pair (beta1, beta2), got {betas!r}")
         super().__init__(lr=lr, beta1=betas[0], beta2=betas[1], eps=eps, weight_decay=weight_decay, **options)
+        # Which temporaries the closed form's rows need (fixed by what is learned).
+        learned_l2 = "weight_decay" in self.learnable and not self.decoupled_weight_decay
+        self._rows_need_z = learned_l2 or "eps" in self.learnable or "beta2" in self.learnable
+        self._rows_need_z_over_root = learned_l2 or "beta2" in self.learnable
 
     def init(self, params):
         return {
@@ -100,9 +104,8 @@ class Adam(Optimizer):
             # <w, m_t> = beta1 <w, m_{t-1}> + (1 - beta1) <w, d_t>, and
             # <z, s> = <z / s, v_t> = beta2 <z / s, v_{t-1}> + (1 - beta2) <z d_t / s, d_t>.
             w = _ops.divide_each(list(incoming), denoms)
-            needs_z = any(name in ("eps", "beta2") or (name == "weight_decay" and not decoupled) for name in learnable)
-            z = _ops.multiply_each(_ops.divide_each(w, denoms), exp_avgs) if needs_z else None
-            if "beta2" in learnable or ("weight_decay" in learnable and not decoupled):
+            z = _ops.multiply_each(_ops.divide_each(w, denoms), exp_avgs) if self._rows_need_z else None
+            if self._rows_need_z_over_root:
                 # z / s, 0 where s = 0: there every gradient so far was 0, so m_t and z are 0 too.
                 z_over_root = _ops.divide_each(z, _ops.clamp_min_all(roots, _ops.tiny(roots)))
                 z_d_over_root = _ops.multiply_each(z_over_root, decayed)
@@ -111,12 +114,14 @@ class Adam(Optimizer):
                 w_dot_m = beta1 * w_dot_previous + (1 - beta1) * w_dot_d
             elif "lr" in learnable:
                 w_dot_m = _ops.dot(w, exp_avgs)
+            if decoupled and ("weight_decay" in learnable or ("lr" in learnable and weight_decay != 0.0)):
+                incoming_dot_params = _ops.dot(incoming, params)  # (AdamW's lr and weight_decay rows both use it)
             rows = []  # (coefficient, 0-d tensor): d p_t / d value = coefficient * tensor
             for name in learnable:
                 if name == "lr":
                     row = w_dot_m
                     if decoupled and weight_decay != 0.0:
-                        row = row + bias_correction1 * weight_decay * _ops.dot(incoming, params)
+                        row = row + bias_correction1 * weight_decay * incoming_dot_params
                     rows.append((-1.0 / bias_correction1, row))
                 elif name == "eps":
                     rows.append((step_size, _ops.total(z)))
@@ -130,7 +135,7 @@ class Adam(Optimizer):
                     rows.append((step_size, (previous_part - gradient_part) / (2 * c)
                                  + step * beta2 ** (step - 1) / (2 * c**3) * z_dot_root))
                 elif decoupled:  # weight_decay, AdamW
-                    rows.append((-lr, _ops.dot(incoming, params)))
+                    rows.append((-lr, incoming_dot_params))
                 else:  # weight_decay, L2
                     rows.append((-step_size, (1 - beta1) * _ops.dot(w, params)
                                  - (1 - beta2) / c * _ops.dot(z_d_over_root, params)))
