@@ -21,36 +21,34 @@ def peak_rss_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def test_five_thousand_steps_of_a_depth_three_stack_do_not_grow_memory():
+def growth_while_training(tower, *, warm_up: int, steps: int, **options):
+    """Train the small MLP with ``tower`` for ``warm_up`` steps, then measure
+    ``steps`` more: (the optimizer, live tensors added, peak RSS added in KiB)."""
     inputs, targets = regression_data()
     model = small_mlp()
-    tower = rc.stack(rc.Adam(1e-2), rc.SGD(1e-3, normalize="rms"), rc.SGD(1e-4), rc.SGD(1e-5))
-    opt = rc.HyperOptimizer(model.parameters(), tower)
-    for _ in range(500):
+    opt = rc.HyperOptimizer(model.parameters(), tower, **options)
+    for _ in range(warm_up):
         train_step(model, opt, inputs, targets)
     tensors_before, rss_before = live_tensor_count(), peak_rss_kib()
-    for _ in range(4500):
+    for _ in range(steps):
         train_step(model, opt, inputs, targets)
-    tensors_after, rss_after = live_tensor_count(), peak_rss_kib()
+    return opt, live_tensor_count() - tensors_before, peak_rss_kib() - rss_before
+
+
+def test_five_thousand_steps_of_a_depth_three_stack_do_not_grow_memory():
+    tower = rc.stack(rc.Adam(1e-2), rc.SGD(1e-3, normalize="rms"), rc.SGD(1e-4), rc.SGD(1e-5))
+    opt, tensors_added, rss_added = growth_while_training(tower, warm_up=500, steps=4500)
     assert opt.step_count == 5000
-    assert tensors_after <= tensors_before + 10
-    assert rss_after - rss_before < 20 * 1024  # KiB
+    assert tensors_added <= 10
+    assert rss_added < 20 * 1024  # KiB
 
 
 def test_a_recorded_history_costs_a_few_numbers_per_step_not_tensors():
     """record_history keeps the learned values of every step: for levels a
     host level steps they are Python floats (a tensor per level per step
     cost kilobytes of allocator overhead each, in an earlier version)."""
-    inputs, targets = regression_data()
-    model = small_mlp()
     tower = rc.stack(rc.SGD(0.05, learn="lr"), *(rc.SGD(1e-3, normalize="rms") for _ in range(4)))
-    opt = rc.HyperOptimizer(model.parameters(), tower, record_history=True)
-    for _ in range(100):
-        train_step(model, opt, inputs, targets)
-    tensors_before, rss_before = live_tensor_count(), peak_rss_kib()
-    for _ in range(3000):
-        train_step(model, opt, inputs, targets)
-    tensors_after, rss_after = live_tensor_count(), peak_rss_kib()
+    opt, tensors_added, rss_added = growth_while_training(tower, warm_up=100, steps=3000, record_history=True)
     assert len(opt.history()["0.lr"]) == 3100
-    assert tensors_after <= tensors_before + 10
-    assert rss_after - rss_before < 8 * 1024  # KiB: 3,000 rows of 4 floats are ~0.5 MB of Python objects
+    assert tensors_added <= 10
+    assert rss_added < 8 * 1024  # KiB: 3,000 rows of 4 floats are ~0.5 MB of Python objects
