@@ -161,6 +161,31 @@ def test_a_loop_that_zeroes_grads_in_place_learns_the_same_as_one_that_sets_them
     assert runs[0] == runs[1]
 
 
+@pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True")
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_zero_grad_leaves_gradients_as_torch_optim_does(set_to_none):
+    """HyperOptimizer writes zero_grad out (see its docstring): None, or
+    zeros that are detached and need no grad, as torch.optim leaves them,
+    including a gradient that kept a graph (backward(create_graph=True))."""
+    inputs, targets = regression_data()
+    leftovers = []
+    for make in (lambda params: torch.optim.SGD(params, lr=0.05),
+                 lambda params: rc.HyperOptimizer(params, rc.SGD(0.05))):
+        model = small_mlp()
+        opt = make(model.parameters())
+        full_batch_loss(model, inputs, targets).backward(create_graph=True)
+        grads = [param.grad for param in model.parameters()]
+        assert all(grad.grad_fn is not None for grad in grads)
+        opt.zero_grad(set_to_none=set_to_none)
+        leftovers.append([
+            None if param.grad is None
+            else (param.grad is grad, param.grad.grad_fn, param.grad.requires_grad, param.grad.abs().sum().item())
+            for param, grad in zip(model.parameters(), grads)
+        ])
+    assert leftovers[0] == leftovers[1]
+    assert leftovers[1][0] == (None if set_to_none else (True, None, False, 0.0))
+
+
 def test_a_kept_gradient_written_in_place_behind_the_optimizer_skips_one_hypergradient_and_says_so(caplog):
     """model.zero_grad(set_to_none=False) zeroes, in place, the .grad tensors
     level 0 kept for the next hypergradient (the optimizer's own zero_grad
