@@ -294,21 +294,21 @@ class HyperOptimizer(torch.optim.Optimizer):
         return lambda: loss
 
     def _model_grads(self) -> list[Tensor]:
-        grads = []
-        for index, param in enumerate(self._params):
-            if param.grad is None:
+        originals = [param.grad for param in self._params]
+        for index, grad in enumerate(originals):
+            if grad is None:
                 raise RuntimeError(
-                    f"rc.HyperOptimizer.step: parameter {index} (shape {tuple(param.shape)}) has no .grad; "
-                    "call loss.backward() before step(), or leave unused parameters out of the optimizer"
+                    f"rc.HyperOptimizer.step: parameter {index} (shape {tuple(self._params[index].shape)}) has no "
+                    ".grad; call loss.backward() before step(), or leave unused parameters out of the optimizer"
                 )
-            if param.grad.is_sparse:
+            if grad.is_sparse:
                 raise RuntimeError(f"rc.HyperOptimizer.step: parameter {index} has a sparse gradient; not supported")
-            grads.append(param.grad.detach())
+        grads = [grad.detach() if grad.requires_grad else grad for grad in originals]
         if self.levels[0].optimizer.is_learned:
             if self.copies_gradients:
                 grads = [grad.clone() for grad in grads]
             else:
-                self._pending_kept_grads = [(param.grad, param.grad._version) for param in self._params]
+                self._pending_kept_grads = [(grad, grad._version) for grad in originals]
         return grads
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -419,7 +419,7 @@ class HyperOptimizer(torch.optim.Optimizer):
             )
             level_updates[index] = (state, norm_state, last_update)
             if index == 0:
-                model_params = [value.detach() for value in new_values]
+                model_params = [value.detach() if value.requires_grad else value for value in new_values]
             elif level.host:
                 raws[index - 1] = _ops.rounded(new_values, below.raw_dtype)
             else:
@@ -432,7 +432,7 @@ class HyperOptimizer(torch.optim.Optimizer):
                 _ops.copy_all(self._params, proposal.model_params)
         for index, raw in proposal.raws.items():
             if isinstance(raw, list):
-                self.levels[index].optimizer.set_raw_floats(raw)
+                self.levels[index].optimizer.set_raw_floats(raw, rounded=True)
             else:
                 self.levels[index].optimizer.raw = raw
         for index, (state, norm_state, last_update) in proposal.level_updates.items():
@@ -541,11 +541,13 @@ def _build_levels(optimizer: Optimizer) -> list[_Level]:
         if tied and current.tied_depth < 1:
             raise ValueError(f"rc.HyperOptimizer: {current!r} steps itself; build it with rc.tower(opt, depth, tie=True)")
         level = _Level(current, tied)
+        current.hypergradient_on_host = False
         if levels:
             below = levels[-1].optimizer
             level.host = (not tied and type(current).__dict__.get("host_floats", False)
                           and (current.normalizer is None or type(current.normalizer).__dict__.get("host_floats", False))
                           and below.raw.numel() <= HOST_LEVEL_MAX_ENTRIES)
+            below.hypergradient_on_host = level.host
         levels.append(level)
         current = None if tied else current.hyper
     return levels

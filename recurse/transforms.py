@@ -72,9 +72,10 @@ class RunningRMS(Normalizer):
         return {"step": 0, "mean_square": 0.0}
 
     def apply(self, grads: Sequence[Tensor], state: dict[str, Any]) -> tuple[list[Tensor], dict[str, Any]]:
+        grads = list(grads)
         step = state["step"] + 1
         count = max(_ops.size(grads), 1)
-        square_sum = _ops.dot(list(grads), list(grads))
+        square_sum = _ops.dot(grads, grads)
         previous = state["mean_square"]
         if not (isinstance(square_sum, Tensor) and square_sum.requires_grad):
             # Not differentiated through (as in an unroll): the running mean is
@@ -88,7 +89,7 @@ class RunningRMS(Normalizer):
             scale = torch.rsqrt(denominator)
         else:
             scale = 1.0 / math.sqrt(denominator) if denominator > 0.0 else math.inf  # (NaN stays NaN)
-        return _ops.scale_all(list(grads), scale), {"step": step, "mean_square": mean_square}
+        return _ops.scale_all(grads, scale), {"step": step, "mean_square": mean_square}
 
     def __repr__(self) -> str:
         return f"RunningRMS(decay={self.decay}, eps={self.eps})"

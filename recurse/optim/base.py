@@ -119,6 +119,11 @@ class Optimizer:
     # engine then steps this optimizer's levels above the model in floats.
     # Declared by each class itself; a subclass does not inherit it.
     host_floats: ClassVar[bool] = False
+    # Set by the online engine on a level whose raw vector the level above
+    # steps in Python floats: raw_gradient then reads its rows to the host
+    # at once and returns floats, rather than building a tensor that the
+    # engine would read back anyway.
+    hypergradient_on_host: bool = False
 
     def __init__(
         self,
@@ -212,12 +217,18 @@ class Optimizer:
         """
         return None
 
-    def raw_gradient(self, rows: Sequence[tuple[float, Tensor]], values: Mapping[str, float]) -> Tensor:
+    def raw_gradient(self, rows: Sequence[tuple[float, Tensor]], values: Mapping[str, float]) -> Tensor | list[float]:
         """Rows ``(coefficient, tensor)`` with d loss / d value = coefficient *
         tensor, one per learnable hyperparameter, as the vector d loss / d raw
-        (each times its constraint's d value / d raw, in one multiplication)."""
-        scaled = [tensor * (coefficient * constraint.raw_derivative(values[name]))
-                  for (coefficient, tensor), (name, constraint) in zip(rows, self._learnable_constraints)]
+        (each times its constraint's d value / d raw, in one multiplication):
+        a 1-D tensor, or Python floats for host rows or where
+        ``hypergradient_on_host`` is set."""
+        scales = [coefficient * constraint.raw_derivative(values[name])
+                  for (coefficient, _), (name, constraint) in zip(rows, self._learnable_constraints)]
+        tensors = [tensor for _, tensor in rows]
+        if not _ops.on_host(tensors) and self.hypergradient_on_host:  # one read of all rows
+            tensors = [tensors[0].item()] if len(tensors) == 1 else torch.stack(tensors).tolist()
+        scaled = [tensor * scale for tensor, scale in zip(tensors, scales)]
         if _ops.on_host(scaled):
             return scaled
         return scaled[0].reshape(1) if len(scaled) == 1 else torch.stack(scaled)
@@ -289,10 +300,11 @@ class Optimizer:
             return values
         return torch.tensor(values, dtype=self.raw_dtype, device=self.raw_device)
 
-    def set_raw_floats(self, values: list[float]) -> None:
+    def set_raw_floats(self, values: list[float], *, rounded: bool = False) -> None:
         """Take ``values`` as ``raw``, rounded to raw's dtype as a tensor
-        would hold them; no tensor is built until ``raw`` is read."""
-        self._raw_floats, self._raw = _ops.rounded(values, self.raw_dtype), None
+        would hold them (``rounded=True``: they already are); no tensor is
+        built until ``raw`` is read."""
+        self._raw_floats, self._raw = (values if rounded else _ops.rounded(values, self.raw_dtype)), None
 
     # --- hyperparameter values ---------------------------------------------
 
