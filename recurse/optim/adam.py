@@ -109,36 +109,47 @@ class Adam(Optimizer):
                 # z / s, 0 where s = 0: there every gradient so far was 0, so m_t and z are 0 too.
                 z_over_root = _ops.divide_each(z, _ops.clamp_min_all(roots, _ops.tiny(roots)))
                 z_d_over_root = _ops.multiply_each(z_over_root, decayed)
+            # The inner products the rows combine (floats, read in one go,
+            # where the level above steps in floats).
+            products = {}
             if "beta1" in learnable:
-                w_dot_previous, w_dot_d = _ops.dot(w, previous_avgs), _ops.dot(w, decayed)
-                w_dot_m = beta1 * w_dot_previous + (1 - beta1) * w_dot_d
+                products["w.m_prev"], products["w.d"] = _ops.dot(w, previous_avgs), _ops.dot(w, decayed)
             elif "lr" in learnable:
-                w_dot_m = _ops.dot(w, exp_avgs)
+                products["w.m"] = _ops.dot(w, exp_avgs)
             if decoupled and ("weight_decay" in learnable or ("lr" in learnable and weight_decay != 0.0)):
-                incoming_dot_params = _ops.dot(incoming, params)  # (AdamW's lr and weight_decay rows both use it)
-            rows = []  # (coefficient, 0-d tensor): d p_t / d value = coefficient * tensor
+                products["c.p"] = _ops.dot(incoming, params)  # (AdamW's lr and weight_decay rows both use it)
+            if "eps" in learnable:
+                products["sum z"] = _ops.total(z)
+            if "beta2" in learnable:
+                products["z/s.v_prev"] = _ops.dot(z_over_root, state["exp_avg_sq"])
+                products["zd/s.d"] = _ops.dot(z_d_over_root, decayed)
+            if "weight_decay" in learnable and not decoupled:
+                products["w.p"], products["zd/s.p"] = _ops.dot(w, params), _ops.dot(z_d_over_root, params)
+            products = dict(zip(products, self.host_scalars(products.values())))
+            if "beta1" in learnable:
+                products["w.m"] = beta1 * products["w.m_prev"] + (1 - beta1) * products["w.d"]
+
+            rows = []  # (coefficient, scalar): d p_t / d value = coefficient * scalar
             for name in learnable:
                 if name == "lr":
-                    row = w_dot_m
+                    row = products["w.m"]
                     if decoupled and weight_decay != 0.0:
-                        row = row + bias_correction1 * weight_decay * incoming_dot_params
+                        row = row + bias_correction1 * weight_decay * products["c.p"]
                     rows.append((-1.0 / bias_correction1, row))
                 elif name == "eps":
-                    rows.append((step_size, _ops.total(z)))
+                    rows.append((step_size, products["sum z"]))
                 elif name == "beta1":
-                    rows.append((-step_size, w_dot_previous - w_dot_d
-                                 + step * beta1 ** (step - 1) / bias_correction1 * w_dot_m))
+                    rows.append((-step_size, products["w.m_prev"] - products["w.d"]
+                                 + step * beta1 ** (step - 1) / bias_correction1 * products["w.m"]))
                 elif name == "beta2":
-                    previous_part = _ops.dot(z_over_root, state["exp_avg_sq"])
-                    gradient_part = _ops.dot(z_d_over_root, decayed)
+                    previous_part, gradient_part = products["z/s.v_prev"], products["zd/s.d"]
                     z_dot_root = beta2 * previous_part + (1 - beta2) * gradient_part
                     rows.append((step_size, (previous_part - gradient_part) / (2 * c)
                                  + step * beta2 ** (step - 1) / (2 * c**3) * z_dot_root))
                 elif decoupled:  # weight_decay, AdamW
-                    rows.append((-lr, incoming_dot_params))
+                    rows.append((-lr, products["c.p"]))
                 else:  # weight_decay, L2
-                    rows.append((-step_size, (1 - beta1) * _ops.dot(w, params)
-                                 - (1 - beta2) / c * _ops.dot(z_d_over_root, params)))
+                    rows.append((-step_size, (1 - beta1) * products["w.p"] - (1 - beta2) / c * products["zd/s.p"]))
             return self.raw_gradient(rows, values)
 
         return new_params, new_state, vjp

@@ -225,13 +225,20 @@ class Optimizer:
         ``hypergradient_on_host`` is set."""
         scales = [coefficient * constraint.raw_derivative(values[name])
                   for (coefficient, _), (name, constraint) in zip(rows, self._learnable_constraints)]
-        tensors = [tensor for _, tensor in rows]
-        if not _ops.on_host(tensors) and self.hypergradient_on_host:  # one read of all rows
-            tensors = [tensors[0].item()] if len(tensors) == 1 else torch.stack(tensors).tolist()
+        tensors = self.host_scalars([tensor for _, tensor in rows])
         scaled = [tensor * scale for tensor, scale in zip(tensors, scales)]
         if _ops.on_host(scaled):
             return scaled
         return scaled[0].reshape(1) if len(scaled) == 1 else torch.stack(scaled)
+
+    def host_scalars(self, scalars: Sequence[Tensor | float]) -> list[Tensor] | list[float]:
+        """The 0-d tensors ``scalars`` (inner products a closed form combines
+        into its rows) as Python floats, read in one go, where
+        ``hypergradient_on_host`` is set; else unchanged."""
+        scalars = list(scalars)
+        if not scalars or not self.hypergradient_on_host or _ops.on_host(scalars):
+            return scalars
+        return [scalars[0].item()] if len(scalars) == 1 else torch.stack(scalars).tolist()
 
     def values_from_raw(self, raw: Sequence[float]) -> dict[str, float]:
         """Every hyperparameter as a Python float, the learnable ones read
