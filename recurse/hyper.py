@@ -266,18 +266,20 @@ class HyperOptimizer(torch.optim.Optimizer):
             closure = self._gradients_from(loss)
         self._forget_overwritten_gradients()
         grads = self._model_grads()
-        with torch.enable_grad():
+        # No graph is built here, but where autograd differentiates an update
+        # (a learned level without a closed form; see _advance).
+        with torch.no_grad():
             points = [None if level.last_update is None else level.last_update.raw for level in self.levels]
             hypergradients, level_grads = self._hypergradients(grads)
             proposal = self._propose(level_grads, hypergradients, closure)
-        if self.guard != "off":
-            proposed = [raw for raw in proposal.raws.values() if isinstance(raw, Tensor)] + (proposal.model_params or [])
-            host_values = [value for raw in proposal.raws.values() if isinstance(raw, list) for value in raw]
-            if not (all(map(math.isfinite, host_values)) and self._finite(proposed)):
-                self._reject("gradient" if not self._finite(grads) else "update")
-                return loss
-        self._last_hypergradients, self._hypergradient_points = hypergradients, points
-        self._commit(proposal)
+            if self.guard != "off":
+                proposed = [raw for raw in proposal.raws.values() if isinstance(raw, Tensor)] + (proposal.model_params or [])
+                host_values = [value for raw in proposal.raws.values() if isinstance(raw, list) for value in raw]
+                if not (all(map(math.isfinite, host_values)) and self._finite(proposed)):
+                    self._reject("gradient" if not self._finite(grads) else "update")
+                    return loss
+            self._last_hypergradients, self._hypergradient_points = hypergradients, points
+            self._commit(proposal)
         return loss
 
     def _gradients_from(self, loss: Tensor) -> Callable[[], Tensor]:
@@ -398,12 +400,13 @@ class HyperOptimizer(torch.optim.Optimizer):
             level = self.levels[index]
             optimizer = level.optimizer
             if index == 0:
-                targets = [p.detach() for p in self._params]
-                if optimizer.needs_loss_graph:  # it differentiates the loss at the very parameters
-                    targets = list(self._params)
-                elif optimizer.is_learned and optimizer.update_depends_on_params():
-                    # Kept by the last update, and the model changes in place.
-                    targets = [p.clone() for p in targets]
+                targets = list(self._params)  # (it differentiates the loss at the very parameters: Newton)
+                if optimizer.is_learned and not optimizer.needs_loss_graph:
+                    if optimizer.update_depends_on_params():
+                        # Kept by the last update, and the model changes in place.
+                        targets = [p.clone() for p in targets]
+                    elif not _has_closed_form(optimizer):  # autograd differentiates the update: no edge to the model
+                        targets = [p.detach() for p in targets]
             else:
                 below = self.levels[index - 1].optimizer
                 if level_grads[index] is None:
@@ -428,8 +431,7 @@ class HyperOptimizer(torch.optim.Optimizer):
 
     def _commit(self, proposal: _Proposal) -> None:
         if proposal.model_params is not None:
-            with torch.no_grad():
-                _ops.copy_all(self._params, proposal.model_params)
+            _ops.copy_all(self._params, proposal.model_params)
         for index, raw in proposal.raws.items():
             if isinstance(raw, list):
                 self.levels[index].optimizer.set_raw_floats(raw, rounded=True)
@@ -573,8 +575,9 @@ def _advance(optimizer, raw, targets, grads, state, norm_state, *, learned, clos
             return [math.nan] * len(targets), (state, norm_state, None)
     raw = optimizer.as_raw_tensor(raw)
     hyper_leaf = raw.detach().requires_grad_() if learned else None
-    hyper = optimizer.hyper_values(hyper_leaf) if learned else optimizer.hyper_values()
-    new_values, new_state = optimizer.update(targets, grads, state, hyper, closure=closure)
+    with torch.set_grad_enabled(learned or closure is not None):
+        hyper = optimizer.hyper_values(hyper_leaf) if learned else optimizer.hyper_values()
+        new_values, new_state = optimizer.update(targets, grads, state, hyper, closure=closure)
     last_update = None
     if learned:
         # The state's dependence on this step's hyperparameters is dropped:
@@ -622,8 +625,9 @@ def _vjp(optimizer: Optimizer, last_update: _LastUpdate, incoming: list[Tensor],
             return [math.nan] * optimizer.raw.numel()
         else:
             leaf = optimizer.as_raw_tensor(last_update.raw).detach().clone().requires_grad_()
-            outputs, _ = optimizer.update(last_update.params, last_update.grads, last_update.state,
-                                          optimizer.hyper_values(leaf))
+            with torch.enable_grad():
+                outputs, _ = optimizer.update(last_update.params, last_update.grads, last_update.state,
+                                              optimizer.hyper_values(leaf))
             last_update.hyper_leaf, last_update.outputs = leaf, outputs
     if last_update.closed_form is not None:
         return last_update.closed_form(list(incoming))

@@ -169,7 +169,8 @@ class FiniteCheck:
 def _per_tensor(scalar: Scalar, *lists: list[Tensor]) -> bool:
     """True when the single-tensor ops must be used: a tensor scalar or a
     graph to keep (differentiable), or an empty list (foreach ops refuse one)."""
-    return isinstance(scalar, Tensor) or not lists[0] or any(x.requires_grad for xs in lists for x in xs)
+    return (isinstance(scalar, Tensor) or not lists[0]
+            or (torch.is_grad_enabled() and any(x.requires_grad for xs in lists for x in xs)))
 
 
 def scale_all(xs: Vector, factor: Scalar) -> Vector:
