@@ -106,6 +106,25 @@ def dot(xs: Vector, ys: Vector) -> Tensor | float:
     return torch.stack([torch.dot(_flat(x), _flat(y)) for x, y in zip(xs, ys)]).sum()
 
 
+def inner_products(pairs: list[tuple[Vector, Vector | None]]) -> Tensor | list[float]:
+    """[dot(xs, ys) for each pair], ``ys`` None meaning total(xs), computed
+    together: a 1-D tensor with one stack and one sum for all the pairs
+    (floats for host vectors). Every list has the same length (one entry
+    per parameter), and a tensor used in several pairs is flattened once."""
+    if not pairs or on_host(pairs[0][0]):
+        return [dot(xs, ys) if ys is not None else total(xs) for xs, ys in pairs]
+    flat: dict[int, Tensor] = {}
+
+    def flattened(x: Tensor) -> Tensor:
+        if id(x) not in flat:
+            flat[id(x)] = _flat(x)
+        return flat[id(x)]
+
+    parts = [torch.dot(flattened(x), flattened(y)) if ys is not None else x.sum()
+             for xs, ys in pairs for x, y in zip(xs, ys if ys is not None else xs)]
+    return torch.stack(parts).view(len(pairs), -1).sum(1)
+
+
 def _flat(x: Tensor) -> Tensor:
     return x if x.dim() == 1 else x.reshape(-1)  # (a view costs a dispatch too)
 

@@ -111,21 +111,20 @@ class Adam(Optimizer):
                 z_d_over_root = _ops.multiply_each(z_over_root, decayed)
             # The inner products the rows combine (floats, read in one go,
             # where the level above steps in floats).
-            products = {}
+            pairs = {}  # name -> (xs, ys): <xs, ys>, or the total of xs where ys is None
             if "beta1" in learnable:
-                products["w.m_prev"], products["w.d"] = _ops.dot(w, previous_avgs), _ops.dot(w, decayed)
+                pairs["w.m_prev"], pairs["w.d"] = (w, previous_avgs), (w, decayed)
             elif "lr" in learnable:
-                products["w.m"] = _ops.dot(w, exp_avgs)
+                pairs["w.m"] = (w, exp_avgs)
             if decoupled and ("weight_decay" in learnable or ("lr" in learnable and weight_decay != 0.0)):
-                products["c.p"] = _ops.dot(incoming, params)  # (AdamW's lr and weight_decay rows both use it)
+                pairs["c.p"] = (list(incoming), params)  # (AdamW's lr and weight_decay rows both use it)
             if "eps" in learnable:
-                products["sum z"] = _ops.total(z)
+                pairs["sum z"] = (z, None)
             if "beta2" in learnable:
-                products["z/s.v_prev"] = _ops.dot(z_over_root, state["exp_avg_sq"])
-                products["zd/s.d"] = _ops.dot(z_d_over_root, decayed)
+                pairs["z/s.v_prev"], pairs["zd/s.d"] = (z_over_root, state["exp_avg_sq"]), (z_d_over_root, decayed)
             if "weight_decay" in learnable and not decoupled:
-                products["w.p"], products["zd/s.p"] = _ops.dot(w, params), _ops.dot(z_d_over_root, params)
-            products = dict(zip(products, self.host_scalars(products.values())))
+                pairs["w.p"], pairs["zd/s.p"] = (w, params), (z_d_over_root, params)
+            products = dict(zip(pairs, self.host_scalars(_ops.inner_products(list(pairs.values())))))
             if "beta1" in learnable:
                 products["w.m"] = beta1 * products["w.m_prev"] + (1 - beta1) * products["w.d"]
 

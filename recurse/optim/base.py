@@ -231,10 +231,12 @@ class Optimizer:
             return scaled
         return scaled[0].reshape(1) if len(scaled) == 1 else torch.stack(scaled)
 
-    def host_scalars(self, scalars: Sequence[Tensor | float]) -> list[Tensor] | list[float]:
-        """The 0-d tensors ``scalars`` (inner products a closed form combines
-        into its rows) as Python floats, read in one go, where
-        ``hypergradient_on_host`` is set; else unchanged."""
+    def host_scalars(self, scalars: Sequence[Tensor | float] | Tensor) -> list[Tensor] | list[float]:
+        """``scalars`` (0-d tensors, or a 1-D tensor, of inner products a
+        closed form combines into its rows) as Python floats, read in one
+        go, where ``hypergradient_on_host`` is set; else as 0-d tensors."""
+        if isinstance(scalars, Tensor):
+            return scalars.tolist() if self.hypergradient_on_host else list(scalars.unbind())
         scalars = list(scalars)
         if not scalars or not self.hypergradient_on_host or _ops.on_host(scalars):
             return scalars
