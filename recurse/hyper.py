@@ -29,6 +29,7 @@ hypergradient is a list of floats; ``raw`` stays a tensor.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ GUARD_MODES = ("skip", "raise", "off")
 # RMS-normalised step on CPU: floats and tensors break even near 100 entries
 # for SGD and 80 for Adam; at 64 floats take 11 vs 15 us and 29 vs 37 us.)
 HOST_LEVEL_MAX_ENTRIES = 64
+_NO_CONTEXT = contextlib.nullcontext()
 
 
 @dataclass
@@ -575,7 +577,7 @@ def _advance(optimizer, raw, targets, grads, state, norm_state, *, learned, clos
             return [math.nan] * len(targets), (state, norm_state, None)
     raw = optimizer.as_raw_tensor(raw)
     hyper_leaf = raw.detach().requires_grad_() if learned else None
-    with torch.set_grad_enabled(learned or closure is not None):
+    with torch.enable_grad() if learned or closure is not None else _NO_CONTEXT:
         hyper = optimizer.hyper_values(hyper_leaf) if learned else optimizer.hyper_values()
         new_values, new_state = optimizer.update(targets, grads, state, hyper, closure=closure)
     last_update = None
