@@ -10,8 +10,10 @@ the default non-finite guard (one read of the new parameters per step),
 except "depth 0, guard off", which shows what the guard costs. The SGD
 family also times depth 1 written by hand as a minimal torch.optim
 optimizer (the same arithmetic; no guard, no checks, the update in place):
-a floor for what one learned level costs here. The run ends by checking
-that it learned the same lr as recurse.
+a floor for what one learned level costs here. The Adam families also
+time depth 1 with ``rc.Adam(compile=True)`` at level 0 (its closed form
+through torch.compile; compiled during the warm-up). The run ends by
+checking that each of these learned the same lr as recurse's depth 1.
 
     python benchmarks/overhead.py [--steps 200] [--repeats 5] [--device cuda]
 """
@@ -29,6 +31,7 @@ import recurse as rc
 
 DEPTHS = (0, 1, 2, 4, 8)
 HAND_WRITTEN = "depth 1 by hand (torch.optim.Optimizer, in place, no guard)"
+COMPILED = "recurse depth 1, Adam(compile=True)"
 
 
 def make_model(device):
@@ -36,13 +39,15 @@ def make_model(device):
     return torch.nn.Sequential(torch.nn.Linear(784, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10)).to(device)
 
 
-def tower_of(family, depth):
+def tower_of(family, depth, compile=False):
+    """``compile``: level 0 (an Adam) computes its closed form through torch.compile."""
     if family == "SGD":
         levels = [rc.SGD(0.05)] + [rc.SGD(1e-3, normalize="rms") for _ in range(depth)]
     elif family == "Adam":
-        levels = [rc.Adam(1e-3)] + [rc.Adam(1e-4, normalize="rms") for _ in range(depth)]
+        levels = [rc.Adam(1e-3, compile=compile)] + [rc.Adam(1e-4, normalize="rms") for _ in range(depth)]
     else:  # "Adam, lr only": every level learns only its learning rate
-        levels = [rc.Adam(1e-3, learn="lr")] + [rc.Adam(1e-4, learn="lr", normalize="rms") for _ in range(depth)]
+        levels = [rc.Adam(1e-3, learn="lr", compile=compile)] + [rc.Adam(1e-4, learn="lr", normalize="rms")
+                                                                  for _ in range(depth)]
     return rc.stack(*levels)
 
 
@@ -80,14 +85,14 @@ def make_runner(name, family, depth, device, inputs, labels):
         opt = torch.optim.SGD(model.parameters(), lr=0.05) if family == "SGD" else torch.optim.Adam(model.parameters(), lr=1e-3)
     else:
         guard = "off" if name.endswith("guard off") else "skip"
-        opt = rc.HyperOptimizer(model.parameters(), tower_of(family, depth), guard=guard)
+        opt = rc.HyperOptimizer(model.parameters(), tower_of(family, depth, compile=name == COMPILED), guard=guard)
 
     def step():
         opt.zero_grad()
         torch.nn.functional.cross_entropy(model(inputs), labels).backward()
         opt.step()
 
-    learned_lr = {"recurse depth 1": lambda: opt.hyperparameters()["0.lr"],
+    learned_lr = {"recurse depth 1": lambda: opt.hyperparameters()["0.lr"], COMPILED: lambda: opt.hyperparameters()["0.lr"],
                   HAND_WRITTEN: lambda: math.exp(opt.log_lr)}.get(name)
     return step, learned_lr
 
@@ -124,6 +129,8 @@ def main(argv=None):
         methods = [("torch.optim", 0), ("recurse depth 0, guard off", 0)] + [(f"recurse depth {d}", d) for d in DEPTHS]
         if family == "SGD":
             methods.insert(3, (HAND_WRITTEN, 1))
+        else:
+            methods.insert(4, (COMPILED, 1))
         built = {name: make_runner(name, family, depth, device, inputs, labels) for name, depth in methods}
         runners = {name: run for name, (run, _) in built.items()}
         for run in runners.values():
@@ -136,8 +143,9 @@ def main(argv=None):
         baseline, depth0 = medians["torch.optim"], medians["recurse depth 0"]
         previous = None
         for name, depth in methods:
-            recurse_tower = name.startswith("recurse depth")
-            per_level = "" if depth == 0 or not recurse_tower else f"{100 * (medians[name] - depth0) / depth0 / depth:.1f}"
+            recurse_tower = name.startswith("recurse depth") and name != COMPILED
+            per_level = ("" if depth == 0 or not name.startswith("recurse depth")
+                         else f"{100 * (medians[name] - depth0) / depth0 / depth:.1f}")
             marginal = ""
             if recurse_tower and previous is not None and depth > previous[1]:
                 marginal = f"{100 * (medians[name] - previous[0]) / depth0 / (depth - previous[1]):.1f}"
@@ -145,10 +153,11 @@ def main(argv=None):
                 previous = (medians[name], depth)
             print(f"| {family} | {name} | {medians[name]:.3f} | {medians[name] / baseline:.2f} | {per_level} | "
                   f"{marginal} |")
-        if family == "SGD":  # both took the same steps on the same batch: they must have learned the same lr
-            ours, theirs = built["recurse depth 1"][1](), built[HAND_WRITTEN][1]()
-            checks.append(f"learned lr after {20 + args.repeats * args.steps} steps, recurse depth 1 {ours:.6g}, "
-                          f"by hand {theirs:.6g}: relative difference {abs(ours - theirs) / theirs:.1e}")
+        # Each pair took the same steps on the same batch: they must have learned the same lr.
+        other = HAND_WRITTEN if family == "SGD" else COMPILED
+        ours, theirs = built["recurse depth 1"][1](), built[other][1]()
+        checks.append(f"{family}: learned lr after {20 + args.repeats * args.steps} steps, recurse depth 1 "
+                      f"{ours:.6g}, {other} {theirs:.6g}: relative difference {abs(ours - theirs) / theirs:.1e}")
     print("\n" + "\n".join(checks))
 
 

@@ -66,6 +66,8 @@ ROWS = [
      r"beta1 must be .* or exactly 0 \(off\), got -0.1"),
     ("betas-not-a-pair", "betas given as one number", lambda: rc.Adam(1e-3, betas=0.9), ValueError,
      r"betas must be a pair \(beta1, beta2\), got 0.9"),
+    ("compile-not-a-bool", "compile= given as a string", lambda: rc.Adam(1e-3, compile="yes"), TypeError,
+     r"rc.Adam: compile must be True or False, got 'yes'"),
     ("momentum-above-1", "momentum above 1", lambda: rc.SGD(0.1, momentum=1.5), ValueError,
      r"momentum must be .*got 1.5"),
     ("zero-eps", "eps = 0", lambda: rc.RMSprop(1e-2, eps=0.0), ValueError, r"eps must be a finite number > 0, got 0.0"),

@@ -7,6 +7,7 @@ import torch
 
 import recurse as rc
 from optimizer_table import autograd_vjp
+from recurse.optim import adam as adam_module
 
 CONFIGURATIONS = {
     "sgd": lambda: rc.SGD(0.05),
@@ -42,15 +43,13 @@ def random_problem(seed):
     return params, grads
 
 
-@pytest.mark.parametrize("on_host", [False, True], ids=["tensor", "floats"])
-@pytest.mark.parametrize("name", sorted(CONFIGURATIONS))
-def test_closed_form_vjp_equals_autograd_through_the_update(name, on_host):
-    """``on_host``: the engine's setting where the level above steps in
-    floats; the vjp then reads its inner products once and returns floats."""
-    optimizer = CONFIGURATIONS[name]()
-    optimizer.to("cpu", torch.float64)
-    optimizer.hypergradient_on_host = on_host
-    params, grads = random_problem(seed=len(name))
+def check_closed_form_against_autograd(optimizer, seed, device="cpu"):
+    """Four steps of update_with_vjp on random_problem, in float64: the new
+    parameters equal the update's, and each vjp equals autograd through the
+    update (a list of floats where hypergradient_on_host is set)."""
+    optimizer.to(device, torch.float64)
+    params, grads = random_problem(seed)
+    params, grads = [p.to(device) for p in params], [[g.to(device) for g in step] for step in grads]
     state = optimizer.init(params)
     generator = torch.Generator().manual_seed(7)
     for step, step_grads in enumerate(grads):
@@ -59,14 +58,61 @@ def test_closed_form_vjp_equals_autograd_through_the_update(name, on_host):
         reference_params, _ = optimizer.update(params, step_grads, state, optimizer.hyper_values(optimizer.raw))
         for mine, reference in zip(new_params, reference_params):
             torch.testing.assert_close(mine, reference, rtol=1e-14, atol=1e-15)
-        incoming = [torch.randn(p.shape, generator=generator, dtype=torch.float64) for p in params]
+        incoming = [torch.randn(p.shape, generator=generator, dtype=torch.float64).to(device) for p in params]
         expected = autograd_vjp(optimizer, params, step_grads, state, incoming)
         gradient = vjp(incoming)
-        assert isinstance(gradient, list if on_host else torch.Tensor)
+        assert isinstance(gradient, list if optimizer.hypergradient_on_host else torch.Tensor)
         torch.testing.assert_close(optimizer.as_raw_tensor(gradient), expected, rtol=1e-10, atol=1e-14)
         if step > 0:  # (on the first step momentum, dampening and beta1 do not act yet)
             assert expected.abs().min() > 0  # every learnable hyperparameter really moves the update
         params, state = new_params, new_state
+
+
+@pytest.mark.parametrize("on_host", [False, True], ids=["tensor", "floats"])
+@pytest.mark.parametrize("name", sorted(CONFIGURATIONS))
+def test_closed_form_vjp_equals_autograd_through_the_update(name, on_host):
+    """``on_host``: the engine's setting where the level above steps in
+    floats; the vjp then reads its inner products once and returns floats."""
+    optimizer = CONFIGURATIONS[name]()
+    optimizer.hypergradient_on_host = on_host
+    check_closed_form_against_autograd(optimizer, seed=len(name))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("name", sorted(name for name in CONFIGURATIONS if name.startswith("adam")))
+def test_adam_compiled_closed_form_equals_autograd(name):
+    """Adam(compile=True): the inner products through torch.compile (one
+    function per parameter tensor) give the same hypergradient, and it
+    really compiled (no fallback)."""
+    torch._dynamo.reset()  # (one compiled function serves every configuration; each is a recompile)
+    optimizer = CONFIGURATIONS[name]()
+    optimizer.compile = True
+    check_closed_form_against_autograd(optimizer, seed=len(name))
+    assert optimizer.compile
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_adam_compiled_closed_form_on_cuda_equals_autograd(name):
+    torch._dynamo.reset()
+    optimizer = CONFIGURATIONS[name]()
+    optimizer.compile = True
+    check_closed_form_against_autograd(optimizer, seed=len(name), device="cuda")
+    assert optimizer.compile
+
+
+def test_adam_compile_that_fails_warns_once_and_computes_without_it(monkeypatch, caplog):
+    def no_compiler(*arguments):
+        raise RuntimeError("no C++ compiler\nsecond line")
+
+    monkeypatch.setattr(adam_module, "_fused_products", no_compiler)
+    optimizer = rc.Adam(1e-2, eps=1e-3, compile=True, hyper=rc.SGD(1e-3))
+    with caplog.at_level("WARNING", logger="recurse"):
+        check_closed_form_against_autograd(optimizer, seed=3)
+    assert not optimizer.compile
+    warnings = [record.message for record in caplog.records if "torch.compile failed" in record.message]
+    assert warnings == ["rc.Adam(compile=True): torch.compile failed (RuntimeError: no C++ compiler); "
+                        "the closed form runs without it"]
 
 
 def test_an_optimizer_without_a_closed_form_is_differentiated_by_autograd():
