@@ -108,21 +108,14 @@ def dot(xs: Vector, ys: Vector) -> Tensor | float:
 
 def inner_products(pairs: list[tuple[Vector, Vector | None]]) -> Tensor | list[float]:
     """[dot(xs, ys) for each pair], ``ys`` None meaning total(xs), computed
-    together: a 1-D tensor with one stack and one sum for all the pairs
+    together: a 1-D tensor from one stack and one sum for all the pairs
     (floats for host vectors). Every list has the same length (one entry
-    per parameter), and a tensor used in several pairs is flattened once."""
+    per parameter)."""
     if not pairs or on_host(pairs[0][0]):
         return [dot(xs, ys) if ys is not None else total(xs) for xs, ys in pairs]
-    flat: dict[int, Tensor] = {}
-
-    def flattened(x: Tensor) -> Tensor:
-        if id(x) not in flat:
-            flat[id(x)] = _flat(x)
-        return flat[id(x)]
-
-    parts = [torch.dot(flattened(x), flattened(y)) if ys is not None else x.sum()
-             for xs, ys in pairs for x, y in zip(xs, ys if ys is not None else xs)]
-    return torch.stack(parts).view(len(pairs), -1).sum(1)
+    parts = torch.stack([torch.dot(_flat(x), _flat(y)) if ys is not None else x.sum()
+                         for xs, ys in pairs for x, y in zip(xs, ys if ys is not None else xs)])
+    return parts.sum(0, keepdim=True) if len(pairs) == 1 else parts.view(len(pairs), -1).sum(1)
 
 
 def _flat(x: Tensor) -> Tensor:

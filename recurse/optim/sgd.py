@@ -82,22 +82,40 @@ class SGD(Optimizer):
         learnable = self.learnable
 
         def vjp(incoming):
-            rows = []  # (coefficient, 0-d tensor): d p_t / d value = coefficient * tensor
+            # Every row is an inner product of incoming with one list, taken
+            # together (and read once where the level above steps in floats).
+            incoming = list(incoming)
+            others = {}
+            if "lr" in learnable:
+                others["u"] = directions
+            if "momentum" in learnable:
+                if nesterov:
+                    others["b"] = buffers
+                if not first:
+                    others["b_prev"] = previous
+            if "dampening" in learnable and not first:
+                others["d"] = decayed
+            if "weight_decay" in learnable:
+                others["p"] = list(params)
+            products = self.host_scalars(_ops.inner_products([(incoming, ys) for ys in others.values()]))
+            dot = dict(zip(others, products))
+            zero = 0.0 if self.hypergradient_on_host or _ops.on_host(incoming) else _ops.zero_like(incoming[0])
+            rows = []  # (coefficient, scalar): d p_t / d value = coefficient * scalar
             for name in learnable:
                 if name == "lr":
-                    rows.append((-1.0, _ops.dot(incoming, directions)))
+                    rows.append((-1.0, dot["u"]))
                 elif name == "momentum":  # d u / d momentum = [b_t if Nesterov] + (momentum if Nesterov else 1) b_{t-1}
-                    row = _ops.dot(incoming, buffers) if nesterov else _ops.zero_like(incoming[0])
+                    row = dot["b"] if nesterov else zero
                     if not first:
-                        row = row + (momentum if nesterov else 1.0) * _ops.dot(incoming, previous)
+                        row = row + (momentum if nesterov else 1.0) * dot["b_prev"]
                     rows.append((-lr, row))
                 elif name == "dampening":
                     scale = 0.0 if first else (momentum if nesterov else 1.0)
-                    rows.append((lr * scale, _ops.zero_like(incoming[0]) if first else _ops.dot(incoming, decayed)))
+                    rows.append((lr * scale, zero if first else dot["d"]))
                 else:  # weight_decay
                     through_buffer = 1.0 if first else 1.0 - dampening
                     scale = (1.0 + momentum * through_buffer if nesterov else through_buffer) if use_momentum else 1.0
-                    rows.append((-lr * scale, _ops.dot(incoming, list(params))))
+                    rows.append((-lr * scale, dot["p"]))
             return self.raw_gradient(rows, values)
 
         return new_params, new_state, vjp
