@@ -210,10 +210,14 @@ class Optimizer:
 
         over the learnable hyperparameters h, in ``self.learnable`` order,
         with respect to their unconstrained ``raw`` entries (write the rows
-        d / d value and finish with :meth:`raw_gradient`). The default,
-        None, lets the engine differentiate :meth:`update` with autograd; a
-        closed form must agree with that (each built-in is tested to 1e-10
-        in float64) and saves building and walking a graph every step.
+        d / d value and finish with :meth:`raw_gradient`; where rows combine
+        several inner products, take them with
+        :func:`recurse.optim._ops.inner_products` and pass them through
+        :meth:`host_scalars` first, so that a host level above reads them
+        once). The default, None, lets the engine differentiate
+        :meth:`update` with autograd; a closed form must agree with that
+        (each built-in is tested to 1e-10 in float64) and saves building and
+        walking a graph every step.
         """
         return None
 
