@@ -92,7 +92,10 @@ def make_runner(name, family, depth, device, inputs, labels):
         torch.nn.functional.cross_entropy(model(inputs), labels).backward()
         opt.step()
 
-    learned_lr = {"recurse depth 1": lambda: opt.hyperparameters()["0.lr"], COMPILED: lambda: opt.hyperparameters()["0.lr"],
+    def recurse_lr():
+        return opt.hyperparameters()["0.lr"]
+
+    learned_lr = {"recurse depth 1": recurse_lr, COMPILED: recurse_lr,
                   HAND_WRITTEN: lambda: math.exp(opt.log_lr)}.get(name)
     return step, learned_lr
 

@@ -22,6 +22,7 @@ CONFIGURATIONS = {
     "adam-lr-only": lambda: rc.Adam(1e-2, learn="lr"),
     "adamw": lambda: rc.AdamW(1e-2, eps=1e-3, weight_decay=0.1),
     "adamw-lr-only": lambda: rc.AdamW(1e-2, weight_decay=0.1, learn="lr"),
+    "adamw-weight-decay-only": lambda: rc.AdamW(1e-2, weight_decay=0.1, learn="weight_decay"),  # (no temporaries)
     "sgd-momentum-identity": lambda: rc.SGD(0.05, momentum=0.9, parametrization={"lr": "identity", "momentum": "identity"}),
     "adam-identity-lr-beta1": lambda: rc.Adam(1e-2, eps=1e-3, parametrization={"lr": "identity", "beta1": "identity"}),
 }

@@ -21,6 +21,8 @@ _PRODUCTS = {
     "w.m_prev": ("w", "m_prev"), "w.d": ("w", "d"), "w.m": ("w", "m"), "c.p": ("c", "p"), "sum z": ("z", None),
     "z/s.v_prev": ("z/s", "v_prev"), "zd/s.d": ("zd/s", "d"), "w.p": ("w", "p"), "zd/s.p": ("zd/s", "p"),
 }
+# The temporaries among the operands, each computed from the one before it.
+_TEMPORARIES = ("w", "z", "z/s", "zd/s")
 
 
 def _products_per_tensor(names, incoming, denoms, exp_avgs, roots, decayed, previous_avgs, previous_sqs, params):
@@ -91,8 +93,8 @@ class Adam(Optimizer):
         self.compile = compile
         self._product_names = self._products_needed()
         used = {operand for name in self._product_names for operand in _PRODUCTS[name]}
-        self._rows_need_z_over_root = bool(used & {"z/s", "zd/s"})
-        self._rows_need_z = self._rows_need_z_over_root or "z" in used
+        # How many of _TEMPORARIES the eager path computes (a prefix of them).
+        self._temporaries_needed = max((_TEMPORARIES.index(x) + 1 for x in used if x in _TEMPORARIES), default=0)
 
     def _products_needed(self) -> tuple[str, ...]:
         """The _PRODUCTS the closed-form rows combine, fixed by what is learned."""
@@ -213,12 +215,16 @@ class Adam(Optimizer):
         """The (xs, ys) pairs of the products this level needs, with one
         foreach operation per temporary over the whole parameter list."""
         operands = {"c": incoming, "m": exp_avgs, "m_prev": previous_avgs, "v_prev": previous_sqs, "d": decayed,
-                    "p": params, "w": _ops.divide_each(incoming, denoms)}
-        if self._rows_need_z:
+                    "p": params}
+        needed = self._temporaries_needed
+        if needed > 0:
+            operands["w"] = _ops.divide_each(incoming, denoms)
+        if needed > 1:
             operands["z"] = _ops.multiply_each(_ops.divide_each(operands["w"], denoms), exp_avgs)
-        if self._rows_need_z_over_root:
+        if needed > 2:
             # z / s, 0 where s = 0: there every gradient so far was 0, so m_t and z are 0 too.
             operands["z/s"] = _ops.divide_each(operands["z"], _ops.clamp_min_all(roots, _ops.tiny(roots)))
+        if needed > 3:
             operands["zd/s"] = _ops.multiply_each(operands["z/s"], decayed)
         return [(operands[x], None if y is None else operands[y])
                 for x, y in (_PRODUCTS[name] for name in self._product_names)]

@@ -99,7 +99,7 @@ class SGD(Optimizer):
                 others["p"] = list(params)
             products = self.host_scalars(_ops.inner_products([(incoming, ys) for ys in others.values()]))
             dot = dict(zip(others, products))
-            zero = 0.0 if self.hypergradient_on_host or _ops.on_host(incoming) else _ops.zero_like(incoming[0])
+            zero = 0.0 if self.hypergradient_on_host else _ops.zero_like(incoming[0])
             rows = []  # (coefficient, scalar): d p_t / d value = coefficient * scalar
             for name in learnable:
                 if name == "lr":
