@@ -194,16 +194,17 @@ def online_run(device: str) -> tuple[list[float], dict[str, float], torch.Tensor
     inputs, targets = regression_data()
     inputs, targets = inputs.to(device), targets.to(device)
     model = small_mlp().to(device)
-    tower = rc.stack(rc.Adam(1e-2, eps=1e-3), rc.RMSprop(1e-3), rc.Adam(1e-3, normalize="rms"), rc.SGD(1e-4))
-    opt = rc.HyperOptimizer(model.parameters(), tower, record_history=True)
+
+    def tower():
+        return rc.stack(rc.Adam(1e-2, eps=1e-3), rc.RMSprop(1e-3), rc.Adam(1e-3, normalize="rms"), rc.SGD(1e-4))
+
+    opt = rc.HyperOptimizer(model.parameters(), tower(), record_history=True)
     losses = [train_step(model, opt, inputs, targets) for _ in range(10)]
     opt.zero_grad()
     (model(inputs).sum() * float("nan")).backward()
     opt.step()  # rejected: nothing moves
     assert opt.nonfinite_steps == 1
-    resumed = rc.HyperOptimizer(model.parameters(), rc.stack(rc.Adam(1e-2, eps=1e-3), rc.RMSprop(1e-3),
-                                                              rc.Adam(1e-3, normalize="rms"), rc.SGD(1e-4)),
-                                record_history=True)
+    resumed = rc.HyperOptimizer(model.parameters(), tower(), record_history=True)
     resumed.load_state_dict(opt.state_dict())
     losses += [train_step(model, resumed, inputs, targets) for _ in range(10)]
     for level in resumed.levels:
