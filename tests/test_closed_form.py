@@ -162,6 +162,29 @@ def test_a_saturated_hyperparameter_skips_the_step_instead_of_dividing_by_zero()
     assert opt.nonfinite_steps == 1 and torch.equal(theta.detach(), torch.ones(3, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("guard", ["skip", "raise"])
+def test_a_learned_value_driven_beyond_the_dtype_is_caught_by_the_guard(guard):
+    """lr = e * 3e38 is a finite Python float but no float32: torch refuses
+    it as a scale ("cannot be converted to type float without overflow").
+    The guard must see a saturated value and skip (or raise), nothing updated."""
+    theta = torch.ones(3, requires_grad=True)
+    learned = rc.SGD(3e38, hyper=rc.SGD(1.0, normalize="rms"))
+    opt = rc.HyperOptimizer([theta], learned, guard=guard)
+    theta.grad = torch.full((3,), 0.1)
+    opt.step()  # lr = 3e38 fits; theta = 1 - 3e37
+    theta.grad = torch.full((3,), 0.1)
+    raw_before, theta_before = learned.raw.clone(), theta.detach().clone()
+    # The normalised hyper-step raises log lr by 1: lr = 8.2e38, beyond float32.
+    assert learned.values_from_raw([raw_before.item() + 1.0])["lr"] > torch.finfo(torch.float32).max
+    if guard == "raise":
+        with pytest.raises(FloatingPointError, match="non-finite update at step 2"):
+            opt.step()
+    else:
+        opt.step()
+        assert opt.nonfinite_steps == 1
+    assert torch.equal(theta.detach(), theta_before) and torch.equal(learned.raw, raw_before)
+
+
 @pytest.mark.parametrize("make", [lambda: rc.SGD(0.1, momentum=0.9), lambda: rc.Adam(0.1), lambda: rc.AdamW(0.1),
                                   lambda: rc.RMSprop(0.1), lambda: rc.Adagrad(0.1)])
 def test_every_built_in_steps_an_empty_parameter_list(make):

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
 
@@ -124,6 +125,10 @@ class Optimizer:
     # at once and returns floats, rather than building a tensor that the
     # engine would read back anyway.
     hypergradient_on_host: bool = False
+    # The largest magnitude the tensors this optimizer steps can hold (their
+    # dtype's, set by :meth:`to`): a value beyond it is as saturated as an
+    # infinite one (torch cannot even take it as a float32 ``alpha``).
+    value_limit: float = sys.float_info.max
 
     def __init__(
         self,
@@ -255,10 +260,13 @@ class Optimizer:
         return values
 
     def within_constraints(self, values: Mapping[str, float]) -> bool:
-        """Whether every learnable value lies inside its valid set. A raw
-        value far out saturates its map (sigmoid to exactly 1.0, exp to inf),
-        and float formulas then divide by zero (1 - beta^t = 0)."""
-        return all(constraint.contains(values[name]) for name, constraint in self._learnable_constraints)
+        """Whether every learnable value lies inside its valid set and within
+        ``value_limit``. A raw value far out saturates its map (sigmoid to
+        exactly 1.0, exp to inf or beyond the dtype's largest number), and
+        float formulas then divide by zero (1 - beta^t = 0) or overflow."""
+        limit = self.value_limit
+        return all(constraint.contains(values[name]) and -limit <= values[name] <= limit
+                   for name, constraint in self._learnable_constraints)
 
     def update_depends_on_params(self) -> bool:
         """Whether d(update) / d(hyper) depends on the parameter values.
@@ -392,6 +400,7 @@ class Optimizer:
     def to(self, device: torch.device | str, dtype: torch.dtype) -> Optimizer:
         """Move the learnable hyperparameters next to the parameters they step."""
         self.raw = self.raw.to(device=device, dtype=dtype)
+        self.value_limit = torch.finfo(dtype).max
         self._constraint_masks = [(c, mask.to(device)) for c, mask in self._constraint_masks]
         return self
 
