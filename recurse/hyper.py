@@ -37,6 +37,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 from torch import Tensor
+from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
 from recurse.optim import _ops
 from recurse.optim.base import Optimizer, State
@@ -50,6 +51,8 @@ GUARD_MODES = ("skip", "raise", "off")
 # for SGD and 80 for Adam; at 64 floats take 11 vs 15 us and 29 vs 37 us.)
 HOST_LEVEL_MAX_ENTRIES = 64
 _NO_CONTEXT = contextlib.nullcontext()
+# torch.optim's registries of step hooks for every optimizer: (pre, post).
+_GLOBAL_STEP_HOOKS = (_global_optimizer_pre_hooks, _global_optimizer_post_hooks)
 
 
 @dataclass
@@ -252,7 +255,21 @@ class HyperOptimizer(torch.optim.Optimizer):
 
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
         """One step of every level. ``closure`` re-evaluates the loss (and
-        calls backward) as in torch.optim; it must return the loss."""
+        calls backward) as in torch.optim; it must return the loss.
+
+        Step hooks (``register_step_pre_hook`` and friends, global ones too)
+        and the profiler's "Optimizer.step#HyperOptimizer.step" range work
+        as in torch.optim, through torch.optim's own wrapper; it is entered
+        only when a hook is registered or a profiler is running, since it
+        opens a profiler range on every call otherwise (about 8 us a step)."""
+        if (torch._C._autograd._profiler_enabled() or self._optimizer_step_pre_hooks
+                or self._optimizer_step_post_hooks or _GLOBAL_STEP_HOOKS[0] or _GLOBAL_STEP_HOOKS[1]):
+            return self._step_with_hooks(closure)
+        return self._step(closure)
+
+    step.hooked = True  # (torch.optim.Optimizer.__init__ wraps an unmarked step in that wrapper)
+
+    def _step(self, closure: Callable[[], Tensor] | None) -> Tensor | None:
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -284,6 +301,8 @@ class HyperOptimizer(torch.optim.Optimizer):
             self._last_hypergradients, self._hypergradient_points = hypergradients, points
             self._commit(proposal)
         return loss
+
+    _step_with_hooks = torch.optim.Optimizer.profile_hook_step(_step)
 
     def _gradients_from(self, loss: Tensor) -> Callable[[], Tensor]:
         """Fill .grad from ``loss`` keeping its graph, for a level 0 that

@@ -186,6 +186,59 @@ def test_zero_grad_leaves_gradients_as_torch_optim_does(set_to_none):
     assert leftovers[1][0] == (None if set_to_none else (True, None, False, 0.0))
 
 
+def test_step_hooks_and_the_profiler_range_work_as_in_torch_optim(monkeypatch):
+    """HyperOptimizer enters torch.optim's step wrapper only when a hook is
+    registered or a profiler runs (see its step). Then the same hooks fire
+    in the same order with the same arguments as for torch.optim, a pre-hook
+    can replace the closure, and the profiler records the step's range."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+    inputs, targets = regression_data()
+    logs = []
+    for make in (lambda params: torch.optim.SGD(params, lr=0.05), lambda params: rc.HyperOptimizer(params, rc.SGD(0.05))):
+        model, log = small_mlp(), []
+        opt = make(model.parameters())
+
+        def closure():
+            opt.zero_grad()
+            loss = full_batch_loss(model, inputs, targets)
+            loss.backward()
+            log.append("closure")
+            return loss
+
+        handles = [
+            opt.register_step_pre_hook(lambda o, args, kwargs: (log.append(("pre", o is opt, len(args))), None)[1]),
+            opt.register_step_pre_hook(lambda o, args, kwargs: ((args[0], closure), kwargs)),
+            opt.register_step_post_hook(lambda o, args, kwargs: log.append(("post", args[1] is closure))),
+            register_optimizer_step_pre_hook(lambda o, args, kwargs: log.append("global pre")),
+            register_optimizer_step_post_hook(lambda o, args, kwargs: log.append("global post")),
+        ]
+        try:
+            returned = opt.step(lambda: 1 / 0)  # replaced by the second pre-hook
+        finally:
+            for handle in handles:
+                handle.remove()
+        log.append(returned.item())
+        logs.append(log)
+    assert logs[0] == logs[1]
+    assert logs[1][:4] == ["global pre", ("pre", True, 2), "closure", ("post", True)]
+
+    model = small_mlp()
+    opt = rc.HyperOptimizer(model.parameters(), rc.SGD(0.05))
+    full_batch_loss(model, inputs, targets).backward()
+    with torch.profiler.profile() as profile:
+        opt.step()
+    assert "Optimizer.step#HyperOptimizer.step" in [event.name for event in profile.events()]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("entered torch.optim's step wrapper with no hook and no profiler")
+
+    monkeypatch.setattr(rc.HyperOptimizer, "_step_with_hooks", refuse)
+    before = [param.detach().clone() for param in model.parameters()]
+    opt.step()
+    assert not any(torch.equal(a, b.detach()) for a, b in zip(before, model.parameters()))
+
+
 def test_a_kept_gradient_written_in_place_behind_the_optimizer_skips_one_hypergradient_and_says_so(caplog):
     """model.zero_grad(set_to_none=False) zeroes, in place, the .grad tensors
     level 0 kept for the next hypergradient (the optimizer's own zero_grad
