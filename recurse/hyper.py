@@ -159,9 +159,10 @@ class HyperOptimizer(torch.optim.Optimizer):
         self.record_history = record_history
         self.levels = _build_levels(optimizer)
         reference = self._params[0]
+        for level in self.levels:  # (all checked before any moves)
+            level.optimizer.check_fits(reference.dtype)
         for level in self.levels:
             level.optimizer.to(reference.device, reference.dtype)
-        _check_values_fit(self.levels, reference.dtype)
         self.step_count = 0
         self.nonfinite_steps = 0
         self._history: list[list[Tensor]] = []
@@ -575,17 +576,6 @@ def _build_levels(optimizer: Optimizer) -> list[_Level]:
         levels.append(level)
         current = None if tied else current.hyper
     return levels
-
-
-def _check_values_fit(levels: list[_Level], dtype: torch.dtype) -> None:
-    """Every starting value must be a number of the parameters' dtype:
-    torch cannot take lr = 1e39 as a float32 scale at all."""
-    limit = torch.finfo(dtype).max
-    for index, level in enumerate(levels):
-        for name, value in level.optimizer.initial_values.items():
-            if not -limit <= value <= limit:
-                raise ValueError(f"rc.HyperOptimizer: level {index}'s {name} = {value!r} is beyond the largest "
-                                 f"{dtype} ({limit:.6g}), the parameters' dtype")
 
 
 def _advance(optimizer, raw, targets, grads, state, norm_state, *, learned, closure=None):

@@ -98,6 +98,8 @@ class MetaTrainer:
         if not params:
             raise ValueError("rc.MetaTrainer: got an empty parameter list")
         reference = params[0]
+        for optimizer in optimizers:  # (all checked before any moves)
+            optimizer.check_fits(reference.dtype)
         for optimizer in optimizers:
             optimizer.to(reference.device, reference.dtype)
         self.objective = objective

@@ -85,8 +85,11 @@ def unroll(objective: Objective, params: Sequence[Tensor], optimizer: Optimizer,
     if optimizer.normalizer is not None:
         raise ValueError(f"rc.unroll: {optimizer!r} normalises its gradients (normalize=...); unrolls do not "
                          "support gradient normalisers yet, build it with normalize=None")
+    params = list(params)
+    if params:
+        optimizer.check_fits(params[0].dtype, fixed_only=raw is not None)
     with torch.enable_grad():  # inner gradients are needed even when the caller is in no_grad
-        return _unroll(objective, list(params), optimizer, steps, raw, state, meta_loss, validation, first_order,
+        return _unroll(objective, params, optimizer, steps, raw, state, meta_loss, validation, first_order,
                        window, step_offset, update_penalty, meta_objective)
 
 

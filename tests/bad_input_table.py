@@ -121,7 +121,11 @@ ROWS = [
      r"has hyper= but nothing to learn"),
     ("value-beyond-dtype", "a learning rate the parameters' dtype cannot hold",
      lambda: rc.HyperOptimizer(_model_params(), rc.SGD(3.5e38)), ValueError,
-     r"level 0's lr = 3.5e\+38 is beyond the largest torch.float32 \(3.40282e\+38\), the parameters' dtype"),
+     r"rc.SGD: lr = 3.5e\+38 is beyond the largest torch.float32 \(3.40282e\+38\), the dtype of the parameters it "
+     r"steps"),
+    ("unroll-value-beyond-dtype", "an unroll whose learning rate the parameters' dtype cannot hold",
+     lambda: rc.unroll(lambda p, k: (p[0] ** 2).sum(), [torch.ones(2)], rc.SGD(3.5e38), steps=2), ValueError,
+     r"rc.SGD: lr = 3.5e\+38 is beyond the largest torch.float32"),
     ("bad-guard", "an unknown guard mode", lambda: rc.HyperOptimizer(_model_params(), rc.SGD(0.1), guard="ignore"),
      ValueError, r"guard must be one of \('skip', 'raise', 'off'\), got 'ignore'"),
     ("closure-returns-none", "a closure that returns None", lambda: _closure_step(None), ValueError,

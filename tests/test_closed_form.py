@@ -162,6 +162,14 @@ def test_a_saturated_hyperparameter_skips_the_step_instead_of_dividing_by_zero()
     assert opt.nonfinite_steps == 1 and torch.equal(theta.detach(), torch.ones(3, dtype=torch.float64))
 
 
+def test_a_tower_with_a_value_beyond_the_dtype_is_refused_before_any_level_moves():
+    below, above = rc.SGD(0.1), rc.SGD(3.5e38)
+    raw_before = below.raw.clone()
+    with pytest.raises(ValueError, match=r"rc.SGD: lr = 3.5e\+38 is beyond the largest torch.float32"):
+        rc.HyperOptimizer([torch.zeros(2, requires_grad=True)], rc.stack(below, above))
+    assert below.raw.dtype == torch.float64 and torch.equal(below.raw, raw_before)
+
+
 @pytest.mark.parametrize("guard", ["skip", "raise"])
 def test_a_learned_value_driven_beyond_the_dtype_is_caught_by_the_guard(guard):
     """lr = e * 3e38 is a finite Python float but no float32: torch refuses

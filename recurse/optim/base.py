@@ -398,11 +398,27 @@ class Optimizer:
                 for position, name in enumerate(self.learnable)}
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> Optimizer:
-        """Move the learnable hyperparameters next to the parameters they step."""
+        """Move the learnable hyperparameters next to the parameters they
+        step (after :meth:`check_fits`: a value ``dtype`` cannot hold is
+        refused, and nothing moves)."""
+        self.check_fits(dtype)
         self.raw = self.raw.to(device=device, dtype=dtype)
         self.value_limit = torch.finfo(dtype).max
         self._constraint_masks = [(c, mask.to(device)) for c, mask in self._constraint_masks]
         return self
+
+    def check_fits(self, dtype: torch.dtype, *, fixed_only: bool = False) -> None:
+        """Raise a ValueError naming any value beyond the largest number of
+        ``dtype``, the parameters' (lr = 1e39 in float32): torch cannot even
+        take it as a scale, let alone step with it. ``fixed_only``: skip the
+        learnable values (an unroll reads them from its ``raw``)."""
+        limit = torch.finfo(dtype).max
+        for name, value in self.initial_values.items():
+            if fixed_only and name in self.learnable:
+                continue
+            if not -limit <= value <= limit:
+                raise ValueError(f"rc.{type(self).__name__}: {name} = {value!r} is beyond the largest {dtype} "
+                                 f"({limit:.6g}), the dtype of the parameters it steps")
 
     def __repr__(self) -> str:
         values = ", ".join(f"{name}={value:g}" for name, value in self.current_values().items())
