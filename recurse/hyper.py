@@ -40,7 +40,7 @@ from torch import Tensor
 from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
 from recurse.optim import _ops
-from recurse.optim.base import Optimizer, State
+from recurse.optim.base import Optimizer, State, raw_dtype_for
 
 log = logging.getLogger("recurse")
 
@@ -532,7 +532,7 @@ class HyperOptimizer(torch.optim.Optimizer):
                 )
         reference = self._params[0]
         for level, saved in zip(self.levels, saved_levels):
-            level.optimizer.raw = saved["raw"].to(reference.device, reference.dtype)
+            level.optimizer.raw = saved["raw"].to(reference.device, raw_dtype_for(reference.dtype))
             level.state, level.norm_state = saved["state"], saved["norm_state"]
             level.self_state, level.self_norm_state = saved["self_state"], saved["self_norm_state"]
             level.last_update = None if saved["last_update"] is None else _LastUpdate(**saved["last_update"])

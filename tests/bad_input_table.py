@@ -123,6 +123,10 @@ ROWS = [
      lambda: rc.HyperOptimizer(_model_params(), rc.SGD(3.5e38)), ValueError,
      r"rc.SGD: lr = 3.5e\+38 is beyond the largest torch.float32 \(3.40282e\+38\), the dtype of the parameters it "
      r"steps"),
+    ("value-rounds-to-zero", "Adam's default eps on float16 parameters (it rounds to 0)",
+     lambda: rc.HyperOptimizer([torch.zeros(2, dtype=torch.float16, requires_grad=True)], rc.Adam(1e-3)), ValueError,
+     r"rc.Adam: eps = 1e-08 rounds to 0 in torch.float16, the dtype of the parameters it steps \(its smallest "
+     r"positive number is 5.96e-08\)"),
     ("unroll-value-beyond-dtype", "an unroll whose learning rate the parameters' dtype cannot hold",
      lambda: rc.unroll(lambda p, k: (p[0] ** 2).sum(), [torch.ones(2)], rc.SGD(3.5e38), steps=2), ValueError,
      r"rc.SGD: lr = 3.5e\+38 is beyond the largest torch.float32"),

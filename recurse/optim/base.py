@@ -399,31 +399,48 @@ class Optimizer:
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> Optimizer:
         """Move the learnable hyperparameters next to the parameters they
-        step (after :meth:`check_fits`: a value ``dtype`` cannot hold is
-        refused, and nothing moves)."""
+        step, held in :func:`raw_dtype_for` ``dtype`` (after
+        :meth:`check_fits`: a value ``dtype`` cannot hold is refused, and
+        nothing moves)."""
         self.check_fits(dtype)
-        self.raw = self.raw.to(device=device, dtype=dtype)
+        self.raw = self.raw.to(device=device, dtype=raw_dtype_for(dtype))
         self.value_limit = torch.finfo(dtype).max
         self._constraint_masks = [(c, mask.to(device)) for c, mask in self._constraint_masks]
         return self
 
     def check_fits(self, dtype: torch.dtype, *, fixed_only: bool = False) -> None:
-        """Raise a ValueError naming any value beyond the largest number of
-        ``dtype``, the parameters' (lr = 1e39 in float32): torch cannot even
-        take it as a scale, let alone step with it. ``fixed_only``: skip the
-        learnable values (an unroll reads them from its ``raw``)."""
-        limit = torch.finfo(dtype).max
+        """Raise a ValueError naming any value that ``dtype``, the
+        parameters', cannot hold: beyond its largest number (lr = 1e39 in
+        float32; torch cannot even take it as a scale), or a non-zero value
+        that rounds to 0 (Adam's default eps = 1e-8 in float16, which turns
+        the update into 0 / 0 wherever a gradient is 0). ``fixed_only``: skip
+        the learnable values (an unroll reads them from its ``raw``)."""
+        info = torch.finfo(dtype)
         for name, value in self.initial_values.items():
             if fixed_only and name in self.learnable:
                 continue
-            if not -limit <= value <= limit:
+            if not -info.max <= value <= info.max:
                 raise ValueError(f"rc.{type(self).__name__}: {name} = {value!r} is beyond the largest {dtype} "
-                                 f"({limit:.6g}), the dtype of the parameters it steps")
+                                 f"({info.max:.6g}), the dtype of the parameters it steps")
+            if value != 0.0 and _ops.rounded([value], dtype)[0] == 0.0:
+                raise ValueError(f"rc.{type(self).__name__}: {name} = {value!r} rounds to 0 in {dtype}, the dtype "
+                                 f"of the parameters it steps (its smallest positive number is "
+                                 f"{info.tiny * info.eps:.3g})")
 
     def __repr__(self) -> str:
         values = ", ".join(f"{name}={value:g}" for name, value in self.current_values().items())
         hyper = "" if self.hyper is None else (", hyper=<self>" if self.hyper is self else f", hyper={self.hyper!r}")
         return f"rc.{type(self).__name__}({values}{hyper})"
+
+
+def raw_dtype_for(dtype: torch.dtype) -> torch.dtype:
+    """The dtype that holds the learnable hyperparameters of an optimizer
+    stepping ``dtype`` parameters: ``dtype``, but at least float32. In
+    bfloat16 (8 significant bits) log lr is stored in steps of 2^-5 near
+    log 0.01, so hyper-steps smaller than 0.016 would round away and the
+    learning rate could not move; as mixed-precision training keeps float32
+    master weights, a tower keeps float32 hyperparameters."""
+    return torch.promote_types(dtype, torch.float32)
 
 
 def _constraints_of(owner: str, specs: Mapping[str, Hyperparameter],

@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from recurse.optim.base import Optimizer
+from recurse.optim.base import Optimizer, raw_dtype_for
 
 
 class PerGroup(Optimizer):
@@ -126,7 +126,7 @@ class PerGroup(Optimizer):
     def to(self, device, dtype) -> PerGroup:
         for optimizer, _ in self.groups.values():
             optimizer.to(device, dtype)
-        self.raw = self.raw.to(device=device, dtype=dtype)
+        self.raw = self.raw.to(device=device, dtype=raw_dtype_for(dtype))
         return self
 
     def __repr__(self) -> str:
