@@ -41,6 +41,7 @@ from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimize
 
 from recurse.optim import _ops
 from recurse.optim.base import Optimizer, State, raw_dtype_for
+from recurse.param_group import ParamGroup
 
 log = logging.getLogger("recurse")
 
@@ -119,6 +120,13 @@ class HyperOptimizer(torch.optim.Optimizer):
     ``record_history``: keep the learned hyperparameters after every step
     (cheap: a few numbers per step); read them with :meth:`history`.
 
+    ``param_groups[i]["lr"]`` (and level 0's other knobs by name, Adam's
+    ``"betas"`` too) reads the value level 0 uses now, learned or fixed, and
+    writing it sets that value from the next step on (validated): loops
+    that log the learning rate and ``torch.optim.lr_scheduler`` work as with
+    torch.optim (see :mod:`recurse.param_group`). Over a learned lr a
+    scheduler overrides what was learned each time it steps.
+
     A learned level 0 keeps this step's ``.grad`` tensors for the next
     hypergradient, uncopied. If one is written in place behind the
     optimizer (``model.zero_grad(set_to_none=False)``, gradients accumulated
@@ -153,6 +161,8 @@ class HyperOptimizer(torch.optim.Optimizer):
                     f"rc.HyperOptimizer: param group {index} sets {extra}; options belong to the rc optimizer, "
                     "groups here only hold 'params'"
                 )
+        self.param_groups = [ParamGroup(group, optimizer) for group in self.param_groups]
+        self.defaults = ParamGroup.defaults_of(optimizer)
         self._params: list[Tensor] = [p for group in self.param_groups for p in group["params"]]
         self._check_params()
         self.guard = guard
@@ -500,6 +510,7 @@ class HyperOptimizer(torch.optim.Optimizer):
             "levels": [
                 {
                     "optimizer": type(level.optimizer).__name__,
+                    "values": dict(level.optimizer.initial_values),
                     "raw": level.optimizer.raw,
                     "state": level.state,
                     "norm_state": level.norm_state,
@@ -530,9 +541,16 @@ class HyperOptimizer(torch.optim.Optimizer):
                     f"{saved['raw'].numel()} learnable hyperparameters in the checkpoint, but {name} with "
                     f"{level.optimizer.raw.numel()} here"
                 )
+            switched = [key for key, value in saved.get("values", {}).items()
+                        if (value == 0.0) != (level.optimizer.initial_values.get(key, value) == 0.0)]
+            if switched:
+                raise ValueError(f"rc.HyperOptimizer.load_state_dict: level {index} has {switched} "
+                                 f"{'off' if level.optimizer.initial_values[switched[0]] == 0.0 else 'on'} here but "
+                                 "not in the checkpoint; build the same tower as the one saved")
         reference = self._params[0]
         for level, saved in zip(self.levels, saved_levels):
             level.optimizer.raw = saved["raw"].to(reference.device, raw_dtype_for(reference.dtype))
+            level.optimizer.initial_values.update(saved.get("values", {}))  # (a scheduler may have set them)
             level.state, level.norm_state = saved["state"], saved["norm_state"]
             level.self_state, level.self_norm_state = saved["self_state"], saved["self_norm_state"]
             level.last_update = None if saved["last_update"] is None else _LastUpdate(**saved["last_update"])

@@ -38,7 +38,7 @@ from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from recurse.constraints import Constraint, identity
+from recurse.constraints import Constraint, identity, positive
 from recurse.optim import _ops
 from recurse.transforms import Normalizer, make_normalizer
 
@@ -129,6 +129,7 @@ class Optimizer:
     # dtype's, set by :meth:`to`): a value beyond it is as saturated as an
     # infinite one (torch cannot even take it as a float32 ``alpha``).
     value_limit: float = sys.float_info.max
+    params_dtype: torch.dtype = torch.float64  # (set by :meth:`to`)
 
     def __init__(
         self,
@@ -404,6 +405,7 @@ class Optimizer:
         nothing moves)."""
         self.check_fits(dtype)
         self.raw = self.raw.to(device=device, dtype=raw_dtype_for(dtype))
+        self.params_dtype = dtype
         self.value_limit = torch.finfo(dtype).max
         self._constraint_masks = [(c, mask.to(device)) for c, mask in self._constraint_masks]
         return self
@@ -411,21 +413,55 @@ class Optimizer:
     def check_fits(self, dtype: torch.dtype, *, fixed_only: bool = False) -> None:
         """Raise a ValueError naming any value that ``dtype``, the
         parameters', cannot hold: beyond its largest number (lr = 1e39 in
-        float32; torch cannot even take it as a scale), or a non-zero value
-        that rounds to 0 (Adam's default eps = 1e-8 in float16, which turns
-        the update into 0 / 0 wherever a gradient is 0). ``fixed_only``: skip
-        the learnable values (an unroll reads them from its ``raw``)."""
-        info = torch.finfo(dtype)
+        float32; torch cannot even take it as a scale), or a value that must
+        be > 0 (a positive knob that cannot be off: lr, eps) but rounds to 0
+        (Adam's default eps = 1e-8 in float16, which turns the update into
+        0 / 0 wherever a gradient is 0). ``fixed_only``: skip the learnable
+        values (an unroll reads them from its ``raw``)."""
         for name, value in self.initial_values.items():
-            if fixed_only and name in self.learnable:
-                continue
-            if not -info.max <= value <= info.max:
-                raise ValueError(f"rc.{type(self).__name__}: {name} = {value!r} is beyond the largest {dtype} "
-                                 f"({info.max:.6g}), the dtype of the parameters it steps")
-            if value != 0.0 and _ops.rounded([value], dtype)[0] == 0.0:
-                raise ValueError(f"rc.{type(self).__name__}: {name} = {value!r} rounds to 0 in {dtype}, the dtype "
-                                 f"of the parameters it steps (its smallest positive number is "
-                                 f"{info.tiny * info.eps:.3g})")
+            if not (fixed_only and name in self.learnable):
+                self._check_fits(name, value, dtype)
+
+    def _check_fits(self, name: str, value: float, dtype: torch.dtype) -> None:
+        info = torch.finfo(dtype)
+        owner = f"rc.{type(self).__name__}"
+        if not -info.max <= value <= info.max:
+            raise ValueError(f"{owner}: {name} = {value!r} is beyond the largest {dtype} ({info.max:.6g}), the "
+                             "dtype of the parameters it steps")
+        spec = self.spec(name)
+        if (spec.constraint is positive and not spec.can_be_off and value != 0.0
+                and _ops.rounded([value], dtype)[0] == 0.0):
+            raise ValueError(f"{owner}: {name} = {value!r} rounds to 0 in {dtype}, the dtype of the parameters it "
+                             f"steps (its smallest positive number is {info.tiny * info.eps:.3g})")
+
+    def set_values(self, values: Mapping[str, Any]) -> None:
+        """Use ``values`` (name -> value) from the next step on, each
+        validated as the constructor validates it (and :meth:`check_fits`),
+        all before any is set; a learned one goes on learning from its new
+        value. A knob that is off (0) stays off, and one that is on stays on:
+        that decides the form of the update. What a learning-rate scheduler
+        writing ``param_groups[i]["lr"]`` of an rc.HyperOptimizer calls."""
+        owner = f"rc.{type(self).__name__}"
+        checked = {}
+        for name, value in values.items():
+            spec = self.spec(name)
+            value = spec.validate(owner, value)
+            current = self.initial_values[name]
+            if spec.can_be_off and (current == 0.0) != (value == 0.0):
+                change = "switched on" if current == 0.0 else "switched off"
+                raise ValueError(f"{owner}: {name} cannot be {change} after construction (it is {current!r}), "
+                                 f"got {value!r}")
+            self._check_fits(name, value, self.params_dtype)
+            checked[name] = value
+        current_values = self.current_values() if any(name in self.learnable for name in checked) else {}
+        raw = list(self.raw_floats()) if current_values else None
+        for name, value in checked.items():
+            # (A scheduler writing back the value it read leaves a learned raw as it is, to the bit.)
+            if name in self.learnable and value != current_values[name]:
+                raw[self.learnable.index(name)] = self._constraints[name].to_raw(value)
+            self.initial_values[name] = value
+        if raw is not None and raw != self.raw_floats():
+            self.set_raw_floats(raw)
 
     def __repr__(self) -> str:
         values = ", ".join(f"{name}={value:g}" for name, value in self.current_values().items())
