@@ -43,6 +43,10 @@ class Constraint:
     value_of: Callable[[float], float]  # from_raw on a Python float
     raw_derivative: Callable[[torch.Tensor], torch.Tensor]  # d value / d raw, written in terms of value
 
+    def __reduce__(self):
+        # Pickled by name (its maps are lambdas): a pickled optimizer refers to the module's constraint.
+        return _named, (self.name,)
+
 
 def _exp(raw: float) -> float:
     """exp(raw), inf (as torch.exp gives) where it overflows a float."""
@@ -85,3 +89,9 @@ identity = Constraint(
     value_of=float,
     raw_derivative=lambda value: 1.0,
 )
+
+_BY_NAME = {constraint.name: constraint for constraint in (positive, unit_interval, identity)}
+
+
+def _named(name: str) -> Constraint:
+    return _BY_NAME[name]

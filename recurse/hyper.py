@@ -30,6 +30,7 @@ hypergradient is a list of floats; ``raw`` stays a tensor.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 from dataclasses import dataclass
@@ -92,6 +93,16 @@ class _Level:
         self.self_state: State | None = None
         self.self_norm_state: State | None = None
         self.last_self_update: _LastUpdate | None = None
+
+    def with_inputs_only(self) -> _Level:
+        """A shallow copy whose last updates keep their inputs but no graph
+        or closed form (closures and graphs can be neither pickled nor
+        deep-copied apart from the tensors they hold)."""
+        level = copy.copy(self)
+        level.last_update, level.last_self_update = (
+            None if update is None else _LastUpdate(**update.to_dict())
+            for update in (self.last_update, self.last_self_update))
+        return level
 
 
 @dataclass
@@ -562,6 +573,20 @@ class HyperOptimizer(torch.optim.Optimizer):
         self.copies_gradients = state_dict.get("copies_gradients", False)
         self._kept_grads = None  # the loaded last update holds its own gradients
         self._history = list(state_dict.get("history", []))
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Everything (torch.optim's keeps only defaults, state and
+        param_groups), each level's last update as its inputs alone: its
+        graph or closed form is rebuilt at the next step, as after
+        load_state_dict. So ``copy.deepcopy`` and ``pickle`` of a model with
+        its optimizer give a pair that trains on exactly as the original."""
+        state = self.__dict__.copy()
+        state["levels"] = [level.with_inputs_only() for level in self.levels]
+        state["_kept_grads"] = state["_pending_kept_grads"] = None  # (the inputs hold their own gradients)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
 
     def __repr__(self) -> str:
         return f"rc.HyperOptimizer(depth={self.depth}, {self.levels[0].optimizer!r})"

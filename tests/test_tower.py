@@ -1,8 +1,10 @@
 """Towers: construction helpers, learning a bad learning rate back, tying,
 history, checkpoints and exact resume."""
 
+import copy
 import io
 import math
+import pickle
 
 import pytest
 import torch
@@ -157,6 +159,26 @@ def test_a_half_precision_model_learns_its_hyperparameters_as_a_float32_one_does
     for _ in range(5):
         assert train_step(model, opt, inputs, targets) == train_step(resumed_model, resumed_opt, inputs, targets)
     assert opt.hyperparameters() == resumed_opt.hyperparameters()
+
+
+@pytest.mark.parametrize("clone", ["deepcopy", "pickle"])
+@pytest.mark.parametrize("kind", ["adam-sgd-sgd", "rmsprop-normalised", "tied-sgd"])
+def test_a_model_and_its_optimizer_copied_mid_run_train_on_as_the_original(kind, clone):
+    """copy.deepcopy or pickle of {model, optimizer} (torch.optim's
+    __getstate__ would keep only param_groups and state): both go on with
+    the same losses, learned values and history, and the copy's steps leave
+    the original as it was (the last updates' graphs are not shared)."""
+    inputs, targets = regression_data()
+    model, opt = make_run(kind)
+    for _ in range(5):
+        train_step(model, opt, inputs, targets)
+    pair = {"model": model, "opt": opt}
+    twin = copy.deepcopy(pair) if clone == "deepcopy" else pickle.loads(pickle.dumps(pair))
+    assert twin["opt"].param_groups[0]["params"][0] is next(twin["model"].parameters())
+    theirs = [train_step(twin["model"], twin["opt"], inputs, targets) for _ in range(4)]
+    ours = [train_step(model, opt, inputs, targets) for _ in range(4)]
+    assert ours == theirs
+    assert opt.hyperparameters() == twin["opt"].hyperparameters() and opt.history() == twin["opt"].history()
 
 
 def test_load_state_dict_rejects_a_different_tower():
