@@ -214,7 +214,9 @@ class HyperOptimizer(torch.optim.Optimizer):
                     f"{first.dtype} on {first.device}; all parameters must share one device and dtype"
                 )
             if not param.requires_grad:
-                raise ValueError(f"rc.HyperOptimizer: parameter {index} (shape {tuple(param.shape)}) does not require grad")
+                raise ValueError(f"rc.HyperOptimizer: parameter {index} (shape {tuple(param.shape)}) does not require "
+                                 "grad; pass only the trainable ones, e.g. "
+                                 "[p for p in model.parameters() if p.requires_grad]")
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if getattr(self, "_ready", False):

@@ -1,5 +1,6 @@
-"""param_groups show level 0's values: loops that log the learning rate and
-torch.optim.lr_scheduler work on an rc.HyperOptimizer as on torch.optim."""
+"""rc.HyperOptimizer among torch.optim's tools: param_groups show level 0's
+values, so loops that log the learning rate and torch.optim.lr_scheduler
+work as on torch.optim; torch.amp's GradScaler steps it."""
 
 import io
 import math
@@ -143,3 +144,34 @@ def test_a_value_a_scheduler_set_is_in_the_checkpoint_and_a_switched_knob_is_ref
     with pytest.raises(ValueError, match=r"level 0 has \['weight_decay'\] on here but not in the checkpoint"):
         other.load_state_dict(saved["opt"])
     assert math.isclose(other.param_groups[0]["lr"], 0.1)
+
+
+def test_grad_scaler_steps_the_tower_on_unscaled_gradients():
+    """GradScaler multiplies the loss by 2^16 and divides the gradients back
+    (exact for a power of two) before calling step(): the tower must learn
+    exactly what it learns without the scaler. A step whose scaled
+    gradients overflow is skipped by the scaler, not taken."""
+    inputs, targets = regression_data()
+    runs = []
+    for scaled in (False, True):
+        model = small_mlp()
+        opt = rc.HyperOptimizer(model.parameters(), rc.Adam(1e-2, hyper=rc.SGD(1e-3, normalize="rms")))
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16, enabled=scaled)
+        for _ in range(10):
+            opt.zero_grad()
+            loss = torch.nn.functional.mse_loss(model(inputs), targets)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        runs.append((opt.hyperparameters(), [param.detach().clone() for param in model.parameters()]))
+    assert runs[0][0] == runs[1][0] and all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
+
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    model = small_mlp()
+    opt = rc.HyperOptimizer(model.parameters(), rc.Adam(1e-2, hyper=rc.SGD(1e-3)))
+    before = [param.detach().clone() for param in model.parameters()]
+    scaler.scale(torch.nn.functional.mse_loss(model(inputs), targets) * float("inf")).backward()
+    scaler.step(opt)
+    scaler.update()
+    assert opt.step_count == 0 and scaler.get_scale() == 2.0**15
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
