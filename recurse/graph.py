@@ -407,6 +407,9 @@ class GraphOptimizer(torch.optim.Optimizer):
     optimizer node that steps model groups (over all the groups it steps,
     so one node stepping several groups shares its state: weight tying),
     stepped in schedule order. Towers come from each optimizer's ``hyper=``.
+    ``param_groups`` has one group per such node, in that order, showing
+    its level-0 values as an rc.HyperOptimizer's do (``group["lr"]``), so a
+    learning-rate scheduler schedules each node.
 
     >>> graph = rc.graph.build(groups={"weight": [model.weight], "bias": [model.bias]},
     ...                        optimizers={"adam": rc.Adam(1e-3, hyper=rc.SGD(1e-4)), "sgd": rc.SGD(0.1)},
@@ -433,6 +436,16 @@ class GraphOptimizer(torch.optim.Optimizer):
             self.optimizers[name] = HyperOptimizer(params, data["optimizer"], **options)
         all_params = [p for opt in self.optimizers.values() for p in opt._params]
         super().__init__(all_params, defaults={})
+        # One param group per optimizer node, showing its values (group["lr"]): schedulers schedule each node.
+        self.param_groups = [group for opt in self.optimizers.values() for group in opt.param_groups]
+
+    def __getstate__(self) -> dict[str, Any]:
+        from recurse.hyper import copyable_state
+
+        return copyable_state(self)  # (torch.optim's keeps only param_groups and state: not the towers)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
 
     def step(self, closure=None):
         loss = None

@@ -582,7 +582,7 @@ class HyperOptimizer(torch.optim.Optimizer):
         graph or closed form is rebuilt at the next step, as after
         load_state_dict. So ``copy.deepcopy`` and ``pickle`` of a model with
         its optimizer give a pair that trains on exactly as the original."""
-        state = self.__dict__.copy()
+        state = copyable_state(self)
         state["levels"] = [level.with_inputs_only() for level in self.levels]
         state["_kept_grads"] = state["_pending_kept_grads"] = None  # (the inputs hold their own gradients)
         return state
@@ -592,6 +592,13 @@ class HyperOptimizer(torch.optim.Optimizer):
 
     def __repr__(self) -> str:
         return f"rc.HyperOptimizer(depth={self.depth}, {self.levels[0].optimizer!r})"
+
+
+def copyable_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """An optimizer's attributes for copy and pickle, less the methods tools
+    patched onto the instance: an LR scheduler wraps ``step`` around a weak
+    reference to this very optimizer, which a copy must not call."""
+    return {key: value for key, value in optimizer.__dict__.items() if not callable(getattr(type(optimizer), key, None))}
 
 
 def _build_levels(optimizer: Optimizer) -> list[_Level]:

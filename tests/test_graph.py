@@ -1,6 +1,7 @@
 """The optimization graph: validation errors name the nodes, exports round-trip,
 the drawing of a tied tower is stable, per-group optimizers train."""
 
+import copy
 from pathlib import Path
 
 import networkx as nx
@@ -90,6 +91,40 @@ def test_a_group_can_carry_its_own_tower():
         opt.step()
     values = opt.hyperparameters()
     assert values["adam:0.lr"] == 1e-2 and values["sgd:0.lr"] != 0.1
+
+
+def test_a_scheduler_schedules_each_node_and_a_copy_trains_on_as_the_original():
+    """GraphOptimizer.param_groups: one group per node, showing its values;
+    a LambdaLR with one schedule per group scales each node's lr (a learned
+    one learns on from the value it is set to); copy.deepcopy of the
+    model with its GraphOptimizer trains on exactly as the original."""
+    model = two_layer_model()
+    graph = rg.build({"hidden": model[0].parameters(), "out": model[2].parameters()},
+                     {"adam": rc.Adam(1e-2), "sgd": rc.SGD(0.1, hyper=rc.SGD(1e-3))}, {"adam": "hidden", "sgd": "out"})
+    opt = rg.GraphOptimizer(graph)
+    assert [group["lr"] for group in opt.param_groups] == [1e-2, pytest.approx(0.1, rel=1e-6)]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, [lambda k: 0.5 ** k, lambda k: 1.0])
+    inputs, targets = torch.randn(16, 4), torch.randn(16, 2)
+
+    def train(model, opt, scheduler=None):
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(inputs), targets)
+        loss.backward()
+        opt.step()
+        if scheduler is not None:
+            scheduler.step()
+        return loss.item()
+
+    for _ in range(3):
+        train(model, opt, scheduler)
+    assert opt.hyperparameters()["adam:0.lr"] == 1e-2 * 0.5 ** 3
+    set_by_the_scheduler = opt.param_groups[1]["lr"]  # (LambdaLR writes every group: the learned one too)
+    assert set_by_the_scheduler == opt.hyperparameters()["sgd:0.lr"] == pytest.approx(0.1, rel=1e-6)
+    train(model, opt)
+    assert opt.param_groups[1]["lr"] != set_by_the_scheduler  # and it learns on from there
+    twin = copy.deepcopy({"model": model, "opt": opt})
+    assert [train(twin["model"], twin["opt"]) for _ in range(3)] == [train(model, opt) for _ in range(3)]
+    assert twin["opt"].hyperparameters() == opt.hyperparameters()
 
 
 def test_one_optimizer_stepping_two_groups_shares_one_state():

@@ -2,6 +2,7 @@
 values, so loops that log the learning rate and torch.optim.lr_scheduler
 work as on torch.optim; torch.amp's GradScaler steps it."""
 
+import copy
 import io
 import math
 
@@ -175,3 +176,18 @@ def test_grad_scaler_steps_the_tower_on_unscaled_gradients():
     scaler.update()
     assert opt.step_count == 0 and scaler.get_scale() == 2.0**15
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_a_copy_of_an_optimizer_with_a_scheduler_steps_itself_not_the_original():
+    """A scheduler wraps opt.step around a weak reference to opt; a deep copy
+    must not carry that wrapper (it would step the original)."""
+    inputs, targets = regression_data()
+    model = small_mlp()
+    opt = rc.HyperOptimizer(model.parameters(), rc.SGD(0.1, hyper=rc.SGD(1e-3)))
+    S.StepLR(opt, 2)
+    train_step(model, opt, inputs, targets)
+    twin = copy.deepcopy({"model": model, "opt": opt})
+    before = [param.detach().clone() for param in model.parameters()]
+    train_step(twin["model"], twin["opt"], inputs, targets)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert twin["opt"].step_count == 2 and opt.step_count == 1
