@@ -561,15 +561,25 @@ class HyperOptimizer(torch.optim.Optimizer):
                                  f"{'off' if level.optimizer.initial_values[switched[0]] == 0.0 else 'on'} here but "
                                  "not in the checkpoint; build the same tower as the one saved")
         reference = self._params[0]
-        for level, saved in zip(self.levels, saved_levels):
-            level.optimizer.raw = saved["raw"].to(reference.device, raw_dtype_for(reference.dtype))
+        # As torch.optim's load_state_dict casts state: every tensor goes to the parameters' device, a
+        # floating one in the dtype of what it belongs to (level 0's: the parameters'; the rest: the raws').
+        device, raw_dtype = reference.device, raw_dtype_for(reference.dtype)
+
+        def last_update(saved_update, dtype):
+            if saved_update is None:
+                return None
+            return _LastUpdate(**_moved({key: value for key, value in saved_update.items() if key != "raw"}, device,
+                                        dtype), raw=_moved(saved_update["raw"], device, raw_dtype))
+
+        for index, (level, saved) in enumerate(zip(self.levels, saved_levels)):
+            dtype = reference.dtype if index == 0 else raw_dtype
+            level.optimizer.raw = saved["raw"].to(device, raw_dtype)
             level.optimizer.initial_values.update(saved.get("values", {}))  # (a scheduler may have set them)
-            level.state, level.norm_state = saved["state"], saved["norm_state"]
-            level.self_state, level.self_norm_state = saved["self_state"], saved["self_norm_state"]
-            level.last_update = None if saved["last_update"] is None else _LastUpdate(**saved["last_update"])
-            level.last_self_update = (
-                None if saved["last_self_update"] is None else _LastUpdate(**saved["last_self_update"])
-            )
+            level.state, level.norm_state = _moved(saved["state"], device, dtype), _moved(saved["norm_state"], device, dtype)
+            level.self_state = _moved(saved["self_state"], device, raw_dtype)
+            level.self_norm_state = _moved(saved["self_norm_state"], device, raw_dtype)
+            level.last_update = last_update(saved["last_update"], dtype)
+            level.last_self_update = last_update(saved["last_self_update"], raw_dtype)
         self.step_count = state_dict["step_count"]
         self.nonfinite_steps = state_dict["nonfinite_steps"]
         self.copies_gradients = state_dict.get("copies_gradients", False)
@@ -717,14 +727,24 @@ def _vjp(optimizer: Optimizer, last_update: _LastUpdate, incoming: list[Tensor],
     return gradient
 
 
-def _detach_tree(tree: Any) -> Any:
+def _map_tensors(tree: Any, function: Callable[[Tensor], Tensor]) -> Any:
+    """``tree`` (nested dicts, lists and tuples) with ``function`` applied to each tensor in it."""
     if isinstance(tree, Tensor):
-        return tree.detach()
+        return function(tree)
     if isinstance(tree, dict):
-        return {key: _detach_tree(value) for key, value in tree.items()}
+        return {key: _map_tensors(value, function) for key, value in tree.items()}
     if isinstance(tree, (list, tuple)):
-        return type(tree)(_detach_tree(value) for value in tree)
+        return type(tree)(_map_tensors(value, function) for value in tree)
     return tree
+
+
+def _detach_tree(tree: Any) -> Any:
+    return _map_tensors(tree, Tensor.detach)
+
+
+def _moved(tree: Any, device: torch.device, dtype: torch.dtype) -> Any:
+    """``tree``'s tensors on ``device``, the floating ones in ``dtype``."""
+    return _map_tensors(tree, lambda x: x.to(device, dtype) if x.is_floating_point() else x.to(device))
 
 
 def _learned_values(levels: list[_Level]) -> list[Tensor | list[float]]:

@@ -89,15 +89,17 @@ def test_tied_sgd_follows_its_closed_form(tied_depth):
         assert opt.levels[0].optimizer.raw.item() == pytest.approx(raws[-1], rel=1e-12)
 
 
-def make_run(kind):
-    model = small_mlp()
-    towers = {
-        "adam-sgd-sgd": lambda: rc.stack(rc.Adam(1e-2), rc.SGD(1e-3), rc.SGD(1e-4)),
-        "rmsprop-normalised": lambda: rc.stack(rc.RMSprop(1e-2, momentum=0.5), rc.Adam(1e-3, normalize="rms")),
-        "tied-sgd": lambda: rc.tower(rc.SGD(0.05, momentum=0.5), 3, tie=True),
-        "adagrad-depth0": lambda: rc.Adagrad(0.05),
-    }
-    return model, rc.HyperOptimizer(model.parameters(), towers[kind](), record_history=True)
+TOWERS = {
+    "adam-sgd-sgd": lambda: rc.stack(rc.Adam(1e-2), rc.SGD(1e-3), rc.SGD(1e-4)),
+    "rmsprop-normalised": lambda: rc.stack(rc.RMSprop(1e-2, momentum=0.5), rc.Adam(1e-3, normalize="rms")),
+    "tied-sgd": lambda: rc.tower(rc.SGD(0.05, momentum=0.5), 3, tie=True),
+    "adagrad-depth0": lambda: rc.Adagrad(0.05),
+}
+
+
+def make_run(kind, dtype=torch.float64, device="cpu"):
+    model = small_mlp(dtype=dtype).to(device)
+    return model, rc.HyperOptimizer(model.parameters(), TOWERS[kind](), record_history=True)
 
 
 @pytest.mark.parametrize("kind", ["adam-sgd-sgd", "rmsprop-normalised", "tied-sgd", "adagrad-depth0"])
@@ -273,6 +275,28 @@ def online_run(device: str) -> tuple[list[float], dict[str, float], torch.Tensor
         assert level.optimizer.raw.device.type == torch.device(device).type
     assert all(g is None or g.device.type == torch.device(device).type for g in resumed.last_hypergradients)
     return losses, resumed.hyperparameters(), torch.cat([p.detach().reshape(-1) for p in model.parameters()]).cpu()
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA"))])
+@pytest.mark.parametrize("kind", ["adam-sgd-sgd", "rmsprop-normalised", "tied-sgd"])
+def test_a_float32_checkpoint_resumes_a_float64_run_on_any_device(kind, device):
+    """As torch.optim's load_state_dict casts its state: each tensor goes to
+    the parameters' device, a floating one in the dtype of what it belongs
+    to. The resumed float64 run then takes the float32 run's steps (to
+    float32 precision); uncast, Adam's next dot product mixed the dtypes."""
+    inputs, targets = regression_data(dtype=torch.float32)
+    model, opt = make_run(kind, dtype=torch.float32)
+    for _ in range(5):
+        train_step(model, opt, inputs, targets)
+    wide_model, wide_opt = make_run(kind, dtype=torch.float64, device=device)
+    wide_model.load_state_dict(model.state_dict())
+    wide_opt.load_state_dict(opt.state_dict())
+    wide_inputs, wide_targets = inputs.to(device, torch.float64), targets.to(device, torch.float64)
+    wide = [train_step(wide_model, wide_opt, wide_inputs, wide_targets) for _ in range(3)]
+    narrow = [train_step(model, opt, inputs, targets) for _ in range(3)]
+    assert wide == pytest.approx(narrow, rel=1e-6)
+    assert wide_opt.hyperparameters()["0.lr"] == pytest.approx(opt.hyperparameters()["0.lr"], rel=1e-6)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
