@@ -9,8 +9,11 @@ learned level costs more than the ones above it. Every recurse row runs with
 the default non-finite guard (one read of the new parameters per step),
 except "depth 0, guard off", which shows what the guard costs. The SGD
 family also times depth 1 written by hand as a minimal torch.optim
-optimizer (the same arithmetic; no guard, no checks, the update in place):
-a floor for what one learned level costs here. The Adam families also
+optimizer (the same arithmetic; no checks, the update in place): a floor
+for what one learned level costs here; and the same with recurse's guard
+(the update out of place, checked in one kernel, copied in). "Adam, lr
+only" has its hand-written depth 1 too (torch.optim's foreach Adam in
+place, keeping its direction for the hypergradient). The Adam families also
 time depth 1 with ``rc.Adam(compile=True)`` at level 0 (its closed form
 through torch.compile; compiled during the warm-up). The run ends by
 checking that each of these learned the same lr as recurse's depth 1.
@@ -31,6 +34,7 @@ import recurse as rc
 
 DEPTHS = (0, 1, 2, 4, 8)
 HAND_WRITTEN = "depth 1 by hand (torch.optim.Optimizer, in place, no guard)"
+HAND_GUARDED = "depth 1 by hand, guarded as recurse is (out of place, checked, copied in)"
 COMPILED = "recurse depth 1, Adam(compile=True)"
 
 
@@ -53,15 +57,17 @@ def tower_of(family, depth, compile=False):
 
 class HandWrittenDepthOne(torch.optim.Optimizer):
     """tower_of("SGD", 1) by hand, as the smallest torch.optim.Optimizer
-    (so it pays the same step and zero_grad machinery as torch.optim and
-    recurse): level 1 steps log lr by SGD on the RMS-normalised
-    hypergradient d loss / d log lr = -lr g_t . g_{t-1}; level 0 then steps
-    the model in place with the new lr. No guard, no checks, no copy of the
-    gradient."""
+    (so it pays torch.optim's step and zero_grad machinery, as torch.optim
+    does): level 1 steps log lr by SGD on the RMS-normalised hypergradient
+    d loss / d log lr = -lr g_t . g_{t-1}; level 0 then steps the model in
+    place with the new lr. No checks, no copy of the gradient. ``guarded``:
+    as recurse's default guard does, the new parameters are computed out of
+    place, checked for NaN/inf in one kernel and only then copied in."""
 
-    def __init__(self, params):
+    def __init__(self, params, guarded=False):
         super().__init__(params, {})
         self.log_lr, self.previous, self.mean_square, self.hyper_steps = math.log(0.05), None, 0.0, 0
+        self.guarded, self.found, self.scale = guarded, torch.zeros(()), torch.ones(())
 
     @torch.no_grad()
     def step(self):
@@ -73,14 +79,66 @@ class HandWrittenDepthOne(torch.optim.Optimizer):
             self.hyper_steps += 1
             self.mean_square = 0.99 * self.mean_square + 0.01 * hypergradient**2
             self.log_lr -= 1e-3 * hypergradient / math.sqrt(self.mean_square / (1 - 0.99**self.hyper_steps) + 1e-24)
-        torch._foreach_add_(params, grads, alpha=-math.exp(self.log_lr))
+        if self.guarded:
+            proposed = torch._foreach_add(params, grads, alpha=-math.exp(self.log_lr))
+            torch._amp_foreach_non_finite_check_and_unscale_(proposed, self.found, self.scale)
+            if self.found.item():
+                raise FloatingPointError("non-finite step")
+            torch._foreach_copy_(params, proposed)
+        else:
+            torch._foreach_add_(params, grads, alpha=-math.exp(self.log_lr))
         self.previous = grads  # (zero_grad sets .grad to None: these stay as they are)
+
+
+class HandWrittenAdamDepthOne(torch.optim.Optimizer):
+    """tower_of("Adam, lr only", 1) by hand, as HandWrittenDepthOne: level 0
+    is torch.optim's foreach Adam in place, except that it keeps its
+    direction u_t = m_t / (1 - beta1^t) / (sqrt(v_t) / sqrt(1 - beta2^t) + eps)
+    (one more list of tensors) for the next hypergradient
+    d loss / d log lr = -lr g_{t+1} . u_t; level 1 is Adam on log lr, in
+    Python floats, on the RMS-normalised hypergradient. No guard."""
+
+    def __init__(self, params):
+        super().__init__(params, {})
+        params = self.param_groups[0]["params"]
+        self.log_lr, self.previous, self.steps = math.log(1e-3), None, 0
+        self.exp_avgs = [torch.zeros_like(p) for p in params]
+        self.exp_avg_sqs = [torch.zeros_like(p) for p in params]
+        self.mean_square, self.hyper_m, self.hyper_v, self.hyper_steps = 0.0, 0.0, 0.0, 0
+
+    @torch.no_grad()
+    def step(self):
+        params = self.param_groups[0]["params"]
+        grads = [param.grad for param in params]
+        if self.previous is not None:
+            dot = torch.stack([torch.dot(g.view(-1), u.view(-1)) for g, u in zip(grads, self.previous)]).sum()
+            hypergradient = -math.exp(self.log_lr) * dot.item()
+            t = self.hyper_steps = self.hyper_steps + 1
+            self.mean_square = 0.99 * self.mean_square + 0.01 * hypergradient**2
+            normalised = hypergradient / math.sqrt(self.mean_square / (1 - 0.99**t) + 1e-24)
+            self.hyper_m += 0.1 * (normalised - self.hyper_m)
+            self.hyper_v = 0.999 * self.hyper_v + 0.001 * normalised**2
+            self.log_lr -= 1e-4 / (1 - 0.9**t) * self.hyper_m / (math.sqrt(self.hyper_v) / math.sqrt(1 - 0.999**t)
+                                                                 + 1e-8)
+        t = self.steps = self.steps + 1
+        torch._foreach_lerp_(self.exp_avgs, grads, 0.1)
+        torch._foreach_mul_(self.exp_avg_sqs, 0.999)
+        torch._foreach_addcmul_(self.exp_avg_sqs, grads, grads, 0.001)
+        denominators = torch._foreach_sqrt(self.exp_avg_sqs)
+        torch._foreach_div_(denominators, math.sqrt(1 - 0.999**t))
+        torch._foreach_add_(denominators, 1e-8)
+        directions = torch._foreach_div(self.exp_avgs, denominators)
+        torch._foreach_div_(directions, 1 - 0.9**t)
+        torch._foreach_add_(params, directions, alpha=-math.exp(self.log_lr))
+        self.previous = directions
 
 
 def make_runner(name, family, depth, device, inputs, labels):
     model = make_model(device)
-    if name == HAND_WRITTEN:
-        opt = HandWrittenDepthOne(model.parameters())
+    if name == HAND_WRITTEN and family != "SGD":
+        opt = HandWrittenAdamDepthOne(model.parameters())
+    elif name in (HAND_WRITTEN, HAND_GUARDED):
+        opt = HandWrittenDepthOne(model.parameters(), guarded=name == HAND_GUARDED)
     elif name == "torch.optim":
         opt = torch.optim.SGD(model.parameters(), lr=0.05) if family == "SGD" else torch.optim.Adam(model.parameters(), lr=1e-3)
     else:
@@ -95,8 +153,8 @@ def make_runner(name, family, depth, device, inputs, labels):
     def recurse_lr():
         return opt.hyperparameters()["0.lr"]
 
-    learned_lr = {"recurse depth 1": recurse_lr, COMPILED: recurse_lr,
-                  HAND_WRITTEN: lambda: math.exp(opt.log_lr)}.get(name)
+    learned_lr = {"recurse depth 1": recurse_lr, COMPILED: recurse_lr, HAND_WRITTEN: lambda: math.exp(opt.log_lr),
+                  HAND_GUARDED: lambda: math.exp(opt.log_lr)}.get(name)
     return step, learned_lr
 
 
@@ -131,9 +189,11 @@ def main(argv=None):
     for family in ("SGD", "Adam", "Adam, lr only"):
         methods = [("torch.optim", 0), ("recurse depth 0, guard off", 0)] + [(f"recurse depth {d}", d) for d in DEPTHS]
         if family == "SGD":
-            methods.insert(3, (HAND_WRITTEN, 1))
+            methods[3:3] = [(HAND_WRITTEN, 1), (HAND_GUARDED, 1)]
         else:
             methods.insert(4, (COMPILED, 1))
+            if family == "Adam, lr only":
+                methods.insert(3, (HAND_WRITTEN, 1))
         built = {name: make_runner(name, family, depth, device, inputs, labels) for name, depth in methods}
         runners = {name: run for name, (run, _) in built.items()}
         for run in runners.values():
@@ -157,10 +217,11 @@ def main(argv=None):
             print(f"| {family} | {name} | {medians[name]:.3f} | {medians[name] / baseline:.2f} | {per_level} | "
                   f"{marginal} |")
         # Each pair took the same steps on the same batch: they must have learned the same lr.
-        other = HAND_WRITTEN if family == "SGD" else COMPILED
-        ours, theirs = built["recurse depth 1"][1](), built[other][1]()
-        checks.append(f"{family}: learned lr after {20 + args.repeats * args.steps} steps, recurse depth 1 "
-                      f"{ours:.6g}, {other} {theirs:.6g}: relative difference {abs(ours - theirs) / theirs:.1e}")
+        others = {"SGD": (HAND_WRITTEN, HAND_GUARDED), "Adam": (COMPILED,), "Adam, lr only": (HAND_WRITTEN, COMPILED)}
+        for other in others[family]:
+            ours, theirs = built["recurse depth 1"][1](), built[other][1]()
+            checks.append(f"{family}: learned lr after {20 + args.repeats * args.steps} steps, recurse depth 1 "
+                          f"{ours:.6g}, {other} {theirs:.6g}: relative difference {abs(ours - theirs) / theirs:.1e}")
     print("\n" + "\n".join(checks))
 
 

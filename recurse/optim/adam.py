@@ -124,10 +124,14 @@ class Adam(Optimizer):
         new_params, new_state, _ = self._step(params, grads, state, hyper)
         return new_params, new_state
 
-    def _step(self, params, grads, state, hyper):
+    def _step(self, params, grads, state, hyper, *, keep_ratio=False):
         """The update, and its intermediates: the lists d_t (the gradient
         with L2 weight decay), sqrt(v_t) and denominators sqrt(v_t) / sqrt(1 - beta2^t) + eps,
-        and the scalars 1 - beta1^t, sqrt(1 - beta2^t) and lr / (1 - beta1^t)."""
+        and the scalars 1 - beta1^t, sqrt(1 - beta2^t) and lr / (1 - beta1^t).
+        ``keep_ratio``: the update is taken as p - step * r with the list
+        r = m_t / den computed first (rather than torch.optim's addcdiv,
+        which may round differently in the last bit), and the
+        denominators' place holds r."""
         lr, beta1, beta2, eps = hyper["lr"], hyper["beta1"], hyper["beta2"], hyper["eps"]
         weight_decay = hyper["weight_decay"]
         has_weight_decay = self.initial_values["weight_decay"] != 0.0
@@ -145,7 +149,11 @@ class Adam(Optimizer):
         exp_avg_sqs = _ops.addcmul_all(_ops.scale_all(state["exp_avg_sq"], beta2), grads, grads, 1 - beta2)
         roots = _ops.sqrt_all(exp_avg_sqs)
         denoms = _ops.shift_all(_ops.divide_all(roots, bias_correction2_sqrt), eps)
-        new_params = _ops.addcdiv_all(params, exp_avgs, denoms, -step_size)
+        if keep_ratio:
+            denoms = _ops.divide_each(exp_avgs, denoms)
+            new_params = _ops.add_scaled_all(params, denoms, -step_size)
+        else:
+            new_params = _ops.addcdiv_all(params, exp_avgs, denoms, -step_size)
         new_state = {"step": step, "exp_avg": exp_avgs, "exp_avg_sq": exp_avg_sqs}
         return new_params, new_state, (grads, roots, denoms, bias_correction1, bias_correction2_sqrt, step_size)
 
@@ -161,14 +169,24 @@ class Adam(Optimizer):
                                    = -lr p                                                    (AdamW)
 
         where a term divided by s is 0 at s = 0 (as :func:`recurse.optim._ops.sqrt` defines it).
+
+        Where lr is the only row and it needs only <w, m_t> (Adam, or AdamW
+        without weight decay), the step keeps r = m_t / den instead: the
+        next hypergradient is then one inner product <incoming, r>, rather
+        than dividing the incoming vector by den first (three more passes
+        over the parameters, when they are no longer in cache).
         """
+        by_ratio = self._product_names == ("w.m",) and not self.compile
         new_params, new_state, (decayed, roots, denoms, bias_correction1, c, step_size) = \
-            self._step(params, grads, state, values)
+            self._step(params, grads, state, values, keep_ratio=by_ratio)
+        if by_ratio:  # (r = m_t / den, in the denominators' place)
+            products_of = self._products_by_ratio(denoms)
+        else:
+            products_of = self._products_of(denoms, new_state["exp_avg"], roots, decayed, state["exp_avg"],
+                                            state["exp_avg_sq"], list(params))
         lr, beta1, beta2 = values["lr"], values["beta1"], values["beta2"]
         weight_decay, step = values["weight_decay"], new_state["step"]
         learnable, decoupled = self.learnable, self.decoupled_weight_decay
-        exp_avgs, previous_avgs = new_state["exp_avg"], state["exp_avg"]
-        params = list(params)
 
         def vjp(incoming):
             # Every row is a few inner products with w = incoming / den and
@@ -177,12 +195,7 @@ class Adam(Optimizer):
             # <w, m_t> = beta1 <w, m_{t-1}> + (1 - beta1) <w, d_t>, and
             # <z, s> = <z / s, v_t> = beta2 <z / s, v_{t-1}> + (1 - beta2) <z d_t / s, d_t>.
             # The products are read to the host in one go where the level above steps in floats.
-            incoming = list(incoming)
-            lists = (incoming, denoms, exp_avgs, roots, decayed, previous_avgs, state["exp_avg_sq"], params)
-            sums = self._products_through_compile(lists)
-            if sums is None:
-                sums = _ops.inner_products(self._product_operands(*lists))
-            products = dict(zip(self._product_names, self.host_scalars(sums)))
+            products = dict(zip(self._product_names, self.host_scalars(products_of(list(incoming)))))
             if "beta1" in learnable:
                 products["w.m"] = beta1 * products["w.m_prev"] + (1 - beta1) * products["w.d"]
 
@@ -210,6 +223,21 @@ class Adam(Optimizer):
             return self.raw_gradient(rows, values)
 
         return new_params, new_state, vjp
+
+    @staticmethod
+    def _products_by_ratio(ratios):
+        """incoming -> [<incoming, r>] (the only product: "w.m"), keeping
+        nothing else of the step alive until the next one."""
+        return lambda incoming: _ops.inner_products([(incoming, ratios)])
+
+    def _products_of(self, denoms, exp_avgs, roots, decayed, previous_avgs, previous_sqs, params):
+        """incoming -> the products this level needs, through torch.compile
+        when asked, else eagerly."""
+        def products(incoming):
+            lists = (incoming, denoms, exp_avgs, roots, decayed, previous_avgs, previous_sqs, params)
+            sums = self._products_through_compile(lists)
+            return _ops.inner_products(self._product_operands(*lists)) if sums is None else sums
+        return products
 
     def _product_operands(self, incoming, denoms, exp_avgs, roots, decayed, previous_avgs, previous_sqs, params):
         """The (xs, ys) pairs of the products this level needs, with one
