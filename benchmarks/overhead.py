@@ -55,56 +55,17 @@ def tower_of(family, depth, compile=False):
     return rc.stack(*levels)
 
 
-class HandWrittenDepthOne(torch.optim.Optimizer):
-    """tower_of("SGD", 1) by hand, as the smallest torch.optim.Optimizer
-    (so it pays torch.optim's step and zero_grad machinery, as torch.optim
-    does): level 1 steps log lr by SGD on the RMS-normalised hypergradient
-    d loss / d log lr = -lr g_t . g_{t-1}; level 0 then steps the model in
-    place with the new lr. No checks, no copy of the gradient. ``guarded``:
-    as recurse's default guard does, the new parameters are computed out of
-    place, checked for NaN/inf in one kernel and only then copied in."""
+class HandWrittenLevel(torch.optim.Optimizer):
+    """What the hand-written depth-1 towers below share, as the smallest
+    torch.optim.Optimizer (so they pay torch.optim's step and zero_grad
+    machinery, as torch.optim does): level 0's learning rate as log_lr,
+    the direction of its last update kept (uncopied) for the next
+    hypergradient d loss / d log lr = -lr g_t . u_{t-1}, and that
+    hypergradient divided by its running RMS (decay 0.99) for level 1."""
 
-    def __init__(self, params, guarded=False):
+    def __init__(self, params, lr):
         super().__init__(params, {})
-        self.log_lr, self.previous, self.mean_square, self.hyper_steps = math.log(0.05), None, 0.0, 0
-        self.guarded, self.found, self.scale = guarded, torch.zeros(()), torch.ones(())
-
-    @torch.no_grad()
-    def step(self):
-        params = self.param_groups[0]["params"]
-        grads = [param.grad for param in params]
-        if self.previous is not None:
-            dot = torch.stack([torch.dot(g.view(-1), h.view(-1)) for g, h in zip(grads, self.previous)]).sum()
-            hypergradient = -math.exp(self.log_lr) * dot.item()
-            self.hyper_steps += 1
-            self.mean_square = 0.99 * self.mean_square + 0.01 * hypergradient**2
-            self.log_lr -= 1e-3 * hypergradient / math.sqrt(self.mean_square / (1 - 0.99**self.hyper_steps) + 1e-24)
-        if self.guarded:
-            proposed = torch._foreach_add(params, grads, alpha=-math.exp(self.log_lr))
-            torch._amp_foreach_non_finite_check_and_unscale_(proposed, self.found, self.scale)
-            if self.found.item():
-                raise FloatingPointError("non-finite step")
-            torch._foreach_copy_(params, proposed)
-        else:
-            torch._foreach_add_(params, grads, alpha=-math.exp(self.log_lr))
-        self.previous = grads  # (zero_grad sets .grad to None: these stay as they are)
-
-
-class HandWrittenAdamDepthOne(torch.optim.Optimizer):
-    """tower_of("Adam, lr only", 1) by hand, as HandWrittenDepthOne: level 0
-    is torch.optim's foreach Adam in place, except that it keeps its
-    direction u_t = m_t / (1 - beta1^t) / (sqrt(v_t) / sqrt(1 - beta2^t) + eps)
-    (one more list of tensors) for the next hypergradient
-    d loss / d log lr = -lr g_{t+1} . u_t; level 1 is Adam on log lr, in
-    Python floats, on the RMS-normalised hypergradient. No guard."""
-
-    def __init__(self, params):
-        super().__init__(params, {})
-        params = self.param_groups[0]["params"]
-        self.log_lr, self.previous, self.steps = math.log(1e-3), None, 0
-        self.exp_avgs = [torch.zeros_like(p) for p in params]
-        self.exp_avg_sqs = [torch.zeros_like(p) for p in params]
-        self.mean_square, self.hyper_m, self.hyper_v, self.hyper_steps = 0.0, 0.0, 0.0, 0
+        self.log_lr, self.previous, self.mean_square, self.hyper_steps = math.log(lr), None, 0.0, 0
 
     @torch.no_grad()
     def step(self):
@@ -113,13 +74,67 @@ class HandWrittenAdamDepthOne(torch.optim.Optimizer):
         if self.previous is not None:
             dot = torch.stack([torch.dot(g.view(-1), u.view(-1)) for g, u in zip(grads, self.previous)]).sum()
             hypergradient = -math.exp(self.log_lr) * dot.item()
-            t = self.hyper_steps = self.hyper_steps + 1
+            self.hyper_steps += 1
             self.mean_square = 0.99 * self.mean_square + 0.01 * hypergradient**2
-            normalised = hypergradient / math.sqrt(self.mean_square / (1 - 0.99**t) + 1e-24)
-            self.hyper_m += 0.1 * (normalised - self.hyper_m)
-            self.hyper_v = 0.999 * self.hyper_v + 0.001 * normalised**2
-            self.log_lr -= 1e-4 / (1 - 0.9**t) * self.hyper_m / (math.sqrt(self.hyper_v) / math.sqrt(1 - 0.999**t)
-                                                                 + 1e-8)
+            self.step_log_lr(hypergradient / math.sqrt(self.mean_square / (1 - 0.99**self.hyper_steps) + 1e-24))
+        self.previous = self.step_model(params, grads, math.exp(self.log_lr))
+
+    def step_log_lr(self, normalised):
+        """Level 1: step log_lr on the normalised hypergradient."""
+        raise NotImplementedError
+
+    def step_model(self, params, grads, lr):
+        """Level 0: step the model; returns the direction to keep."""
+        raise NotImplementedError
+
+
+class HandWrittenDepthOne(HandWrittenLevel):
+    """tower_of("SGD", 1) by hand: level 1 steps log lr by SGD; level 0 then
+    steps the model in place with the new lr. No checks, no copy of the
+    gradient. ``guarded``: as recurse's default guard does, the new
+    parameters are computed out of place, checked for NaN/inf in one kernel
+    and only then copied in."""
+
+    def __init__(self, params, guarded=False):
+        super().__init__(params, lr=0.05)
+        self.guarded, self.found, self.scale = guarded, torch.zeros(()), torch.ones(())
+
+    def step_log_lr(self, normalised):
+        self.log_lr -= 1e-3 * normalised
+
+    def step_model(self, params, grads, lr):
+        if self.guarded:
+            proposed = torch._foreach_add(params, grads, alpha=-lr)
+            torch._amp_foreach_non_finite_check_and_unscale_(proposed, self.found, self.scale)
+            if self.found.item():
+                raise FloatingPointError("non-finite step")
+            torch._foreach_copy_(params, proposed)
+        else:
+            torch._foreach_add_(params, grads, alpha=-lr)
+        return grads  # (zero_grad sets .grad to None: these stay as they are)
+
+
+class HandWrittenAdamDepthOne(HandWrittenLevel):
+    """tower_of("Adam, lr only", 1) by hand: level 0 is torch.optim's
+    foreach Adam in place, except that it keeps its direction
+    u_t = m_t / (1 - beta1^t) / (sqrt(v_t) / sqrt(1 - beta2^t) + eps) (one
+    more list of tensors) for the next hypergradient; level 1 is Adam on
+    log lr, in Python floats. No guard."""
+
+    def __init__(self, params):
+        super().__init__(params, lr=1e-3)
+        params = self.param_groups[0]["params"]
+        self.steps, self.hyper_m, self.hyper_v = 0, 0.0, 0.0
+        self.exp_avgs = [torch.zeros_like(p) for p in params]
+        self.exp_avg_sqs = [torch.zeros_like(p) for p in params]
+
+    def step_log_lr(self, normalised):
+        t = self.hyper_steps
+        self.hyper_m += 0.1 * (normalised - self.hyper_m)
+        self.hyper_v = 0.999 * self.hyper_v + 0.001 * normalised**2
+        self.log_lr -= 1e-4 / (1 - 0.9**t) * self.hyper_m / (math.sqrt(self.hyper_v) / math.sqrt(1 - 0.999**t) + 1e-8)
+
+    def step_model(self, params, grads, lr):
         t = self.steps = self.steps + 1
         torch._foreach_lerp_(self.exp_avgs, grads, 0.1)
         torch._foreach_mul_(self.exp_avg_sqs, 0.999)
@@ -129,8 +144,8 @@ class HandWrittenAdamDepthOne(torch.optim.Optimizer):
         torch._foreach_add_(denominators, 1e-8)
         directions = torch._foreach_div(self.exp_avgs, denominators)
         torch._foreach_div_(directions, 1 - 0.9**t)
-        torch._foreach_add_(params, directions, alpha=-math.exp(self.log_lr))
-        self.previous = directions
+        torch._foreach_add_(params, directions, alpha=-lr)
+        return directions
 
 
 def make_runner(name, family, depth, device, inputs, labels):
