@@ -53,7 +53,9 @@ class ParamGroup(dict):
     def __missing__(self, key: str) -> Any:
         names = self._names(key)
         if not names:
-            raise KeyError(key)
+            shown = sorted(self.optimizer.initial_values)
+            raise KeyError(f"{key!r}: not in this param group, and level 0 ({self.optimizer!r}) has no "
+                           f"hyperparameter by that name (it has {shown})")
         values = self.optimizer.current_values()
         return tuple(values[name] for name in names) if key == "betas" else values[key]
 

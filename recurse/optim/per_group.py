@@ -47,6 +47,9 @@ class PerGroup(Optimizer):
                 raise ValueError(f"{owner}: group {name!r}'s optimizer {optimizer!r} has hyper= of its own; "
                                  "give hyper= to the PerGroup instead")
             for index in indices:
+                if isinstance(index, bool) or not isinstance(index, int):
+                    raise TypeError(f"{owner}: group {name!r}'s indices must be integers (positions in the list of "
+                                    f"parameters the tower steps), got {type(index).__name__}")
                 if index in seen:
                     raise ValueError(f"{owner}: parameter {index} is in groups {seen[index]!r} and {name!r}; "
                                      "each parameter is stepped by one optimizer")
