@@ -97,7 +97,8 @@ class HandWrittenDepthOne(HandWrittenLevel):
 
     def __init__(self, params, guarded=False):
         super().__init__(params, lr=0.05)
-        self.guarded, self.found, self.scale = guarded, torch.zeros(()), torch.ones(())
+        device = self.param_groups[0]["params"][0].device
+        self.guarded, self.found, self.scale = guarded, torch.zeros((), device=device), torch.ones((), device=device)
 
     def step_log_lr(self, normalised):
         self.log_lr -= 1e-3 * normalised
