@@ -1,6 +1,7 @@
-"""The peer benchmarks run (tiny sizes) and check what they claim to check:
-recurse's hypergradient equals gdtuo's from the same state, and the three
-K-step meta-gradients (recurse, higher, torch.func) agree."""
+"""The benchmarks run (tiny sizes) and check what they claim to check:
+recurse's hypergradient equals gdtuo's from the same state, the three
+K-step meta-gradients (recurse, higher, torch.func) agree, and the
+hand-written floors of overhead.py learn what recurse learns."""
 
 import importlib.util
 import sys
@@ -54,3 +55,26 @@ def test_the_scaling_benchmark_prints_both_tables(capsys):
     load("scaling").main(["--steps", "1", "--sizes", "1e3"])
     out = capsys.readouterr().out
     assert "| 16 |" in out and "| 1e+03 |" in out and "slope:" in out
+
+
+@pytest.mark.parametrize("family,floors", [("SGD", ("HAND_WRITTEN", "HAND_GUARDED")), ("Adam, lr only", ("HAND_WRITTEN",))])
+def test_the_hand_written_floors_of_the_overhead_benchmark_learn_what_recurse_learns(family, floors):
+    """overhead.py times hand-written depth-1 towers as floors for recurse's
+    first level; they only count as floors if they do the same arithmetic:
+    after 30 steps on the same batch each has learned recurse's lr."""
+    import torch
+
+    bench = load("overhead")
+    device = torch.device("cpu")
+    generator = torch.Generator().manual_seed(0)
+    inputs, labels = torch.randn(256, 784, generator=generator), torch.randint(0, 10, (256,), generator=generator)
+    learned = {}
+    for name in ("recurse depth 1",) + tuple(getattr(bench, floor) for floor in floors):
+        step, learned_lr = bench.make_runner(name, family, 1, device, inputs, labels)
+        for _ in range(30):
+            step()
+        learned[name] = learned_lr()
+    ours = learned.pop("recurse depth 1")
+    assert ours != pytest.approx(1e-3 if family != "SGD" else 0.05, rel=1e-6)  # the lr did move
+    for name, theirs in learned.items():
+        assert theirs == pytest.approx(ours, rel=1e-4), name
