@@ -179,17 +179,21 @@ class HyperOptimizer(torch.optim.Optimizer):
         self.guard = guard
         self.record_history = record_history
         self.levels = _build_levels(optimizer)
-        reference = self._params[0]
+        dtypes = {param.dtype for param in self._params}
+        # Parameters may mix dtypes (a bfloat16 layer in a float32 model): every value must fit each of
+        # them, and the narrowest one (the smallest largest number) bounds what a learned value may reach.
+        self._narrowest_dtype = min(dtypes, key=lambda dtype: torch.finfo(dtype).max)
         for level in self.levels:  # (all checked before any moves)
-            level.optimizer.check_fits(reference.dtype)
+            for dtype in dtypes:
+                level.optimizer.check_fits(dtype)
         for level in self.levels:
-            level.optimizer.to(reference.device, reference.dtype)
+            level.optimizer.to(self._params[0].device, self._narrowest_dtype)
         self.step_count = 0
         self.nonfinite_steps = 0
         self._history: list[list[Tensor]] = []
         self._last_hypergradients: list[Tensor | list[float] | None] = [None] * len(self.levels)
         self._hypergradient_points: list[Tensor | list[float] | None] = [None] * len(self.levels)
-        self._finite = _ops.FiniteCheck(reference.device)
+        self._finite = _ops.FiniteCheck(self._params[0].device)
         # Level 0 keeps this step's gradient for the next hypergradient. By
         # default it keeps the very .grad tensors (with their version
         # counters, to notice an in-place write: then one hypergradient is
@@ -208,10 +212,10 @@ class HyperOptimizer(torch.optim.Optimizer):
         for index, param in enumerate(self._params):
             if not param.is_floating_point():
                 raise TypeError(f"rc.HyperOptimizer: parameter {index} has dtype {param.dtype}; expected floating point")
-            if param.device != first.device or param.dtype != first.dtype:
+            if param.device != first.device:
                 raise ValueError(
-                    f"rc.HyperOptimizer: parameter {index} is {param.dtype} on {param.device} but parameter 0 is "
-                    f"{first.dtype} on {first.device}; all parameters must share one device and dtype"
+                    f"rc.HyperOptimizer: parameter {index} is on {param.device} but parameter 0 is on "
+                    f"{first.device}; all parameters must share one device"
                 )
             if not param.requires_grad:
                 raise ValueError(f"rc.HyperOptimizer: parameter {index} (shape {tuple(param.shape)}) does not require "
@@ -560,10 +564,12 @@ class HyperOptimizer(torch.optim.Optimizer):
                 raise ValueError(f"rc.HyperOptimizer.load_state_dict: level {index} has {switched} "
                                  f"{'off' if level.optimizer.initial_values[switched[0]] == 0.0 else 'on'} here but "
                                  "not in the checkpoint; build the same tower as the one saved")
-        reference = self._params[0]
         # As torch.optim's load_state_dict casts state: every tensor goes to the parameters' device, a
-        # floating one in the dtype of what it belongs to (level 0's: the parameters'; the rest: the raws').
-        device, raw_dtype = reference.device, raw_dtype_for(reference.dtype)
+        # floating one in the dtype of what it belongs to (level 0's: the parameters', where they share
+        # one; the rest: the raws').
+        device, raw_dtype = self._params[0].device, raw_dtype_for(self._narrowest_dtype)
+        dtypes = {param.dtype for param in self._params}
+        params_dtype = dtypes.pop() if len(dtypes) == 1 else None
 
         def last_update(saved_update, dtype):
             if saved_update is None:
@@ -572,7 +578,7 @@ class HyperOptimizer(torch.optim.Optimizer):
                                         dtype), raw=_moved(saved_update["raw"], device, raw_dtype))
 
         for index, (level, saved) in enumerate(zip(self.levels, saved_levels)):
-            dtype = reference.dtype if index == 0 else raw_dtype
+            dtype = params_dtype if index == 0 else raw_dtype
             level.optimizer.raw = saved["raw"].to(device, raw_dtype)
             level.optimizer.initial_values.update(saved.get("values", {}))  # (a scheduler may have set them)
             level.state, level.norm_state = _moved(saved["state"], device, dtype), _moved(saved["norm_state"], device, dtype)
@@ -742,9 +748,10 @@ def _detach_tree(tree: Any) -> Any:
     return _map_tensors(tree, Tensor.detach)
 
 
-def _moved(tree: Any, device: torch.device, dtype: torch.dtype) -> Any:
-    """``tree``'s tensors on ``device``, the floating ones in ``dtype``."""
-    return _map_tensors(tree, lambda x: x.to(device, dtype) if x.is_floating_point() else x.to(device))
+def _moved(tree: Any, device: torch.device, dtype: torch.dtype | None) -> Any:
+    """``tree``'s tensors on ``device``, the floating ones in ``dtype`` (None: as they are)."""
+    return _map_tensors(tree, lambda x: x.to(device, dtype) if dtype is not None and x.is_floating_point()
+                        else x.to(device))
 
 
 def _learned_values(levels: list[_Level]) -> list[Tensor | list[float]]:

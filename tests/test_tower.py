@@ -183,6 +183,74 @@ def test_a_model_and_its_optimizer_copied_mid_run_train_on_as_the_original(kind,
     assert opt.hyperparameters() == twin["opt"].hyperparameters() and opt.history() == twin["opt"].history()
 
 
+def mixed_precision_mlp(dtype_of_first_layer):
+    """small_mlp in float32 with its first layer in another dtype, as models
+    that keep some layers narrow are; the forward pass casts between them."""
+    model = small_mlp(dtype=torch.float32)
+    model[0].to(dtype_of_first_layer)
+    return model
+
+
+def mixed_step(model, opt, inputs, targets):
+    opt.zero_grad()
+    hidden = model[1](model[0](inputs.to(model[0].weight.dtype)).float())
+    loss = torch.nn.functional.mse_loss(model[2](hidden), targets)
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
+@pytest.mark.parametrize("family", ["sgd", "adam"])
+def test_a_model_mixing_dtypes_trains_as_torch_optim_at_depth_zero_and_learns_above_it(family):
+    """A bfloat16 layer beside float32 ones: at depth 0 recurse takes
+    torch.optim's steps to the bit (torch.optim groups by dtype); a learned
+    tower keeps each parameter in its dtype, learns its lr within 2% of an
+    all-float32 run, and a checkpoint resumes exactly."""
+    inputs, targets = regression_data(dtype=torch.float32)
+    make = {"sgd": lambda: rc.SGD(0.05, momentum=0.9), "adam": lambda: rc.Adam(1e-2, eps=1e-4)}[family]
+    reference = mixed_precision_mlp(torch.bfloat16)
+    theirs_opt = (torch.optim.SGD(reference.parameters(), lr=0.05, momentum=0.9) if family == "sgd"
+                  else torch.optim.Adam(reference.parameters(), lr=1e-2, eps=1e-4))
+    model = mixed_precision_mlp(torch.bfloat16)
+    opt = rc.HyperOptimizer(model.parameters(), make())
+    for _ in range(10):
+        assert mixed_step(model, opt, inputs, targets) == mixed_step(reference, theirs_opt, inputs, targets)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), reference.parameters()))
+
+    learned = []
+    for first_layer in (torch.float32, torch.bfloat16):
+        model = mixed_precision_mlp(first_layer)
+        tower = make()
+        tower.hyper = rc.SGD(0.01, normalize="rms")
+        opt = rc.HyperOptimizer(model.parameters(), tower)
+        losses = [mixed_step(model, opt, inputs, targets) for _ in range(40)]
+        assert opt.nonfinite_steps == 0 and losses[-1] < losses[0]
+        learned.append(opt.hyperparameters()["0.lr"])
+    assert [param.dtype for param in model.parameters()] == [torch.bfloat16] * 2 + [torch.float32] * 2
+    assert opt.levels[0].optimizer.raw.dtype == torch.float32
+    assert abs(learned[1] - learned[0]) < 0.02 * learned[0]
+    saved = {"model": {k: v.clone() for k, v in model.state_dict().items()}, "opt": opt.state_dict()}
+    resumed_model = mixed_precision_mlp(torch.bfloat16)
+    resumed_tower = make()
+    resumed_tower.hyper = rc.SGD(0.01, normalize="rms")
+    resumed = rc.HyperOptimizer(resumed_model.parameters(), resumed_tower)
+    resumed_model.load_state_dict(saved["model"])
+    resumed.load_state_dict(saved["opt"])
+    for _ in range(3):
+        assert mixed_step(model, opt, inputs, targets) == mixed_step(resumed_model, resumed, inputs, targets)
+
+
+def test_the_guard_finds_a_nan_in_any_dtype_of_a_mixed_model():
+    model = mixed_precision_mlp(torch.bfloat16)
+    opt = rc.HyperOptimizer(model.parameters(), rc.SGD(0.05, hyper=rc.SGD(1e-3)))
+    before = [param.detach().clone() for param in model.parameters()]
+    for param in model.parameters():
+        param.grad = torch.zeros_like(param)
+    model[0].weight.grad[0, 0] = float("nan")
+    opt.step()
+    assert opt.nonfinite_steps == 1 and all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
 def test_load_state_dict_rejects_a_different_tower():
     _, opt = make_run("adam-sgd-sgd")
     _, other = make_run("tied-sgd")
