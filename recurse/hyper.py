@@ -41,7 +41,7 @@ from torch import Tensor
 from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
 from recurse.optim import _ops
-from recurse.optim.base import Optimizer, State, raw_dtype_for
+from recurse.optim.base import Optimizer, State, narrowest, raw_dtype_for
 from recurse.param_group import ParamGroup
 
 log = logging.getLogger("recurse")
@@ -182,7 +182,7 @@ class HyperOptimizer(torch.optim.Optimizer):
         dtypes = {param.dtype for param in self._params}
         # Parameters may mix dtypes (a bfloat16 layer in a float32 model): every value must fit each of
         # them, and the narrowest one (the smallest largest number) bounds what a learned value may reach.
-        self._narrowest_dtype = min(dtypes, key=lambda dtype: torch.finfo(dtype).max)
+        self._narrowest_dtype = narrowest(dtypes)
         for level in self.levels:  # (all checked before any moves)
             for dtype in dtypes:
                 level.optimizer.check_fits(dtype)

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from recurse.hyper import _detach_tree
-from recurse.optim.base import Optimizer, State
+from recurse.optim.base import Optimizer, State, narrowest
 
 META_LOSSES = ("final", "sum", "mean", "validation")
 Objective = Callable[[list[Tensor], int], Tensor]
@@ -86,8 +86,8 @@ def unroll(objective: Objective, params: Sequence[Tensor], optimizer: Optimizer,
         raise ValueError(f"rc.unroll: {optimizer!r} normalises its gradients (normalize=...); unrolls do not "
                          "support gradient normalisers yet, build it with normalize=None")
     params = list(params)
-    if params:
-        optimizer.check_fits(params[0].dtype, fixed_only=raw is not None)
+    for dtype in {param.dtype for param in params}:  # (they may mix: every fixed value must fit each)
+        optimizer.check_fits(dtype, fixed_only=raw is not None)
     with torch.enable_grad():  # inner gradients are needed even when the caller is in no_grad
         return _unroll(objective, params, optimizer, steps, raw, state, meta_loss, validation, first_order,
                        window, step_offset, update_penalty, meta_objective)
@@ -241,7 +241,10 @@ def evaluate(optimizer: Optimizer, losses: Callable[[list[Tensor], int], Tensor]
     _check_options(steps, "final", None, None)
     params = [p.detach() for p in params]
     if params:  # as the engines do: the optimizer's values follow the parameters
-        optimizer.to(params[0].device, params[0].dtype)
+        dtypes = {param.dtype for param in params}
+        for dtype in dtypes:
+            optimizer.check_fits(dtype)
+        optimizer.to(params[0].device, narrowest(dtypes))
     state = optimizer.init(params)
     hyper = _detach_tree(optimizer.hyper_values())
     history = []

@@ -372,3 +372,30 @@ def test_evaluate_torch_runs_the_same_steps_as_evaluate_with_the_recurse_optimiz
     torch.testing.assert_close(theirs, ours, rtol=1e-12, atol=0)
     torch.testing.assert_close(theirs_final[0], ours_final[0], rtol=1e-12, atol=0)
     assert torch.equal(start[0], torch.zeros(3, 4, dtype=torch.float64))  # the start is not stepped in place
+
+
+def test_parameters_mixing_dtypes_unroll_as_the_widest_would():
+    """float64 and float32 parameters in one unroll: the meta-gradient is the
+    all-float64 one to float32 precision; MetaTrainer and evaluate keep each
+    parameter's dtype; a fixed value must fit every dtype present."""
+    generator = torch.Generator().manual_seed(0)
+    wide, narrow = torch.randn(5, generator=generator, dtype=torch.float64), torch.randn(3, generator=generator,
+                                                                                          dtype=torch.float64)
+
+    def objective(params, k):
+        return (params[0] ** 2).sum() + ((params[1].double() - 1) ** 2).sum()
+
+    gradients_of = []
+    for second in (narrow, narrow.float()):
+        optimizer = rc.SGD(0.1)
+        raw = optimizer.raw.clone().requires_grad_()
+        unroll(objective, [wide, second], optimizer, steps=5, raw=raw).meta_loss.backward()
+        gradients_of.append(raw.grad.item())
+    assert gradients_of[1] == pytest.approx(gradients_of[0], rel=1e-6)
+    trainer = MetaTrainer([wide, narrow.float()], objective, [rc.SGD(0.1), rc.SGD(1e-2)], unroll_steps=[5])
+    losses = [trainer.meta_step() for _ in range(3)]
+    assert losses[-1] < losses[0] and [p.dtype for p in trainer.params] == [torch.float64, torch.float32]
+    history, final = rc.evaluate(rc.SGD(0.1), objective, [wide, narrow.float()], steps=3)
+    assert history[-1] < history[0] and [p.dtype for p in final] == [torch.float64, torch.float32]
+    with pytest.raises(ValueError, match=r"rc.SGD: lr = 100000.0 is beyond the largest torch.float16"):
+        unroll(objective, [wide, narrow.half()], rc.SGD(1e5, learn=()), steps=2)

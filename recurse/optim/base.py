@@ -469,6 +469,13 @@ class Optimizer:
         return f"rc.{type(self).__name__}({values}{hyper})"
 
 
+def narrowest(dtypes: Iterable[torch.dtype]) -> torch.dtype:
+    """The dtype with the smallest largest number among ``dtypes`` (of
+    parameters that mix them): the one that bounds the values a tower may
+    learn (float16, then bfloat16, float32, float64)."""
+    return min(dtypes, key=lambda dtype: torch.finfo(dtype).max)
+
+
 def raw_dtype_for(dtype: torch.dtype) -> torch.dtype:
     """The dtype that holds the learnable hyperparameters of an optimizer
     stepping ``dtype`` parameters: ``dtype``, but at least float32. In
