@@ -41,7 +41,7 @@ from torch import Tensor
 from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
 from recurse.optim import _ops
-from recurse.optim.base import Optimizer, State, narrowest, raw_dtype_for
+from recurse.optim.base import Optimizer, State, narrowest
 from recurse.param_group import ParamGroup
 
 log = logging.getLogger("recurse")
@@ -179,15 +179,13 @@ class HyperOptimizer(torch.optim.Optimizer):
         self.guard = guard
         self.record_history = record_history
         self.levels = _build_levels(optimizer)
-        dtypes = {param.dtype for param in self._params}
         # Parameters may mix dtypes (a bfloat16 layer in a float32 model): every value must fit each of
         # them, and the narrowest one (the smallest largest number) bounds what a learned value may reach.
-        self._narrowest_dtype = narrowest(dtypes)
+        self._dtypes = frozenset(param.dtype for param in self._params)
         for level in self.levels:  # (all checked before any moves)
-            for dtype in dtypes:
-                level.optimizer.check_fits(dtype)
+            level.optimizer.check_fits(self._dtypes)
         for level in self.levels:
-            level.optimizer.to(self._params[0].device, self._narrowest_dtype)
+            level.optimizer.to(self._params[0].device, narrowest(self._dtypes))
         self.step_count = 0
         self.nonfinite_steps = 0
         self._history: list[list[Tensor]] = []
@@ -567,9 +565,8 @@ class HyperOptimizer(torch.optim.Optimizer):
         # As torch.optim's load_state_dict casts state: every tensor goes to the parameters' device, a
         # floating one in the dtype of what it belongs to (level 0's: the parameters', where they share
         # one; the rest: the raws').
-        device, raw_dtype = self._params[0].device, raw_dtype_for(self._narrowest_dtype)
-        dtypes = {param.dtype for param in self._params}
-        params_dtype = dtypes.pop() if len(dtypes) == 1 else None
+        device, raw_dtype = self._params[0].device, self.levels[0].optimizer.raw_dtype
+        params_dtype = next(iter(self._dtypes)) if len(self._dtypes) == 1 else None
 
         def last_update(saved_update, dtype):
             if saved_update is None:

@@ -99,8 +99,7 @@ class MetaTrainer:
             raise ValueError("rc.MetaTrainer: got an empty parameter list")
         dtypes = {param.dtype for param in params}  # (they may mix: every value must fit each)
         for optimizer in optimizers:  # (all checked before any moves)
-            for dtype in dtypes:
-                optimizer.check_fits(dtype)
+            optimizer.check_fits(dtypes)
         for optimizer in optimizers:
             optimizer.to(params[0].device, narrowest(dtypes))
         self.objective = objective

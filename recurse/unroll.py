@@ -86,8 +86,7 @@ def unroll(objective: Objective, params: Sequence[Tensor], optimizer: Optimizer,
         raise ValueError(f"rc.unroll: {optimizer!r} normalises its gradients (normalize=...); unrolls do not "
                          "support gradient normalisers yet, build it with normalize=None")
     params = list(params)
-    for dtype in {param.dtype for param in params}:  # (they may mix: every fixed value must fit each)
-        optimizer.check_fits(dtype, fixed_only=raw is not None)
+    optimizer.check_fits({param.dtype for param in params}, fixed_only=raw is not None)  # (dtypes may mix)
     with torch.enable_grad():  # inner gradients are needed even when the caller is in no_grad
         return _unroll(objective, params, optimizer, steps, raw, state, meta_loss, validation, first_order,
                        window, step_offset, update_penalty, meta_objective)
@@ -242,8 +241,7 @@ def evaluate(optimizer: Optimizer, losses: Callable[[list[Tensor], int], Tensor]
     params = [p.detach() for p in params]
     if params:  # as the engines do: the optimizer's values follow the parameters
         dtypes = {param.dtype for param in params}
-        for dtype in dtypes:
-            optimizer.check_fits(dtype)
+        optimizer.check_fits(dtypes)
         optimizer.to(params[0].device, narrowest(dtypes))
     state = optimizer.init(params)
     hyper = _detach_tree(optimizer.hyper_values())

@@ -410,17 +410,19 @@ class Optimizer:
         self._constraint_masks = [(c, mask.to(device)) for c, mask in self._constraint_masks]
         return self
 
-    def check_fits(self, dtype: torch.dtype, *, fixed_only: bool = False) -> None:
-        """Raise a ValueError naming any value that ``dtype``, the
-        parameters', cannot hold: beyond its largest number (lr = 1e39 in
-        float32; torch cannot even take it as a scale), or a value that must
-        be > 0 (a positive knob that cannot be off: lr, eps) but rounds to 0
-        (Adam's default eps = 1e-8 in float16, which turns the update into
-        0 / 0 wherever a gradient is 0). ``fixed_only``: skip the learnable
-        values (an unroll reads them from its ``raw``)."""
-        for name, value in self.initial_values.items():
-            if not (fixed_only and name in self.learnable):
-                self._check_fits(name, value, dtype)
+    def check_fits(self, dtypes: torch.dtype | Iterable[torch.dtype], *, fixed_only: bool = False) -> None:
+        """Raise a ValueError naming any value that ``dtypes`` (the
+        parameters'; one, or each of several where they mix) cannot hold:
+        beyond its largest number (lr = 1e39 in float32; torch cannot even
+        take it as a scale), or a value that must be > 0 (a positive knob
+        that cannot be off: lr, eps) but rounds to 0 (Adam's default eps =
+        1e-8 in float16, which turns the update into 0 / 0 wherever a
+        gradient is 0). ``fixed_only``: skip the learnable values (an unroll
+        reads them from its ``raw``)."""
+        for dtype in (dtypes,) if isinstance(dtypes, torch.dtype) else dtypes:
+            for name, value in self.initial_values.items():
+                if not (fixed_only and name in self.learnable):
+                    self._check_fits(name, value, dtype)
 
     def _check_fits(self, name: str, value: float, dtype: torch.dtype) -> None:
         info = torch.finfo(dtype)
