@@ -32,6 +32,7 @@ import networkx as nx
 import torch
 from torch import Tensor
 
+from recurse.hyper import CopiesWhole, HyperOptimizer
 from recurse.optim.base import Optimizer
 
 GROUP, OPTIMIZER = "group", "optimizer"
@@ -402,7 +403,7 @@ def per_group(graph: nx.DiGraph):
     return params, PerGroup(entries)
 
 
-class GraphOptimizer(torch.optim.Optimizer):
+class GraphOptimizer(CopiesWhole, torch.optim.Optimizer):
     """Per-group optimizers from a graph: one ``rc.HyperOptimizer`` per
     optimizer node that steps model groups (over all the groups it steps,
     so one node stepping several groups shares its state: weight tying),
@@ -420,8 +421,6 @@ class GraphOptimizer(torch.optim.Optimizer):
     """
 
     def __init__(self, graph: nx.DiGraph, **options: Any) -> None:
-        from recurse.hyper import HyperOptimizer
-
         self.graph = graph
         self.optimizers: dict[str, HyperOptimizer] = {}
         for name in schedule(graph):
@@ -438,14 +437,6 @@ class GraphOptimizer(torch.optim.Optimizer):
         super().__init__(all_params, defaults={})
         # One param group per optimizer node, showing its values (group["lr"]): schedulers schedule each node.
         self.param_groups = [group for opt in self.optimizers.values() for group in opt.param_groups]
-
-    def __getstate__(self) -> dict[str, Any]:
-        from recurse.hyper import copyable_state
-
-        return copyable_state(self)  # (torch.optim's keeps only param_groups and state: not the towers)
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
 
     def step(self, closure=None):
         loss = None

@@ -115,7 +115,21 @@ class _Proposal:
     self_update: tuple[State, State | None, _LastUpdate] | None
 
 
-class HyperOptimizer(torch.optim.Optimizer):
+class CopiesWhole:
+    """For a torch.optim.Optimizer subclass: ``copy.deepcopy`` and ``pickle``
+    take all its attributes (torch.optim's ``__getstate__`` keeps only
+    defaults, state and param_groups), less the methods tools patched onto
+    the instance: an LR scheduler wraps ``step`` around a weak reference to
+    this very optimizer, which a copy must not call."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {key: value for key, value in self.__dict__.items() if not callable(getattr(type(self), key, None))}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+
+class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
     """A torch.optim.Optimizer that runs a tower of recurse optimizers.
 
     >>> opt = rc.HyperOptimizer(model.parameters(), rc.Adam(1e-3, hyper=rc.SGD(1e-4)))
@@ -590,28 +604,17 @@ class HyperOptimizer(torch.optim.Optimizer):
         self._history = list(state_dict.get("history", []))
 
     def __getstate__(self) -> dict[str, Any]:
-        """Everything (torch.optim's keeps only defaults, state and
-        param_groups), each level's last update as its inputs alone: its
-        graph or closed form is rebuilt at the next step, as after
+        """As :class:`CopiesWhole`, each level's last update as its inputs
+        alone: its graph or closed form is rebuilt at the next step, as after
         load_state_dict. So ``copy.deepcopy`` and ``pickle`` of a model with
         its optimizer give a pair that trains on exactly as the original."""
-        state = copyable_state(self)
+        state = super().__getstate__()
         state["levels"] = [level.with_inputs_only() for level in self.levels]
         state["_kept_grads"] = state["_pending_kept_grads"] = None  # (the inputs hold their own gradients)
         return state
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-
     def __repr__(self) -> str:
         return f"rc.HyperOptimizer(depth={self.depth}, {self.levels[0].optimizer!r})"
-
-
-def copyable_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """An optimizer's attributes for copy and pickle, less the methods tools
-    patched onto the instance: an LR scheduler wraps ``step`` around a weak
-    reference to this very optimizer, which a copy must not call."""
-    return {key: value for key, value in optimizer.__dict__.items() if not callable(getattr(type(optimizer), key, None))}
 
 
 def _build_levels(optimizer: Optimizer) -> list[_Level]:
