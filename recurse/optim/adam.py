@@ -130,8 +130,8 @@ class Adam(Optimizer):
         and the scalars 1 - beta1^t, sqrt(1 - beta2^t) and lr / (1 - beta1^t).
         ``keep_ratio``: the update is taken as p - step * r with the list
         r = m_t / den computed first (rather than torch.optim's addcdiv,
-        which may round differently in the last bit), and the
-        denominators' place holds r."""
+        which may round differently in the last bit), and r comes back
+        after the denominators (None otherwise)."""
         lr, beta1, beta2, eps = hyper["lr"], hyper["beta1"], hyper["beta2"], hyper["eps"]
         weight_decay = hyper["weight_decay"]
         has_weight_decay = self.initial_values["weight_decay"] != 0.0
@@ -149,13 +149,14 @@ class Adam(Optimizer):
         exp_avg_sqs = _ops.addcmul_all(_ops.scale_all(state["exp_avg_sq"], beta2), grads, grads, 1 - beta2)
         roots = _ops.sqrt_all(exp_avg_sqs)
         denoms = _ops.shift_all(_ops.divide_all(roots, bias_correction2_sqrt), eps)
+        ratios = _ops.divide_each(exp_avgs, denoms) if keep_ratio else None
         if keep_ratio:
-            denoms = _ops.divide_each(exp_avgs, denoms)
-            new_params = _ops.add_scaled_all(params, denoms, -step_size)
+            new_params = _ops.add_scaled_all(params, ratios, -step_size)
         else:
             new_params = _ops.addcdiv_all(params, exp_avgs, denoms, -step_size)
         new_state = {"step": step, "exp_avg": exp_avgs, "exp_avg_sq": exp_avg_sqs}
-        return new_params, new_state, (grads, roots, denoms, bias_correction1, bias_correction2_sqrt, step_size)
+        return new_params, new_state, (grads, roots, denoms, ratios, bias_correction1, bias_correction2_sqrt,
+                                       step_size)
 
     def update_with_vjp(self, params, grads, state, values):
         """Closed form. With r = m_t / den, den = s / c + eps, s = sqrt(v_t),
@@ -177,10 +178,11 @@ class Adam(Optimizer):
         over the parameters, when they are no longer in cache).
         """
         by_ratio = self._product_names == ("w.m",) and not self.compile
-        new_params, new_state, (decayed, roots, denoms, bias_correction1, c, step_size) = \
+        new_params, new_state, (decayed, roots, denoms, ratios, bias_correction1, c, step_size) = \
             self._step(params, grads, state, values, keep_ratio=by_ratio)
-        if by_ratio:  # (r = m_t / den, in the denominators' place)
-            products_of = self._products_by_ratio(denoms)
+        if by_ratio:
+            def products_of(incoming):  # (keeps only r alive until the next step)
+                return _ops.inner_products([(incoming, ratios)])
         else:
             products_of = self._products_of(denoms, new_state["exp_avg"], roots, decayed, state["exp_avg"],
                                             state["exp_avg_sq"], list(params))
@@ -223,12 +225,6 @@ class Adam(Optimizer):
             return self.raw_gradient(rows, values)
 
         return new_params, new_state, vjp
-
-    @staticmethod
-    def _products_by_ratio(ratios):
-        """incoming -> [<incoming, r>] (the only product: "w.m"), keeping
-        nothing else of the step alive until the next one."""
-        return lambda incoming: _ops.inner_products([(incoming, ratios)])
 
     def _products_of(self, denoms, exp_avgs, roots, decayed, previous_avgs, previous_sqs, params):
         """incoming -> the products this level needs, through torch.compile
