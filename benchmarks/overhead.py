@@ -11,7 +11,10 @@ except "depth 0, guard off", which shows what the guard costs. The SGD
 family also times depth 1 written by hand as a minimal torch.optim
 optimizer (the same arithmetic; no checks, the update in place): a floor
 for what one learned level costs here; and the same with recurse's guard
-(the update out of place, checked in one kernel, copied in). "Adam, lr
+(the update out of place, checked in one kernel, copied in). A last SGD row
+is torch.optim's step plus the one inner product a level-1 hypergradient
+needs, g_t . g_{t-1}, and nothing else: what the read of the kept
+gradient (no longer in cache by the next step) costs on its own. "Adam, lr
 only" has its hand-written depth 1 too (torch.optim's foreach Adam in
 place, keeping its direction for the hypergradient). The Adam families also
 time depth 1 with ``rc.Adam(compile=True)`` at level 0 (its closed form
@@ -35,6 +38,7 @@ import recurse as rc
 DEPTHS = (0, 1, 2, 4, 8)
 HAND_WRITTEN = "depth 1 by hand (torch.optim.Optimizer, in place, no guard)"
 HAND_GUARDED = "depth 1 by hand, guarded as recurse is (out of place, checked, copied in)"
+INNER_PRODUCT_ONLY = "torch.optim + the inner product g_t . g_{t-1} alone (no level 1)"
 COMPILED = "recurse depth 1, Adam(compile=True)"
 
 
@@ -55,6 +59,25 @@ def tower_of(family, depth, compile=False):
     return rc.stack(*levels)
 
 
+def inner_product(xs, ys):
+    """sum_i <xs_i, ys_i> over two lists of tensors, as a Python float."""
+    return torch.stack([torch.dot(x.view(-1), y.view(-1)) for x, y in zip(xs, ys)]).sum().item()
+
+
+class SGDWithInnerProduct(torch.optim.SGD):
+    """torch.optim.SGD that also takes g_t . g_{t-1}, the one inner product
+    of a level-1 hypergradient, keeping each step's gradients for the next."""
+
+    previous = inner = None
+
+    def step(self):
+        grads = [param.grad for param in self.param_groups[0]["params"]]
+        if self.previous is not None:
+            self.inner = inner_product(grads, self.previous)
+        self.previous = grads
+        return super().step()
+
+
 class HandWrittenLevel(torch.optim.Optimizer):
     """What the hand-written depth-1 towers below share, as the smallest
     torch.optim.Optimizer (so they pay torch.optim's step and zero_grad
@@ -72,8 +95,7 @@ class HandWrittenLevel(torch.optim.Optimizer):
         params = self.param_groups[0]["params"]
         grads = [param.grad for param in params]
         if self.previous is not None:
-            dot = torch.stack([torch.dot(g.view(-1), u.view(-1)) for g, u in zip(grads, self.previous)]).sum()
-            hypergradient = -math.exp(self.log_lr) * dot.item()
+            hypergradient = -math.exp(self.log_lr) * inner_product(grads, self.previous)
             self.hyper_steps += 1
             self.mean_square = 0.99 * self.mean_square + 0.01 * hypergradient**2
             self.step_log_lr(hypergradient / math.sqrt(self.mean_square / (1 - 0.99**self.hyper_steps) + 1e-24))
@@ -155,6 +177,8 @@ def make_runner(name, family, depth, device, inputs, labels):
         opt = HandWrittenAdamDepthOne(model.parameters())
     elif name in (HAND_WRITTEN, HAND_GUARDED):
         opt = HandWrittenDepthOne(model.parameters(), guarded=name == HAND_GUARDED)
+    elif name == INNER_PRODUCT_ONLY:
+        opt = SGDWithInnerProduct(model.parameters(), lr=0.05)
     elif name == "torch.optim":
         opt = torch.optim.SGD(model.parameters(), lr=0.05) if family == "SGD" else torch.optim.Adam(model.parameters(), lr=1e-3)
     else:
@@ -205,7 +229,7 @@ def main(argv=None):
     for family in ("SGD", "Adam", "Adam, lr only"):
         methods = [("torch.optim", 0), ("recurse depth 0, guard off", 0)] + [(f"recurse depth {d}", d) for d in DEPTHS]
         if family == "SGD":
-            methods[3:3] = [(HAND_WRITTEN, 1), (HAND_GUARDED, 1)]
+            methods[3:3] = [(INNER_PRODUCT_ONLY, 0), (HAND_WRITTEN, 1), (HAND_GUARDED, 1)]
         else:
             methods.insert(4, (COMPILED, 1))
             if family == "Adam, lr only":

@@ -82,3 +82,25 @@ def test_the_other_depth_one_rows_of_the_overhead_benchmark_learn_what_recurse_l
     for name, theirs in learned.items():
         assert theirs == pytest.approx(ours, rel=1e-4), name
     assert "torch.compile failed" not in caplog.text  # (the compiled rows really compiled)
+
+
+def test_the_inner_product_row_of_the_overhead_benchmark_steps_as_torch_optim_and_takes_g_t_dot_g_t_minus_1():
+    import torch
+
+    bench = load("overhead")
+    generator = torch.Generator().manual_seed(0)
+    inputs, labels = torch.randn(64, 784, generator=generator), torch.randint(0, 10, (64,), generator=generator)
+    models = [bench.make_model("cpu") for _ in range(2)]
+    ours = bench.SGDWithInnerProduct(models[0].parameters(), lr=0.05)
+    reference = torch.optim.SGD(models[1].parameters(), lr=0.05)
+    gradients = []
+    for _ in range(3):
+        for model, opt in zip(models, (ours, reference)):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(inputs), labels).backward()
+        gradients.append(torch.cat([param.grad.double().flatten() for param in models[1].parameters()]))
+        for opt in (ours, reference):
+            opt.step()
+    for mine, theirs in zip(models[0].parameters(), models[1].parameters()):
+        assert torch.equal(mine, theirs)
+    assert ours.inner == pytest.approx(torch.dot(gradients[-1], gradients[-2]).item(), rel=1e-5)
