@@ -437,6 +437,13 @@ class GraphOptimizer(CopiesWhole, torch.optim.Optimizer):
         super().__init__(all_params, defaults={})
         # One param group per optimizer node, showing its values (group["lr"]): schedulers schedule each node.
         self.param_groups = [group for opt in self.optimizers.values() for group in opt.param_groups]
+        self._ready = True
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if getattr(self, "_ready", False):  # (a group added now would belong to no node, and never be stepped)
+            raise NotImplementedError("rc.graph.GraphOptimizer: parameters cannot be added after construction "
+                                      "(add_param_group); add a group to the graph and build a new GraphOptimizer")
+        super().add_param_group(param_group)
 
     def step(self, closure=None):
         loss = None

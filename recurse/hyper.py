@@ -236,7 +236,8 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if getattr(self, "_ready", False):
-            raise NotImplementedError("rc.HyperOptimizer: parameters cannot be added after construction")
+            raise NotImplementedError("rc.HyperOptimizer: parameters cannot be added after construction "
+                                      "(add_param_group); build a new HyperOptimizer over all of them")
         super().add_param_group(param_group)
 
     # --- public views -------------------------------------------------------

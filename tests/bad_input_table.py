@@ -120,6 +120,11 @@ ROWS = [
     ("group-options", "options in a param group",
      lambda: rc.HyperOptimizer([{"params": [torch.zeros(3, requires_grad=True)], "lr": 0.1}], rc.SGD(0.1)),
      ValueError, r"param group 0 sets \['lr'\]"),
+    ("add-param-group", "add_param_group after construction (progressive unfreezing)",
+     lambda: rc.HyperOptimizer(_model_params(), rc.SGD(0.1)).add_param_group(
+         {"params": [torch.zeros(3, requires_grad=True)]}),
+     NotImplementedError, r"parameters cannot be added after construction \(add_param_group\); build a new "
+     r"HyperOptimizer over all of them"),
     ("hyper-with-nothing-to-learn", "hyper= on an optimizer that learns nothing",
      lambda: rc.HyperOptimizer(_model_params(), rc.SGD(0.1, learn=(), hyper=rc.SGD(0.1))), ValueError,
      r"has hyper= but nothing to learn"),
@@ -189,6 +194,10 @@ ROWS = [
     ("graph-untied-cycle", "a cycle that is not a declared tie",
      lambda: _graph({"a": ["weight", "b.hyper"], "b": ["bias", "a.hyper"]}), rc.graph.GraphError,
      r"cycle .* is not a declared tie"),
+    ("graph-add-param-group", "add_param_group on a GraphOptimizer (the group would belong to no node)",
+     lambda: rc.graph.GraphOptimizer(rc.graph.build({"weight": _model_params()}, {"a": rc.SGD(0.1)}, {"a": "weight"}))
+     .add_param_group({"params": [torch.zeros(3, requires_grad=True)]}),
+     NotImplementedError, r"rc.graph.GraphOptimizer: parameters cannot be added after construction"),
     ("storage-url", "an Optuna storage URL that cannot be opened",
      lambda: rc.baselines.open_storage("nosuchdriver://x"), ValueError,
      r"cannot open Optuna storage 'nosuchdriver://x'"),
