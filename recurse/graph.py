@@ -408,6 +408,11 @@ class GraphOptimizer(CopiesWhole, torch.optim.Optimizer):
     optimizer node that steps model groups (over all the groups it steps,
     so one node stepping several groups shares its state: weight tying),
     stepped in schedule order. Towers come from each optimizer's ``hyper=``.
+    A node whose optimizer needs the loss itself (``rc.Newton``; at most
+    one per graph) works as in an rc.HyperOptimizer: ``step(closure)`` with
+    a closure that returns the loss without calling backward; the other
+    nodes' gradients are taken from that loss, and the node steps first,
+    while the loss's graph still holds the parameters it was built at.
     ``param_groups`` has one group per such node, in that order, showing
     its level-0 values as an rc.HyperOptimizer's do (``group["lr"]``), so a
     learning-rate scheduler schedules each node.
@@ -433,6 +438,10 @@ class GraphOptimizer(CopiesWhole, torch.optim.Optimizer):
                                  f"(it is only a label: {data['label']!r})")
             params = [p for group in sorted(model_groups) for p in graph.nodes[group]["params"]]
             self.optimizers[name] = HyperOptimizer(params, data["optimizer"], **options)
+        self._needs_loss = [name for name, opt in self.optimizers.items() if opt.levels[0].optimizer.needs_loss_graph]
+        if len(self._needs_loss) > 1:
+            raise GraphError(f"nodes {self._needs_loss} each need the loss's graph (as rc.Newton does); a graph may "
+                             "hold one: the first to step would change parameters the other's graph still reads")
         all_params = [p for opt in self.optimizers.values() for p in opt._params]
         super().__init__(all_params, defaults={})
         # One param group per optimizer node, showing its values (group["lr"]): schedulers schedule each node.
@@ -450,7 +459,26 @@ class GraphOptimizer(CopiesWhole, torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for optimizer in self.optimizers.values():
+        if not self._needs_loss:
+            for optimizer in self.optimizers.values():
+                optimizer.step()
+            return loss
+        (name,) = self._needs_loss
+        first = self.optimizers[name]
+        if loss is None:
+            raise ValueError(f"rc.graph.GraphOptimizer.step: node {name!r} ({first.levels[0].optimizer!r}) needs the "
+                             "loss; call step(closure) with a closure that returns it without calling backward")
+        others = [optimizer for other, optimizer in self.optimizers.items() if other != name]
+        params = [param for optimizer in others for param in optimizer._params]
+        if params:
+            if not (isinstance(loss, Tensor) and loss.requires_grad):
+                raise ValueError("rc.graph.GraphOptimizer.step: the closure's loss does not depend on the parameters "
+                                 "(was backward called inside it, or the loss detached?)")
+            grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True, materialize_grads=True)
+            for param, grad in zip(params, grads):
+                param.grad = grad
+        first.step(lambda: loss)
+        for optimizer in others:
             optimizer.step()
         return loss
 

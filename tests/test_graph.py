@@ -93,6 +93,42 @@ def test_a_group_can_carry_its_own_tower():
     assert values["adam:0.lr"] == 1e-2 and values["sgd:0.lr"] != 0.1
 
 
+def test_a_newton_node_steps_from_the_closures_loss_beside_a_gradient_node():
+    """Newton on the output layer (learning its lr), SGD on the hidden one,
+    from one closure that returns the loss: each steps as it would alone
+    from the same point."""
+    model, reference = two_layer_model().double(), two_layer_model().double()
+    graph = rg.build({"hidden": model[0].parameters(), "out": model[2].parameters()},
+                     {"newton": rc.Newton(0.5, damping=0.1, hyper=rc.SGD(1e-3)), "sgd": rc.SGD(0.1)},
+                     {"newton": "out", "sgd": "hidden"})
+    opt = rg.GraphOptimizer(graph)
+    newton = rc.HyperOptimizer(reference[2].parameters(), rc.Newton(0.5, damping=0.1, hyper=rc.SGD(1e-3)))
+    sgd = torch.optim.SGD(reference[0].parameters(), lr=0.1)
+    inputs, targets = torch.randn(16, 4, dtype=torch.float64), torch.randn(16, 2, dtype=torch.float64)
+    for _ in range(4):
+        opt.step(lambda: torch.nn.functional.mse_loss(model(inputs), targets))
+        sgd.zero_grad()
+        loss = torch.nn.functional.mse_loss(reference(inputs), targets)
+        hidden_grads = torch.autograd.grad(loss, list(reference[0].parameters()), retain_graph=True)
+        newton.step(lambda: loss)
+        for param, grad in zip(reference[0].parameters(), hidden_grads):
+            param.grad = grad
+        sgd.step()
+    for mine, theirs in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(mine, theirs, rtol=1e-12, atol=1e-12)
+    assert opt.hyperparameters()["newton:0.lr"] != 0.5  # (its level above learned)
+    with pytest.raises(ValueError, match=r"node 'newton' \(rc.Newton\(.*\)\) needs the loss; call step\(closure\)"):
+        opt.step()
+
+
+def test_a_graph_holds_at_most_one_node_that_needs_the_loss():
+    model = two_layer_model()
+    with pytest.raises(rg.GraphError, match=r"nodes \['a', 'b'\] each need the loss's graph"):
+        rg.GraphOptimizer(rg.build({"hidden": model[0].parameters(), "out": model[2].parameters()},
+                                   {"a": rc.Newton(damping=0.1), "b": rc.Newton(damping=0.1)},
+                                   {"a": "hidden", "b": "out"}))
+
+
 def test_a_scheduler_schedules_each_node_and_a_copy_trains_on_as_the_original():
     """GraphOptimizer.param_groups: one group per node, showing its values;
     a LambdaLR with one schedule per group scales each node's lr (a learned
