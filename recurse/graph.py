@@ -32,7 +32,7 @@ import networkx as nx
 import torch
 from torch import Tensor
 
-from recurse.hyper import CopiesWhole, HyperOptimizer
+from recurse.hyper import CopiesWhole, HyperOptimizer, log_skipped_step
 from recurse.optim.base import Optimizer
 
 GROUP, OPTIMIZER = "group", "optimizer"
@@ -408,11 +408,13 @@ class GraphOptimizer(CopiesWhole, torch.optim.Optimizer):
     optimizer node that steps model groups (over all the groups it steps,
     so one node stepping several groups shares its state: weight tying),
     stepped in schedule order. Towers come from each optimizer's ``hyper=``.
-    A node whose optimizer needs the loss itself (``rc.Newton``; at most
-    one per graph) works as in an rc.HyperOptimizer: ``step(closure)`` with
-    a closure that returns the loss without calling backward; the other
-    nodes' gradients are taken from that loss, and the node steps first,
-    while the loss's graph still holds the parameters it was built at.
+    A step is all or nothing: every node computes its step first, and if
+    the guard rejects any (a non-finite gradient or update), no node
+    changes; ``nonfinite_steps`` counts those steps.
+    A node whose optimizer needs the loss itself (``rc.Newton``) works as
+    in an rc.HyperOptimizer: ``step(closure)`` with a closure that returns
+    the loss without calling backward; the other nodes' gradients are taken
+    from that loss.
     ``param_groups`` has one group per such node, in that order, showing
     its level-0 values as an rc.HyperOptimizer's do (``group["lr"]``), so a
     learning-rate scheduler schedules each node.
@@ -439,9 +441,6 @@ class GraphOptimizer(CopiesWhole, torch.optim.Optimizer):
             params = [p for group in sorted(model_groups) for p in graph.nodes[group]["params"]]
             self.optimizers[name] = HyperOptimizer(params, data["optimizer"], **options)
         self._needs_loss = [name for name, opt in self.optimizers.items() if opt.levels[0].optimizer.needs_loss_graph]
-        if len(self._needs_loss) > 1:
-            raise GraphError(f"nodes {self._needs_loss} each need the loss's graph (as rc.Newton does); a graph may "
-                             "hold one: the first to step would change parameters the other's graph still reads")
         all_params = [p for opt in self.optimizers.values() for p in opt._params]
         super().__init__(all_params, defaults={})
         # One param group per optimizer node, showing its values (group["lr"]): schedulers schedule each node.
@@ -459,28 +458,55 @@ class GraphOptimizer(CopiesWhole, torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if not self._needs_loss:
-            for optimizer in self.optimizers.values():
-                optimizer.step()
-            return loss
-        (name,) = self._needs_loss
-        first = self.optimizers[name]
-        if loss is None:
-            raise ValueError(f"rc.graph.GraphOptimizer.step: node {name!r} ({first.levels[0].optimizer!r}) needs the "
-                             "loss; call step(closure) with a closure that returns it without calling backward")
-        others = [optimizer for other, optimizer in self.optimizers.items() if other != name]
-        params = [param for optimizer in others for param in optimizer._params]
-        if params:
-            if not (isinstance(loss, Tensor) and loss.requires_grad):
-                raise ValueError("rc.graph.GraphOptimizer.step: the closure's loss does not depend on the parameters "
-                                 "(was backward called inside it, or the loss detached?)")
-            grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True, materialize_grads=True)
-            for param, grad in zip(params, grads):
-                param.grad = grad
-        first.step(lambda: loss)
-        for optimizer in others:
-            optimizer.step()
+        if self._needs_loss:
+            self._gradients_from(loss)
+        # Every node's step is computed before any is taken: all or nothing, and a Newton node's
+        # Hessian-vector products read the loss's graph at the parameters it was built at.
+        attempts = {name: optimizer._attempt((lambda: loss) if name in self._needs_loss else None)[1]
+                    for name, optimizer in self.optimizers.items()}
+        rejected = {name: what for name, what in attempts.items() if isinstance(what, str)}
+        if rejected:
+            self._reject(rejected)
+        else:
+            for name, optimizer in self.optimizers.items():
+                optimizer._commit(attempts[name])
         return loss
+
+    def _gradients_from(self, loss) -> None:
+        """.grad of the nodes that step from gradients, from the closure's
+        loss (a node that needs the loss itself takes its own from it)."""
+        if loss is None:
+            name = self._needs_loss[0]
+            raise ValueError(f"rc.graph.GraphOptimizer.step: node {name!r} "
+                             f"({self.optimizers[name].levels[0].optimizer!r}) needs the loss; call step(closure) "
+                             "with a closure that returns it without calling backward")
+        params = [param for name, optimizer in self.optimizers.items() if name not in self._needs_loss
+                  for param in optimizer._params]
+        if not params:
+            return
+        if not (isinstance(loss, Tensor) and loss.requires_grad):
+            raise ValueError("rc.graph.GraphOptimizer.step: the closure's loss does not depend on the parameters "
+                             "(was backward called inside it, or the loss detached?)")
+        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True, materialize_grads=True)
+        for param, grad in zip(params, grads):
+            param.grad = grad
+
+    def _reject(self, rejected: dict[str, str]) -> None:
+        where = ", ".join(f"{what} in node {name!r}" for name, what in rejected.items())
+        step = next(iter(self.optimizers.values())).step_count + 1
+        message = (f"rc.graph.GraphOptimizer: non-finite {where} at step {step}; the step of every node was skipped "
+                   "and nothing was updated")
+        if any(optimizer.guard == "raise" for optimizer in self.optimizers.values()):
+            raise FloatingPointError(message)
+        for optimizer in self.optimizers.values():
+            optimizer.nonfinite_steps += 1
+            optimizer._skipped()
+        log_skipped_step(message, self.nonfinite_steps)
+
+    @property
+    def nonfinite_steps(self) -> int:
+        """Steps skipped for a non-finite gradient or update (every node counts each; checkpoints keep it)."""
+        return next(iter(self.optimizers.values())).nonfinite_steps
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for optimizer in self.optimizers.values():

@@ -33,7 +33,7 @@ import contextlib
 import copy
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import torch
@@ -113,6 +113,8 @@ class _Proposal:
     raws: dict[int, Tensor]
     level_updates: dict[int, tuple[State, State | None, _LastUpdate | None]]
     self_update: tuple[State, State | None, _LastUpdate] | None
+    hypergradients: list = field(default_factory=list)  # (what last_hypergradients shows once committed)
+    points: list = field(default_factory=list)  # (the raws those hypergradients were taken at)
 
 
 class CopiesWhole:
@@ -311,6 +313,17 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
     step.hooked = True  # (torch.optim.Optimizer.__init__ wraps an unmarked step in that wrapper)
 
     def _step(self, closure: Callable[[], Tensor] | None) -> Tensor | None:
+        loss, proposal = self._attempt(closure)
+        if isinstance(proposal, str):
+            self._reject(proposal)
+        else:
+            self._commit(proposal)
+        return loss
+
+    def _attempt(self, closure: Callable[[], Tensor] | None) -> tuple[Tensor | None, _Proposal | str]:
+        """The loss, and the step every level would take; or, where the
+        guard rejects it, what was non-finite ("gradient" or "update").
+        Nothing is changed yet (_commit or _reject does that)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -333,15 +346,13 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
             points = [None if level.last_update is None else level.last_update.raw for level in self.levels]
             hypergradients, level_grads = self._hypergradients(grads)
             proposal = self._propose(level_grads, hypergradients, closure)
+            proposal.hypergradients, proposal.points = hypergradients, points
             if self.guard != "off":
                 proposed = [raw for raw in proposal.raws.values() if isinstance(raw, Tensor)] + (proposal.model_params or [])
                 host_values = [value for raw in proposal.raws.values() if isinstance(raw, list) for value in raw]
                 if not (all(map(math.isfinite, host_values)) and self._finite(proposed)):
-                    self._reject("gradient" if not self._finite(grads) else "update")
-                    return loss
-            self._last_hypergradients, self._hypergradient_points = hypergradients, points
-            self._commit(proposal)
-        return loss
+                    return loss, "gradient" if not self._finite(grads) else "update"
+        return loss, proposal
 
     _step_with_hooks = torch.optim.Optimizer.profile_hook_step(_step)
 
@@ -493,8 +504,10 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
         return _Proposal(model_params, raws, level_updates, self_update)
 
     def _commit(self, proposal: _Proposal) -> None:
+        self._last_hypergradients, self._hypergradient_points = proposal.hypergradients, proposal.points
         if proposal.model_params is not None:
-            _ops.copy_all(self._params, proposal.model_params)
+            with torch.no_grad():
+                _ops.copy_all(self._params, proposal.model_params)
         for index, raw in proposal.raws.items():
             if isinstance(raw, list):
                 self.levels[index].optimizer.set_raw_floats(raw, rounded=True)
@@ -519,9 +532,11 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
         if self.guard == "raise":
             raise FloatingPointError(message)
         self.nonfinite_steps += 1
-        if self.nonfinite_steps & (self.nonfinite_steps - 1) == 0:  # log the 1st, 2nd, 4th, 8th, ... event
-            log.warning("%s (%d non-finite steps so far)", message, self.nonfinite_steps)
-        # The last-update graphs were consumed; restart the chain cleanly.
+        log_skipped_step(message, self.nonfinite_steps)
+        self._skipped()
+
+    def _skipped(self) -> None:
+        """After a skipped step: the last-update graphs were consumed; restart the chain cleanly."""
         self._kept_grads = self._pending_kept_grads = None
         for level in self.levels:
             level.last_update = None
@@ -616,6 +631,12 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
 
     def __repr__(self) -> str:
         return f"rc.HyperOptimizer(depth={self.depth}, {self.levels[0].optimizer!r})"
+
+
+def log_skipped_step(message: str, count: int) -> None:
+    """Warn of the ``count``-th skipped step: the 1st, 2nd, 4th, 8th, ..."""
+    if count & (count - 1) == 0:
+        log.warning("%s (%d non-finite steps so far)", message, count)
 
 
 def _build_levels(optimizer: Optimizer) -> list[_Level]:

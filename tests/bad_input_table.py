@@ -198,11 +198,6 @@ ROWS = [
      lambda: rc.graph.GraphOptimizer(rc.graph.build({"weight": _model_params()}, {"a": rc.SGD(0.1)}, {"a": "weight"}))
      .add_param_group({"params": [torch.zeros(3, requires_grad=True)]}),
      NotImplementedError, r"rc.graph.GraphOptimizer: parameters cannot be added after construction"),
-    ("graph-two-newton-nodes", "two graph nodes that each need the loss's graph (Newton)",
-     lambda: rc.graph.GraphOptimizer(rc.graph.build({"weight": _model_params()[:1], "bias": _model_params()[1:]},
-                                                    {"a": rc.Newton(damping=0.1), "b": rc.Newton(damping=0.1)},
-                                                    {"a": "weight", "b": "bias"})),
-     rc.graph.GraphError, r"nodes \['a', 'b'\] each need the loss's graph"),
     ("storage-url", "an Optuna storage URL that cannot be opened",
      lambda: rc.baselines.open_storage("nosuchdriver://x"), ValueError,
      r"cannot open Optuna storage 'nosuchdriver://x'"),

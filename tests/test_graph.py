@@ -121,12 +121,68 @@ def test_a_newton_node_steps_from_the_closures_loss_beside_a_gradient_node():
         opt.step()
 
 
-def test_a_graph_holds_at_most_one_node_that_needs_the_loss():
+def test_two_newton_nodes_each_step_from_the_same_loss():
+    """Every node's step is computed before any is taken, so two Newton
+    nodes each take the step they would take alone from the same point."""
+    model = two_layer_model().double()
+    graph = rg.build({"hidden": model[0].parameters(), "out": model[2].parameters()},
+                     {"a": rc.Newton(0.5, damping=1.0), "b": rc.Newton(0.5, damping=1.0)},
+                     {"a": "hidden", "b": "out"})
+    opt = rg.GraphOptimizer(graph)
+    inputs, targets = torch.randn(16, 4, dtype=torch.float64), torch.randn(16, 2, dtype=torch.float64)
+    for _ in range(3):
+        start = copy.deepcopy(model)
+        opt.step(lambda: torch.nn.functional.mse_loss(model(inputs), targets))
+        expected = []
+        for layer in (0, 2):  # that layer's Newton step alone, the other layer held where it started
+            reference = copy.deepcopy(start)
+            alone = rc.HyperOptimizer(reference[layer].parameters(), rc.Newton(0.5, damping=1.0))
+            alone.step(lambda: torch.nn.functional.mse_loss(reference(inputs), targets))
+            expected += list(reference[layer].parameters())
+        for mine, theirs in zip(model.parameters(), expected):
+            torch.testing.assert_close(mine, theirs, rtol=1e-12, atol=1e-12)
+    assert not any(torch.equal(a, b) for a, b in zip(start.parameters(), model.parameters()))
+
+
+def _nan_in_the_hidden_layer(model):
+    model.zero_grad()
+    torch.nn.functional.mse_loss(model(torch.randn(3, 4)), torch.randn(3, 2)).backward()
+    model[0].weight.grad[0, 0] = float("nan")
+
+
+def test_a_non_finite_gradient_in_one_node_skips_every_node(caplog):
+    """All or nothing: the layer with finite gradients does not step either,
+    one warning names the node, and every counter counts the step."""
     model = two_layer_model()
-    with pytest.raises(rg.GraphError, match=r"nodes \['a', 'b'\] each need the loss's graph"):
-        rg.GraphOptimizer(rg.build({"hidden": model[0].parameters(), "out": model[2].parameters()},
-                                   {"a": rc.Newton(damping=0.1), "b": rc.Newton(damping=0.1)},
-                                   {"a": "hidden", "b": "out"}))
+    graph = rg.build({"hidden": model[0].parameters(), "out": model[2].parameters()},
+                     {"a": rc.SGD(0.1, hyper=rc.SGD(1e-3)), "b": rc.Adam(1e-2)}, {"a": "hidden", "b": "out"})
+    opt = rg.GraphOptimizer(graph)
+    for _ in range(2):  # (so that level 1 has a hypergradient chain to drop)
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(torch.randn(3, 4)), torch.randn(3, 2)).backward()
+        opt.step()
+    before = copy.deepcopy(model)
+    lr_before = opt.hyperparameters()
+    _nan_in_the_hidden_layer(model)
+    opt.step()
+    for mine, theirs in zip(model.parameters(), before.parameters()):
+        assert torch.equal(mine, theirs)
+    assert opt.hyperparameters() == lr_before
+    assert opt.nonfinite_steps == 1 and [each.nonfinite_steps for each in opt.optimizers.values()] == [1, 1]
+    assert "non-finite gradient in node 'a' at step 3; the step of every node was skipped" in caplog.text
+    assert "rc.HyperOptimizer" not in caplog.text  # (one warning, the graph's)
+    opt.zero_grad()
+    torch.nn.functional.mse_loss(model(torch.randn(3, 4)), torch.randn(3, 2)).backward()
+    opt.step()  # and training goes on
+    assert all(not torch.equal(mine, theirs) for mine, theirs in zip(model.parameters(), before.parameters()))
+
+    raising = rg.GraphOptimizer(graph, guard="raise")
+    _nan_in_the_hidden_layer(model)
+    before = copy.deepcopy(model)
+    with pytest.raises(FloatingPointError, match="non-finite gradient in node 'a'"):
+        raising.step()
+    for mine, theirs in zip(model.parameters(), before.parameters()):
+        assert torch.equal(mine, theirs)
 
 
 def test_a_scheduler_schedules_each_node_and_a_copy_trains_on_as_the_original():
