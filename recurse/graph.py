@@ -26,7 +26,7 @@ for weights and one for biases, meta-trained together).
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import networkx as nx
 import torch
@@ -513,8 +513,20 @@ class GraphOptimizer(CopiesWhole, torch.optim.Optimizer):
             optimizer.zero_grad(set_to_none=set_to_none)
 
     def hyperparameters(self) -> dict[str, float]:
-        return {f"{name}:{key}": value for name, opt in self.optimizers.items()
-                for key, value in opt.hyperparameters().items()}
+        """Every node's ``HyperOptimizer.hyperparameters()``, as ``{"<node>:<level>.<name>": value}``."""
+        return self._by_node(HyperOptimizer.hyperparameters)
+
+    def hypergradients(self) -> dict[str, float]:
+        """Every node's ``HyperOptimizer.hypergradients()``, named as in ``hyperparameters()``."""
+        return self._by_node(HyperOptimizer.hypergradients)
+
+    def history(self) -> dict[str, list[float]]:
+        """Every node's ``HyperOptimizer.history()`` (built with ``record_history=True``), named as in
+        ``hyperparameters()``."""
+        return self._by_node(HyperOptimizer.history)
+
+    def _by_node(self, read: Callable[[HyperOptimizer], dict[str, Any]]) -> dict[str, Any]:
+        return {f"{name}:{key}": value for name, opt in self.optimizers.items() for key, value in read(opt).items()}
 
     def state_dict(self) -> dict[str, Any]:
         return {name: opt.state_dict() for name, opt in self.optimizers.items()}

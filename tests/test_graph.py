@@ -93,6 +93,23 @@ def test_a_group_can_carry_its_own_tower():
     assert values["adam:0.lr"] == 1e-2 and values["sgd:0.lr"] != 0.1
 
 
+def test_a_graph_reports_each_nodes_hypergradients_and_history():
+    model = two_layer_model()
+    graph = rg.build({"hidden": model[0].parameters(), "out": model[2].parameters()},
+                     {"adam": rc.Adam(1e-2), "sgd": rc.SGD(0.1, hyper=rc.SGD(1e-3))}, {"adam": "hidden", "sgd": "out"})
+    opt = rg.GraphOptimizer(graph, record_history=True)
+    inputs, targets = torch.randn(16, 4), torch.randn(16, 2)
+    for _ in range(4):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(inputs), targets).backward()
+        opt.step()
+    node = opt.optimizers["sgd"]
+    assert opt.hypergradients() == {f"sgd:{key}": value for key, value in node.hypergradients().items()} != {}
+    history = opt.history()
+    assert set(history) == {"sgd:0.lr"} and len(history["sgd:0.lr"]) == 4
+    assert history["sgd:0.lr"][-1] == pytest.approx(opt.hyperparameters()["sgd:0.lr"], rel=1e-6)
+
+
 def test_a_newton_node_steps_from_the_closures_loss_beside_a_gradient_node():
     """Newton on the output layer (learning its lr), SGD on the hidden one,
     from one closure that returns the loss: each steps as it would alone
