@@ -80,8 +80,13 @@ def build(groups: Mapping[str, Iterable[Tensor]], optimizers: Mapping[str, Any],
     sgd: rc.SGD(lr=0.1) steps bias (1 values in 1 tensors)
     """
     graph = nx.DiGraph()
+    owner: dict[int, str] = {}
     for name, params in groups.items():
         params = list(params)
+        for param in params:
+            if owner.setdefault(id(param), name) != name:
+                raise GraphError(f"a tensor of shape {tuple(param.shape)} is in groups {owner[id(param)]!r} and "
+                                 f"{name!r}; each parameter belongs to one group")
         graph.add_node(name, kind=GROUP, params=params, **_group_facts(params))
     ties = set(ties)
     for name, optimizer in optimizers.items():

@@ -33,6 +33,7 @@ import contextlib
 import copy
 import logging
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -180,7 +181,9 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
             raise ValueError(f"rc.HyperOptimizer: guard must be one of {GUARD_MODES}, got {guard!r}")
         if isinstance(params, Tensor):
             raise TypeError("rc.HyperOptimizer: params must be an iterable of tensors, got a single tensor")
-        super().__init__(params, defaults={})
+        with warnings.catch_warnings():  # (torch.optim only warns of a repeated parameter; _check_params refuses it)
+            warnings.filterwarnings("ignore", message="optimizer contains a parameter group with duplicate parameters")
+            super().__init__(params, defaults={})
         for index, group in enumerate(self.param_groups):
             extra = sorted(set(group) - {"params"})
             if extra:
@@ -223,7 +226,12 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
         if not self._params:
             raise ValueError("rc.HyperOptimizer: got an empty parameter list")
         first = self._params[0]
+        seen: dict[int, int] = {}
         for index, param in enumerate(self._params):
+            if id(param) in seen:
+                raise ValueError(f"rc.HyperOptimizer: parameter {index} is parameter {seen[id(param)]} again; pass "
+                                 "each parameter once (a repeated one would count twice in every hypergradient)")
+            seen[id(param)] = index
             if not param.is_floating_point():
                 raise TypeError(f"rc.HyperOptimizer: parameter {index} has dtype {param.dtype}; expected floating point")
             if param.device != first.device:

@@ -117,6 +117,9 @@ ROWS = [
     ("single-tensor", "one tensor instead of a list", lambda: rc.HyperOptimizer(torch.zeros(3, requires_grad=True),
                                                                                   rc.SGD(0.1)),
      TypeError, r"params must be an iterable of tensors, got a single tensor"),
+    ("repeated-param", "the same parameter twice",
+     lambda: rc.HyperOptimizer(_model_params()[:1] * 2, rc.SGD(0.1)), ValueError,
+     r"rc.HyperOptimizer: parameter 1 is parameter 0 again; pass each parameter once"),
     ("group-options", "options in a param group",
      lambda: rc.HyperOptimizer([{"params": [torch.zeros(3, requires_grad=True)], "lr": 0.1}], rc.SGD(0.1)),
      ValueError, r"param group 0 sets \['lr'\]"),
@@ -194,6 +197,11 @@ ROWS = [
     ("graph-untied-cycle", "a cycle that is not a declared tie",
      lambda: _graph({"a": ["weight", "b.hyper"], "b": ["bias", "a.hyper"]}), rc.graph.GraphError,
      r"cycle .* is not a declared tie"),
+    ("graph-shared-param", "one parameter in two groups",
+     lambda: (lambda weight: rc.graph.build({"weight": weight, "again": weight}, {"a": "A"}, {"a": "weight"}))(
+         _model_params()[:1]),
+     rc.graph.GraphError, r"a tensor of shape \(2, 4\) is in groups 'weight' and 'again'; each parameter belongs to "
+     r"one group"),
     ("graph-add-param-group", "add_param_group on a GraphOptimizer (the group would belong to no node)",
      lambda: rc.graph.GraphOptimizer(rc.graph.build({"weight": _model_params()}, {"a": rc.SGD(0.1)}, {"a": "weight"}))
      .add_param_group({"params": [torch.zeros(3, requires_grad=True)]}),
