@@ -9,6 +9,7 @@ from recurse.hyper import HyperOptimizer
 from recurse.learned import LSTMOptimizer
 from recurse.meta import MetaTrainer
 from recurse.optim import SGD, Adagrad, Adam, AdamW, Hyperparameter, Newton, Optimizer, PerGroup, RMSprop
+from recurse.rollback import Rollback
 from recurse.tower import stack, tower
 from recurse.unroll import UnrollResult, evaluate, evaluate_torch, model_objective, unroll, unroll_torch
 
@@ -27,6 +28,7 @@ __all__ = [
     "Optimizer",
     "PerGroup",
     "RMSprop",
+    "Rollback",
     "UnrollResult",
     "constraints",
     "distributed",

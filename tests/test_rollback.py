@@ -1,0 +1,137 @@
+"""rc.Rollback: a run that diverges while finite is rolled back to a
+healthy snapshot with a smaller lr and recovers; a healthy run is never
+touched; a resumed run rolls back as the original would."""
+
+import copy
+import io
+import logging
+
+import pytest
+import torch
+
+import recurse as rc
+from recurse.problems import QuadraticFamily
+
+SMOOTHNESS = QuadraticFamily(10, seed=0).sample().smoothness()
+DIVERGING = {
+    "lr 1e3x too large, fixed": lambda: rc.SGD(1e3 / SMOOTHNESS),
+    "lr 1e3x too large, depth 2": lambda: rc.stack(rc.SGD(1e3 / SMOOTHNESS), rc.SGD(0.05, normalize="rms"),
+                                                   rc.SGD(0.01, normalize="rms")),
+}
+
+
+class Point(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.theta = torch.nn.Parameter(torch.zeros(10, dtype=torch.float64))
+
+
+def train_on_quadratic(make_optimizer, steps=300, rollback=None, start=None):
+    """The losses of ``steps`` steps on the quadratic (every step observed when ``rollback`` is given)."""
+    task = QuadraticFamily(10, seed=0).sample()
+    point, opt, watcher = start if start is not None else (Point(), None, None)
+    opt = opt or make_optimizer(point)
+    if rollback is not None and watcher is None:
+        watcher = rc.Rollback(point, opt, **rollback)
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = task.loss(point.theta)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if watcher is not None:
+            watcher.observe(loss)
+    return losses, (point, opt, watcher), task.loss(point.theta).item()
+
+
+@pytest.mark.parametrize("name", DIVERGING)
+def test_a_run_diverging_while_finite_recovers_with_its_rollbacks_logged(name, caplog):
+    def tower(point):
+        return rc.HyperOptimizer(point.parameters(), DIVERGING[name]())
+
+    _, _, without = train_on_quadratic(tower)
+    with caplog.at_level(logging.WARNING, logger="recurse"):
+        losses, (_, opt, watcher), final = train_on_quadratic(tower, rollback={"every": 20, "floor": 1e-12})
+    assert not without < 1e3 * losses[0]  # (it diverges: inf, or finite and huge)
+    assert final < 0.05 * losses[0]
+    assert 1 <= watcher.rollbacks == len(watcher.events) < watcher.max_rollbacks
+    assert opt.hyperparameters()["0.lr"] < 1e3 / SMOOTHNESS * 0.5 ** watcher.rollbacks * 1.5
+    logged = [record.getMessage() for record in caplog.records if record.getMessage().startswith("rc.Rollback")]
+    assert len(logged) == watcher.rollbacks and f"rollback {watcher.rollbacks} of at most 10" in logged[-1]
+
+
+def test_a_healthy_noisy_run_is_never_rolled_back_nor_changed():
+    """Mini-batch noise on an MLP learning its Adam knobs: no rollback, and
+    watching changes nothing."""
+    def run(watch):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+        opt = rc.HyperOptimizer(model.parameters(), rc.Adam(1e-2, hyper=rc.SGD(1e-3, normalize="rms")))
+        watcher = rc.Rollback(model, opt, every=10) if watch else None
+        data = torch.Generator().manual_seed(1)
+        for _ in range(300):
+            inputs = torch.randn(8, 8, generator=data)
+            targets = inputs[:, :1] * 2 + 0.3 * torch.randn(8, 1, generator=data)
+            opt.zero_grad()
+            loss = torch.nn.functional.mse_loss(model(inputs), targets)
+            loss.backward()
+            opt.step()
+            if watcher is not None:
+                assert not watcher.observe(loss)
+        return model, watcher
+
+    watched, watcher = run(True)
+    plain, _ = run(False)
+    assert watcher.rollbacks == 0 and watcher.observations == 300
+    for mine, theirs in zip(watched.parameters(), plain.parameters()):
+        assert torch.equal(mine, theirs)
+
+
+def test_a_torch_optim_run_recovers_too():
+    losses, (_, opt, watcher), final = train_on_quadratic(
+        lambda point: torch.optim.SGD(point.parameters(), lr=1e3 / SMOOTHNESS), rollback={"every": 20, "floor": 1e-12})
+    assert final < 0.05 * losses[0] and watcher.rollbacks >= 1
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e3 / SMOOTHNESS * 0.5 ** watcher.rollbacks)
+
+
+def test_a_run_that_diverges_past_max_rollbacks_raises_naming_them():
+    def tower(point):
+        return rc.HyperOptimizer(point.parameters(), DIVERGING["lr 1e3x too large, fixed"]())
+
+    with pytest.raises(FloatingPointError, match=r"rc.Rollback: the run diverged again .* after 2 rollbacks "
+                                                 r"\(max_rollbacks\)"):
+        train_on_quadratic(tower, rollback={"every": 20, "max_rollbacks": 2})
+
+
+def test_a_resumed_run_rolls_back_as_the_original_does():
+    def tower(point):
+        return rc.HyperOptimizer(point.parameters(), DIVERGING["lr 1e3x too large, depth 2"]())
+
+    settings = {"every": 20, "floor": 1e-12}
+    _, (point, opt, watcher), _ = train_on_quadratic(tower, steps=40, rollback=settings)
+    assert watcher.rollbacks >= 1  # (the checkpoint holds a rollback's state)
+    buffer = io.BytesIO()
+    torch.save({"model": point.state_dict(), "opt": opt.state_dict(), "rollback": watcher.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=False)
+    resumed_point = Point()
+    resumed_point.load_state_dict(saved["model"])
+    resumed_opt = tower(resumed_point)
+    resumed_opt.load_state_dict(saved["opt"])
+    resumed_watcher = rc.Rollback(resumed_point, resumed_opt, **settings)
+    resumed_watcher.load_state_dict(saved["rollback"])
+    original = train_on_quadratic(tower, steps=200, start=(point, opt, watcher))
+    resumed = train_on_quadratic(tower, steps=200, start=(resumed_point, resumed_opt, resumed_watcher))
+    assert original[0] == resumed[0]
+    assert watcher.events == resumed_watcher.events and watcher.rollbacks > 1
+
+
+def test_the_snapshot_is_a_copy():
+    """The snapshot is a copy: training on after it does not change it."""
+    point = Point()
+    opt = torch.optim.SGD(point.parameters(), lr=0.1)
+    watcher = rc.Rollback(point, opt, every=1)
+    snapshot = copy.deepcopy(watcher.state_dict()["snapshot"][0]["theta"])
+    point.theta.data.add_(1.0)
+    assert torch.equal(watcher.state_dict()["snapshot"][0]["theta"], snapshot)
