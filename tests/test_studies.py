@@ -185,3 +185,19 @@ def test_a_study_folder_holds_its_config_and_a_log_of_roll_backs(tmp_path):
     opt.step()  # rolled back and logged
     log = (out / "log.txt").read_text()
     assert "study example started" in log and "non-finite gradient at step 1" in log
+
+
+def test_rollback_quick_rescues_the_runs_that_diverge_and_leaves_the_others_alone(tmp_path):
+    rows = load("rollback").main(["--quick", "--out", str(tmp_path)])
+    pairs = {}
+    for row in rows:
+        pairs.setdefault(row["run"], {})[row["rc.Rollback"]] = row
+    assert len(pairs) == 4 and all(set(pair) == {"no", "yes"} for pair in pairs.values())
+    for run, pair in pairs.items():
+        watched, unwatched = pair["yes"], pair["no"]
+        if watched["rollbacks"]:  # rolled back: far below where the unwatched run ended
+            assert watched["final_loss"] < 0.1 * unwatched["final_loss"] and unwatched["final_over_first"] > 1, run
+        else:  # never rolled back: the very same run
+            assert watched["final_loss"] == unwatched["final_loss"], run
+    assert sum(bool(pair["yes"]["rollbacks"]) for pair in pairs.values()) >= 3
+    assert (tmp_path / "summary.md").read_text().startswith("| run | steps | rc.Rollback |")
