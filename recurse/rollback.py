@@ -55,7 +55,8 @@ class Rollback:
     FloatingPointError. Works with any optimizer that has ``param_groups``
     and ``state_dict``/``load_state_dict``: rc.HyperOptimizer,
     rc.graph.GraphOptimizer, torch.optim's. The snapshot holds a copy of
-    the model's and the optimizer's state on their device.
+    the model's and the optimizer's state on their device; ``observe``
+    reads the loss to the host (on a GPU, one synchronisation per call).
 
     >>> opt = rc.HyperOptimizer(model.parameters(), rc.SGD(10.0))  # stable below about 0.39
     >>> rollback = rc.Rollback(model, opt, every=5)

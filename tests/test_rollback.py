@@ -135,3 +135,23 @@ def test_the_snapshot_is_a_copy():
     snapshot = copy.deepcopy(watcher.state_dict()["snapshot"][0]["theta"])
     point.theta.data.add_(1.0)
     assert torch.equal(watcher.state_dict()["snapshot"][0]["theta"], snapshot)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA"))])
+def test_a_linear_model_with_lr_far_too_large_recovers_on_each_device(device):
+    """The snapshot stays on the model's device; the same code path on a GPU."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1).to(device)
+    inputs, targets = torch.randn(8, 4, device=device), torch.randn(8, 1, device=device)
+    opt = rc.HyperOptimizer(model.parameters(), rc.SGD(10.0, hyper=rc.SGD(1e-3, normalize="rms")))
+    watcher = rc.Rollback(model, opt, every=5)
+    first = torch.nn.functional.mse_loss(model(inputs), targets).item()
+    for _ in range(60):
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(inputs), targets)
+        loss.backward()
+        opt.step()
+        watcher.observe(loss)
+    assert watcher.rollbacks >= 1 and loss.item() < 0.5 * first
+    assert all(tensor.device.type == device for tensor in watcher.state_dict()["snapshot"][0].values())
