@@ -155,3 +155,23 @@ def test_a_linear_model_with_lr_far_too_large_recovers_on_each_device(device):
         watcher.observe(loss)
     assert watcher.rollbacks >= 1 and loss.item() < 0.5 * first
     assert all(tensor.device.type == device for tensor in watcher.state_dict()["snapshot"][0].values())
+
+
+def test_a_graph_optimizer_is_rolled_back_and_shrunk_node_by_node():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    graph = rc.graph.build({"hidden": model[0].parameters(), "out": model[2].parameters()},
+                           {"fast": rc.SGD(20.0), "slow": rc.Adam(1e-2, hyper=rc.SGD(1e-3, normalize="rms"))},
+                           {"fast": "out", "slow": "hidden"})
+    opt = rc.graph.GraphOptimizer(graph)
+    watcher = rc.Rollback(model, opt, every=5)
+    inputs, targets = torch.randn(32, 4), torch.randn(32, 1)
+    first = torch.nn.functional.mse_loss(model(inputs), targets).item()
+    for _ in range(100):
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(inputs), targets)
+        loss.backward()
+        opt.step()
+        watcher.observe(loss)
+    assert watcher.rollbacks >= 1 and loss.item() < first
+    assert opt.hyperparameters()["fast:0.lr"] == pytest.approx(20.0 * 0.5 ** watcher.rollbacks)
