@@ -62,7 +62,10 @@ def unroll(objective: Objective, params: Sequence[Tensor], optimizer: Optimizer,
     meta-parameters: the optimizer's learnable hyperparameters in their
     unconstrained form (see :mod:`recurse.constraints`); None runs the
     optimizer at its fixed values, with the very kernels torch.optim uses.
-    ``state`` continues a previous unroll's optimizer state.
+    ``state`` continues a previous unroll's optimizer state (``result.state``;
+    for an optimizer built with ``normalize=``, ``{"optimizer": ...,
+    "normalizer": ...}``: its gradient normaliser runs on each inner
+    gradient, differentiably, as in the online engine).
     ``update_penalty=c`` adds c * sum_k ||theta_{k+1} - theta_k||^2 over the
     tracked steps to the meta-loss (a stability penalty on update size).
     ``meta_objective(params, k)``, when given, replaces f_k in the meta-loss
@@ -82,9 +85,6 @@ def unroll(objective: Objective, params: Sequence[Tensor], optimizer: Optimizer,
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"rc.unroll: optimizer must be an rc.Optimizer (or use rc.unroll_torch for torch.optim), "
                         f"got {type(optimizer).__qualname__}")
-    if optimizer.normalizer is not None:
-        raise ValueError(f"rc.unroll: {optimizer!r} normalises its gradients (normalize=...); unrolls do not "
-                         "support gradient normalisers yet, build it with normalize=None")
     params = list(params)
     optimizer.check_fits({param.dtype for param in params}, fixed_only=raw is not None)  # (dtypes may mix)
     with torch.enable_grad():  # inner gradients are needed even when the caller is in no_grad
@@ -94,7 +94,15 @@ def unroll(objective: Objective, params: Sequence[Tensor], optimizer: Optimizer,
 
 def _unroll(objective, params, optimizer, steps, raw, state, meta_loss, validation, first_order, window,
             step_offset, update_penalty, meta_objective) -> UnrollResult:
-    state = optimizer.init(params) if state is None else state
+    normalizer = optimizer.normalizer
+    if state is None:
+        state = optimizer.init(params)
+        norm_state = None if normalizer is None else normalizer.init(params)
+    elif normalizer is not None:
+        if not (isinstance(state, dict) and set(state) == {"optimizer", "normalizer"}):
+            raise ValueError(f"rc.unroll: {optimizer!r} normalises its gradients, so state= must be the "
+                             "{'optimizer': ..., 'normalizer': ...} of a previous unroll's result.state")
+        state, norm_state = state["optimizer"], state["normalizer"]
     hyper = optimizer.hyper_values() if raw is None else optimizer.hyper_values(raw)
     fixed_hyper = optimizer.hyper_values() if raw is None else optimizer.hyper_values(raw.detach())
     tracked_from = steps - (window or steps)
@@ -102,7 +110,7 @@ def _unroll(objective, params, optimizer, steps, raw, state, meta_loss, validati
     for step in range(steps):
         tracked = step >= tracked_from
         if not tracked:
-            params, state = _detach_tree(params), _detach_tree(state)
+            params, state, norm_state = _detach_tree(params), _detach_tree(state), _detach_tree(norm_state)
         params = [p if p.requires_grad else p.detach().requires_grad_() for p in params]
         loss = objective(params, step_offset + step)
         _check_loss(loss, step_offset + step)
@@ -112,6 +120,8 @@ def _unroll(objective, params, optimizer, steps, raw, state, meta_loss, validati
         # A sum/mean meta-loss backpropagates through this loss again later.
         keep = tracked and meta_loss in ("sum", "mean") and meta_objective is None
         grads = gradients(loss, params, create_graph=tracked and not first_order, retain_graph=keep or None)
+        if normalizer is not None:
+            grads, norm_state = normalizer.apply(grads, norm_state)
         new_params, state = optimizer.update(params, grads, state, hyper if tracked else fixed_hyper)
         if update_penalty and tracked:
             update_sizes.append(sum((new - old).square().sum() for new, old in zip(new_params, params)))
@@ -125,6 +135,8 @@ def _unroll(objective, params, optimizer, steps, raw, state, meta_loss, validati
     result = _combine(meta_loss, final, tracked_losses)
     if update_sizes:
         result = result + update_penalty * torch.stack(update_sizes).sum()
+    if normalizer is not None:
+        state = {"optimizer": state, "normalizer": norm_state}
     return UnrollResult(result, params, state, losses)
 
 

@@ -316,8 +316,6 @@ def test_bad_unroll_options_are_named(case):
 def test_bad_objectives_and_trainers_are_named():
     with pytest.raises(ValueError, match=r"scalar tensor, got \(2,\) at inner step 0"):
         unroll(lambda params, k: params[0] * 2, [torch.zeros(2)], rc.SGD(0.1), steps=2)
-    with pytest.raises(ValueError, match="normalize="):
-        unroll(lambda params, k: params[0].sum(), [torch.zeros(2)], rc.SGD(0.1, normalize="rms"), steps=2)
     with pytest.raises(ValueError, match="unroll_steps needs one count per learned level \\(2\\), got \\[3\\]"):
         MetaTrainer([torch.zeros(2)], lambda p, k: p[0].sum(), [rc.SGD(0.1), rc.SGD(0.1), rc.SGD(0.1)],
                     unroll_steps=[3])
@@ -399,3 +397,61 @@ def test_parameters_mixing_dtypes_unroll_as_the_widest_would():
     assert history[-1] < history[0] and [p.dtype for p in final] == [torch.float64, torch.float32]
     with pytest.raises(ValueError, match=r"rc.SGD: lr = 100000.0 is beyond the largest torch.float16"):
         unroll(objective, [wide, narrow.half()], rc.SGD(1e5, learn=()), steps=2)
+
+
+NORMALISED = {
+    "SGD momentum, running RMS": lambda: rc.SGD(0.05, momentum=0.5, normalize="rms"),
+    "Adam, clipped": lambda: rc.Adam(0.01, normalize=rc.transforms.Clip(0.5)),
+}
+
+
+@pytest.mark.parametrize("name", NORMALISED)
+def test_an_unroll_normalises_each_inner_gradient_as_the_online_engine_does(name):
+    model, objective, batch_at = mlp_objective()
+    start = [p.detach().clone() for p in model.parameters()]
+    result = unroll(objective, start, NORMALISED[name](), steps=12)
+    online = small_mlp(seed=0)
+    opt = rc.HyperOptimizer(online.parameters(), NORMALISED[name]())
+    for k in range(12):
+        inputs, targets = batch_at(k)
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(online(inputs), targets).backward()
+        opt.step()
+    for mine, theirs in zip(result.params, online.parameters()):
+        torch.testing.assert_close(mine, theirs, rtol=1e-12, atol=1e-14)
+    assert set(result.state) == {"optimizer", "normalizer"}
+
+
+@pytest.mark.parametrize("name", NORMALISED)
+def test_a_normalised_unroll_meta_gradient_matches_finite_differences_and_continues_from_its_state(name):
+    model, objective, _ = mlp_objective()
+    start = [p.detach().clone() for p in model.parameters()]
+    optimizer = NORMALISED[name]()
+
+    def meta_loss_at(raw):
+        return unroll(objective, start, optimizer, steps=5, raw=raw, meta_loss="sum").meta_loss
+
+    raw = optimizer.raw.clone().requires_grad_()
+    (meta_gradient,) = torch.autograd.grad(meta_loss_at(raw), raw)
+    largest = meta_gradient.abs().max().item()
+    assert largest > 0
+    for index in range(raw.numel()):
+        numeric = central_difference(lambda r: meta_loss_at(r).item(), raw.detach(), index, 1e-5)
+        # (entries 1e5-1e7 times smaller than the largest, Adam's eps and weight decay here, are below
+        # the difference's round-off, about 1e-16 * meta-loss / step = 1e-11)
+        scale = max(abs(meta_gradient[index].item()), 1e-3 * largest)
+        assert abs(meta_gradient[index].item() - numeric) < 1e-6 * scale, (index, meta_gradient, numeric)
+    whole = unroll(objective, start, optimizer, steps=9)
+    first = unroll(objective, start, optimizer, steps=4)
+    rest = unroll(objective, first.params, optimizer, steps=5, state=first.state, step_offset=4)
+    for mine, theirs in zip(rest.params, whole.params):
+        torch.testing.assert_close(mine, theirs, rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match=r"state= must be the \{'optimizer': \.\.\., 'normalizer': \.\.\.\}"):
+        unroll(objective, start, optimizer, steps=2, state=first.state["optimizer"])
+
+
+def test_a_meta_trainer_learns_through_a_normalised_level_zero():
+    trainer = quadratic_trainer([rc.SGD(1e-3, learn="lr", normalize="rms"), rc.Adam(0.05)], [10])
+    first = trainer.meta_step()
+    losses = [trainer.meta_step() for _ in range(15)]
+    assert losses[-1] < first and trainer.hyperparameters()["0.lr"] != 1e-3
