@@ -256,6 +256,8 @@ def evaluate(optimizer: Optimizer, losses: Callable[[list[Tensor], int], Tensor]
         optimizer.check_fits(dtypes)
         optimizer.to(params[0].device, narrowest(dtypes))
     state = optimizer.init(params)
+    normalizer = optimizer.normalizer
+    norm_state = None if normalizer is None else normalizer.init(params)
     hyper = _detach_tree(optimizer.hyper_values())
     history = []
     with torch.enable_grad():
@@ -267,6 +269,8 @@ def evaluate(optimizer: Optimizer, losses: Callable[[list[Tensor], int], Tensor]
                 break
             grads = gradients(values.sum(), params)
             with torch.no_grad():
+                if normalizer is not None:
+                    grads, norm_state = normalizer.apply(grads, norm_state)
                 params, state = optimizer.update(params, grads, state, hyper)
     return torch.stack(history), [p.detach() for p in params]
 

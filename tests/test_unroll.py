@@ -420,6 +420,9 @@ def test_an_unroll_normalises_each_inner_gradient_as_the_online_engine_does(name
     for mine, theirs in zip(result.params, online.parameters()):
         torch.testing.assert_close(mine, theirs, rtol=1e-12, atol=1e-14)
     assert set(result.state) == {"optimizer", "normalizer"}
+    _, evaluated = rc.evaluate(NORMALISED[name](), objective, start, steps=12)  # (it used to skip the normaliser)
+    for mine, theirs in zip(evaluated, online.parameters()):
+        torch.testing.assert_close(mine, theirs, rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.parametrize("name", NORMALISED)
