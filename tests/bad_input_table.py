@@ -168,6 +168,10 @@ ROWS = [
     ("per-group-overlap", "a parameter in two groups",
      lambda: rc.PerGroup({"a": (rc.SGD(0.1), [0, 1]), "b": (rc.SGD(0.1), [1])}), ValueError,
      r"parameter 1 is in groups 'a' and 'b'"),
+    ("per-group-normalize", "normalize= on one group's optimizer (a group cannot apply it)",
+     lambda: rc.PerGroup({"a": (rc.SGD(0.1, normalize="rms"), [0]), "b": (rc.SGD(0.1), [1])}), ValueError,
+     r"group 'a''s optimizer rc.SGD\(lr=0.1, .*\) has normalize= of its own, which a group cannot apply; give "
+     r"normalize= to the PerGroup instead"),
     ("per-group-gap", "groups that skip a parameter", lambda: rc.PerGroup({"a": (rc.SGD(0.1), [0, 2])}), ValueError,
      r"must cover 0 .. n-1 exactly once, got \[0, 2\]"),
     ("per-group-tensors", "parameters instead of their positions in a group",

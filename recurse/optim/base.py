@@ -288,7 +288,9 @@ class Optimizer:
         *,
         closure: Callable[[], Tensor] | None = None,
     ) -> tuple[list[Tensor], State]:
-        """``(new_params, new_state)``; ``hyper`` defaults to the current values."""
+        """``(new_params, new_state)``; ``hyper`` defaults to the current values.
+        The rule alone: a ``normalize=`` normaliser is applied to ``grads`` by
+        the engines (HyperOptimizer, unroll, evaluate), which keep its state."""
         if len(params) != len(grads):
             raise ValueError(f"rc.{type(self).__name__}.step: {len(params)} params but {len(grads)} grads")
         return self.update(params, grads, state, self.hyper_values() if hyper is None else hyper, closure=closure)

@@ -24,8 +24,9 @@ class PerGroup(Optimizer):
     Each entry is ``name: (optimizer, indices)``: that optimizer steps the
     parameters at ``indices`` of the list the PerGroup is given; every index
     must belong to exactly one group. Hyperparameters are reported as
-    ``"<group>.<name>"``. The groups' optimizers must not have ``hyper=`` of
-    their own: give it to the PerGroup, which learns them all.
+    ``"<group>.<name>"``. The groups' optimizers must not have ``hyper=`` or
+    ``normalize=`` of their own: give them to the PerGroup, which learns
+    them all and normalises the whole gradient.
 
     >>> weight, bias = model.parameters()
     >>> per_group = rc.PerGroup({"weights": (rc.SGD(0.1), [0]), "biases": (rc.SGD(0.01), [1])}, hyper=rc.SGD(1e-3))
@@ -46,6 +47,10 @@ class PerGroup(Optimizer):
             if optimizer.hyper is not None:
                 raise ValueError(f"{owner}: group {name!r}'s optimizer {optimizer!r} has hyper= of its own; "
                                  "give hyper= to the PerGroup instead")
+            if optimizer.normalizer is not None:
+                raise ValueError(f"{owner}: group {name!r}'s optimizer {optimizer!r} has normalize= of its own, "
+                                 "which a group cannot apply; give normalize= to the PerGroup instead (it "
+                                 "normalises the gradient of every group together)")
             for index in indices:
                 if isinstance(index, bool) or not isinstance(index, int):
                     raise TypeError(f"{owner}: group {name!r}'s indices must be integers (positions in the list of "
