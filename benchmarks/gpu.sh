@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks in one go: the CUDA tests, every benchmark with --device cuda, and two quick studies.
+# The GPU checks in one go: the CUDA tests, every benchmark with --device cuda, and three quick studies.
 # Run from the repository root on a machine with CUDA:  bash benchmarks/gpu.sh
 # Each benchmark prints its table; the whole run takes a few minutes on one GPU.
 set -euo pipefail
@@ -12,3 +12,4 @@ python benchmarks/peers_unroll.py --device cuda --repeats 3
 python benchmarks/peers_online.py --device cuda --steps 500
 python -m recurse run l2l_quadratic --quick --quiet --device cuda
 python -m recurse run tying --quick --quiet --device cuda
+python -m recurse run rollback --quick --quiet --device cuda
