@@ -32,7 +32,7 @@ import networkx as nx
 import torch
 from torch import Tensor
 
-from recurse.hyper import CopiesWhole, HyperOptimizer, log_skipped_step
+from recurse.hyper import CopiesWhole, HyperOptimizer, fill_gradients, log_skipped_step
 from recurse.optim.base import Optimizer
 
 GROUP, OPTIMIZER = "group", "optimizer"
@@ -467,14 +467,15 @@ class GraphOptimizer(CopiesWhole, torch.optim.Optimizer):
             self._gradients_from(loss)
         # Every node's step is computed before any is taken: all or nothing, and a Newton node's
         # Hessian-vector products read the loss's graph at the parameters it was built at.
-        attempts = {name: optimizer._attempt((lambda: loss) if name in self._needs_loss else None)[1]
-                    for name, optimizer in self.optimizers.items()}
-        rejected = {name: what for name, what in attempts.items() if isinstance(what, str)}
-        if rejected:
-            self._reject(rejected)
-        else:
-            for name, optimizer in self.optimizers.items():
-                optimizer._commit(attempts[name])
+        with torch.no_grad():
+            attempts = {name: optimizer._attempt((lambda: loss) if name in self._needs_loss else None)[1]
+                        for name, optimizer in self.optimizers.items()}
+            rejected = {name: what for name, what in attempts.items() if isinstance(what, str)}
+            if rejected:
+                self._reject(rejected)
+            else:
+                for name, optimizer in self.optimizers.items():
+                    optimizer._commit(attempts[name])
         return loss
 
     def _gradients_from(self, loss) -> None:
@@ -487,14 +488,8 @@ class GraphOptimizer(CopiesWhole, torch.optim.Optimizer):
                              "with a closure that returns it without calling backward")
         params = [param for name, optimizer in self.optimizers.items() if name not in self._needs_loss
                   for param in optimizer._params]
-        if not params:
-            return
-        if not (isinstance(loss, Tensor) and loss.requires_grad):
-            raise ValueError("rc.graph.GraphOptimizer.step: the closure's loss does not depend on the parameters "
-                             "(was backward called inside it, or the loss detached?)")
-        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True, materialize_grads=True)
-        for param, grad in zip(params, grads):
-            param.grad = grad
+        if params:
+            fill_gradients("rc.graph.GraphOptimizer.step", loss, params)
 
     def _reject(self, rejected: dict[str, str]) -> None:
         where = ", ".join(f"{what} in node {name!r}" for name, what in rejected.items())
@@ -504,7 +499,6 @@ class GraphOptimizer(CopiesWhole, torch.optim.Optimizer):
         if any(optimizer.guard == "raise" for optimizer in self.optimizers.values()):
             raise FloatingPointError(message)
         for optimizer in self.optimizers.values():
-            optimizer.nonfinite_steps += 1
             optimizer._skipped()
         log_skipped_step(message, self.nonfinite_steps)
 

@@ -321,17 +321,21 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
     step.hooked = True  # (torch.optim.Optimizer.__init__ wraps an unmarked step in that wrapper)
 
     def _step(self, closure: Callable[[], Tensor] | None) -> Tensor | None:
-        loss, proposal = self._attempt(closure)
-        if isinstance(proposal, str):
-            self._reject(proposal)
-        else:
-            self._commit(proposal)
+        # No graph is built here, but where autograd differentiates an update
+        # (a learned level without a closed form, Newton; see _advance).
+        with torch.no_grad():
+            loss, proposal = self._attempt(closure)
+            if isinstance(proposal, str):
+                self._reject(proposal)
+            else:
+                self._commit(proposal)
         return loss
 
     def _attempt(self, closure: Callable[[], Tensor] | None) -> tuple[Tensor | None, _Proposal | str]:
         """The loss, and the step every level would take; or, where the
         guard rejects it, what was non-finite ("gradient" or "update").
-        Nothing is changed yet (_commit or _reject does that)."""
+        Nothing is changed yet (_commit or _reject does that). Called under
+        no_grad; the closure runs with grad enabled."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -348,18 +352,15 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
             closure = self._gradients_from(loss)
         self._forget_overwritten_gradients()
         grads = self._model_grads()
-        # No graph is built here, but where autograd differentiates an update
-        # (a learned level without a closed form; see _advance).
-        with torch.no_grad():
-            points = [None if level.last_update is None else level.last_update.raw for level in self.levels]
-            hypergradients, level_grads = self._hypergradients(grads)
-            proposal = self._propose(level_grads, hypergradients, closure)
-            proposal.hypergradients, proposal.points = hypergradients, points
-            if self.guard != "off":
-                proposed = [raw for raw in proposal.raws.values() if isinstance(raw, Tensor)] + (proposal.model_params or [])
-                host_values = [value for raw in proposal.raws.values() if isinstance(raw, list) for value in raw]
-                if not (all(map(math.isfinite, host_values)) and self._finite(proposed)):
-                    return loss, "gradient" if not self._finite(grads) else "update"
+        points = [None if level.last_update is None else level.last_update.raw for level in self.levels]
+        hypergradients, level_grads = self._hypergradients(grads)
+        proposal = self._propose(level_grads, hypergradients, closure)
+        proposal.hypergradients, proposal.points = hypergradients, points
+        if self.guard != "off":
+            proposed = [raw for raw in proposal.raws.values() if isinstance(raw, Tensor)] + (proposal.model_params or [])
+            host_values = [value for raw in proposal.raws.values() if isinstance(raw, list) for value in raw]
+            if not (all(map(math.isfinite, host_values)) and self._finite(proposed)):
+                return loss, "gradient" if not self._finite(grads) else "update"
         return loss, proposal
 
     _step_with_hooks = torch.optim.Optimizer.profile_hook_step(_step)
@@ -367,14 +368,7 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
     def _gradients_from(self, loss: Tensor) -> Callable[[], Tensor]:
         """Fill .grad from ``loss`` keeping its graph, for a level 0 that
         differentiates the loss again (Newton); returns a closure giving it."""
-        if not loss.requires_grad:
-            raise ValueError("rc.HyperOptimizer.step: the closure's loss does not depend on the parameters "
-                             "(was backward called inside it, or the loss detached?)")
-        with torch.enable_grad():
-            grads = torch.autograd.grad(loss, self._params, retain_graph=True, allow_unused=True,
-                                        materialize_grads=True)
-        for param, grad in zip(self._params, grads):
-            param.grad = grad.detach()
+        fill_gradients("rc.HyperOptimizer.step", loss, self._params)
         return lambda: loss
 
     def _model_grads(self) -> list[Tensor]:
@@ -514,8 +508,7 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
     def _commit(self, proposal: _Proposal) -> None:
         self._last_hypergradients, self._hypergradient_points = proposal.hypergradients, proposal.points
         if proposal.model_params is not None:
-            with torch.no_grad():
-                _ops.copy_all(self._params, proposal.model_params)
+            _ops.copy_all(self._params, proposal.model_params)  # (under no_grad: see _step)
         for index, raw in proposal.raws.items():
             if isinstance(raw, list):
                 self.levels[index].optimizer.set_raw_floats(raw, rounded=True)
@@ -539,12 +532,12 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
         )
         if self.guard == "raise":
             raise FloatingPointError(message)
-        self.nonfinite_steps += 1
-        log_skipped_step(message, self.nonfinite_steps)
         self._skipped()
+        log_skipped_step(message, self.nonfinite_steps)
 
     def _skipped(self) -> None:
-        """After a skipped step: the last-update graphs were consumed; restart the chain cleanly."""
+        """Count a skipped step; the last-update graphs were consumed, so restart the chain cleanly."""
+        self.nonfinite_steps += 1
         self._kept_grads = self._pending_kept_grads = None
         for level in self.levels:
             level.last_update = None
@@ -639,6 +632,18 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
 
     def __repr__(self) -> str:
         return f"rc.HyperOptimizer(depth={self.depth}, {self.levels[0].optimizer!r})"
+
+
+def fill_gradients(owner: str, loss: Any, params: list[Tensor]) -> None:
+    """Set each of ``params``' ``.grad`` from ``loss``, keeping the loss's
+    graph (for an optimizer that differentiates the loss again: Newton)."""
+    if not (isinstance(loss, Tensor) and loss.requires_grad):
+        raise ValueError(f"{owner}: the closure's loss does not depend on the parameters "
+                         "(was backward called inside it, or the loss detached?)")
+    with torch.enable_grad():
+        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True, materialize_grads=True)
+    for param, grad in zip(params, grads):
+        param.grad = grad.detach()
 
 
 def log_skipped_step(message: str, count: int) -> None:
