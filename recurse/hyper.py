@@ -687,9 +687,7 @@ def _advance(optimizer, raw, targets, grads, state, norm_state, *, learned, clos
     Returns the new values and (new state, new normaliser state, last update).
     """
     if optimizer.normalizer is not None:
-        if norm_state is None:
-            norm_state = optimizer.normalizer.init(grads)
-        grads, norm_state = optimizer.normalizer.apply(grads, norm_state)
+        grads, norm_state = optimizer.normalized(grads, norm_state)
     if state is None:
         state = optimizer.init(targets)
     if learned and closure is None:

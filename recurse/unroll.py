@@ -94,10 +94,9 @@ def unroll(objective: Objective, params: Sequence[Tensor], optimizer: Optimizer,
 
 def _unroll(objective, params, optimizer, steps, raw, state, meta_loss, validation, first_order, window,
             step_offset, update_penalty, meta_objective) -> UnrollResult:
-    normalizer = optimizer.normalizer
+    normalizer, norm_state = optimizer.normalizer, None
     if state is None:
         state = optimizer.init(params)
-        norm_state = None if normalizer is None else normalizer.init(params)
     elif normalizer is not None:
         if not (isinstance(state, dict) and set(state) == {"optimizer", "normalizer"}):
             raise ValueError(f"rc.unroll: {optimizer!r} normalises its gradients, so state= must be the "
@@ -120,8 +119,7 @@ def _unroll(objective, params, optimizer, steps, raw, state, meta_loss, validati
         # A sum/mean meta-loss backpropagates through this loss again later.
         keep = tracked and meta_loss in ("sum", "mean") and meta_objective is None
         grads = gradients(loss, params, create_graph=tracked and not first_order, retain_graph=keep or None)
-        if normalizer is not None:
-            grads, norm_state = normalizer.apply(grads, norm_state)
+        grads, norm_state = optimizer.normalized(grads, norm_state)
         new_params, state = optimizer.update(params, grads, state, hyper if tracked else fixed_hyper)
         if update_penalty and tracked:
             update_sizes.append(sum((new - old).square().sum() for new, old in zip(new_params, params)))
@@ -255,9 +253,7 @@ def evaluate(optimizer: Optimizer, losses: Callable[[list[Tensor], int], Tensor]
         dtypes = {param.dtype for param in params}
         optimizer.check_fits(dtypes)
         optimizer.to(params[0].device, narrowest(dtypes))
-    state = optimizer.init(params)
-    normalizer = optimizer.normalizer
-    norm_state = None if normalizer is None else normalizer.init(params)
+    state, norm_state = optimizer.init(params), None
     hyper = _detach_tree(optimizer.hyper_values())
     history = []
     with torch.enable_grad():
@@ -269,8 +265,7 @@ def evaluate(optimizer: Optimizer, losses: Callable[[list[Tensor], int], Tensor]
                 break
             grads = gradients(values.sum(), params)
             with torch.no_grad():
-                if normalizer is not None:
-                    grads, norm_state = normalizer.apply(grads, norm_state)
+                grads, norm_state = optimizer.normalized(grads, norm_state)
                 params, state = optimizer.update(params, grads, state, hyper)
     return torch.stack(history), [p.detach() for p in params]
 

@@ -269,6 +269,17 @@ class Optimizer:
         return all(constraint.contains(values[name]) and -limit <= values[name] <= limit
                    for name, constraint in self._learnable_constraints)
 
+    def normalized(self, grads: Sequence[Tensor], norm_state: State | None) -> tuple[list[Tensor], State | None]:
+        """``grads`` through this optimizer's ``normalize=`` normaliser (started
+        from ``init`` where ``norm_state`` is None), and its new state; as
+        they are where it has none. What every engine applies before
+        :meth:`update`."""
+        if self.normalizer is None:
+            return list(grads), norm_state
+        if norm_state is None:
+            norm_state = self.normalizer.init(grads)
+        return self.normalizer.apply(grads, norm_state)
+
     def update_depends_on_params(self) -> bool:
         """Whether d(update) / d(hyper) depends on the parameter values.
 
