@@ -42,7 +42,7 @@ from torch import Tensor
 from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
 from recurse.optim import _ops
-from recurse.optim.base import Optimizer, State, narrowest
+from recurse.optim.base import Optimizer, State, place_next_to
 from recurse.param_group import ParamGroup
 
 log = logging.getLogger("recurse")
@@ -198,13 +198,8 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
         self.guard = guard
         self.record_history = record_history
         self.levels = _build_levels(optimizer)
-        # Parameters may mix dtypes (a bfloat16 layer in a float32 model): every value must fit each of
-        # them, and the narrowest one (the smallest largest number) bounds what a learned value may reach.
-        self._dtypes = frozenset(param.dtype for param in self._params)
-        for level in self.levels:  # (all checked before any moves)
-            level.optimizer.check_fits(self._dtypes)
-        for level in self.levels:
-            level.optimizer.to(self._params[0].device, narrowest(self._dtypes))
+        self._dtypes = frozenset(param.dtype for param in self._params)  # (they may mix)
+        place_next_to([level.optimizer for level in self.levels], self._params)
         self.step_count = 0
         self.nonfinite_steps = 0
         self._history: list[list[Tensor]] = []

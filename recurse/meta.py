@@ -26,7 +26,7 @@ from torch import Tensor
 from recurse.distributed import all_ranks_agree, total
 from recurse.hyper import _advance, _detach_tree
 from recurse.optim import _ops
-from recurse.optim.base import Optimizer, State, narrowest
+from recurse.optim.base import Optimizer, State, place_next_to
 from recurse.unroll import Objective, _check_options, gradients, unroll
 
 log = logging.getLogger("recurse")
@@ -97,11 +97,7 @@ class MetaTrainer:
         params = [p.detach() if device is None else p.detach().to(device) for p in params]
         if not params:
             raise ValueError("rc.MetaTrainer: got an empty parameter list")
-        dtypes = {param.dtype for param in params}  # (they may mix: every value must fit each)
-        for optimizer in optimizers:  # (all checked before any moves)
-            optimizer.check_fits(dtypes)
-        for optimizer in optimizers:
-            optimizer.to(params[0].device, narrowest(dtypes))
+        place_next_to(optimizers, params)
         self.objective = objective
         self.optimizers = optimizers
         self.unroll_steps = list(unroll_steps)

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from recurse.hyper import _detach_tree
-from recurse.optim.base import Optimizer, State, narrowest
+from recurse.optim.base import Optimizer, State, place_next_to
 
 META_LOSSES = ("final", "sum", "mean", "validation")
 Objective = Callable[[list[Tensor], int], Tensor]
@@ -250,9 +250,7 @@ def evaluate(optimizer: Optimizer, losses: Callable[[list[Tensor], int], Tensor]
     _check_options(steps, "final", None, None)
     params = [p.detach() for p in params]
     if params:  # as the engines do: the optimizer's values follow the parameters
-        dtypes = {param.dtype for param in params}
-        optimizer.check_fits(dtypes)
-        optimizer.to(params[0].device, narrowest(dtypes))
+        place_next_to([optimizer], params)
     state, norm_state = optimizer.init(params), None
     hyper = _detach_tree(optimizer.hyper_values())
     history = []

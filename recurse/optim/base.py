@@ -484,6 +484,20 @@ class Optimizer:
         return f"rc.{type(self).__name__}({values}{hyper})"
 
 
+def place_next_to(optimizers: Iterable[Optimizer], params: Sequence[Tensor]) -> None:
+    """Move each optimizer's values next to ``params`` (their device; held as
+    for the narrowest of their dtypes, which may mix: a bfloat16 layer in a
+    float32 model), once every value is checked to fit each of their dtypes
+    (:meth:`Optimizer.check_fits`): a value that does not fit raises before
+    any optimizer moves."""
+    optimizers = list(optimizers)
+    dtypes = {param.dtype for param in params}
+    for optimizer in optimizers:
+        optimizer.check_fits(dtypes)
+    for optimizer in optimizers:
+        optimizer.to(params[0].device, narrowest(dtypes))
+
+
 def narrowest(dtypes: Iterable[torch.dtype]) -> torch.dtype:
     """The dtype with the smallest largest number among ``dtypes`` (of
     parameters that mix them): the one that bounds the values a tower may
