@@ -14,11 +14,14 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import numbers
 import statistics
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from recurse.optim.base import finite_float
 
 log = logging.getLogger("recurse")
 
@@ -76,11 +79,13 @@ class Rollback:
         for name, value in (("every", every), ("patience", patience), ("max_rollbacks", max_rollbacks)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{owner}: {name} must be an integer >= 1, got {value!r}")
-        if not _is_number(threshold) or not threshold > 1.0 or not math.isfinite(threshold):
+        threshold, shrink, floor = (finite_float(owner, name, value)
+                                    for name, value in (("threshold", threshold), ("shrink", shrink), ("floor", floor)))
+        if not threshold > 1.0:
             raise ValueError(f"{owner}: threshold must be a finite number > 1, got {threshold!r}")
-        if not _is_number(shrink) or not 0.0 < shrink < 1.0:
+        if not 0.0 < shrink < 1.0:
             raise ValueError(f"{owner}: shrink must be a number in (0, 1), got {shrink!r}")
-        if not _is_number(floor) or not 0.0 <= floor < math.inf:
+        if not floor >= 0.0:
             raise ValueError(f"{owner}: floor must be a finite number >= 0, got {floor!r}")
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"{owner}: model must be a torch.nn.Module, got {type(model).__name__}")
@@ -88,8 +93,8 @@ class Rollback:
             raise TypeError(f"{owner}: optimizer must have param_groups, state_dict and load_state_dict (an "
                             f"rc.HyperOptimizer or a torch.optim optimizer), got {type(optimizer).__name__}")
         self.model, self.optimizer = model, optimizer
-        self.every, self.threshold, self.patience = every, float(threshold), patience
-        self.shrink, self.max_rollbacks, self.floor = float(shrink), max_rollbacks, float(floor)
+        self.every, self.threshold, self.patience = every, threshold, patience
+        self.shrink, self.max_rollbacks, self.floor = shrink, max_rollbacks, floor
         self.observations = 0
         self.rollbacks = 0
         self.events: list[dict[str, Any]] = []  # one per rollback: observation, loss, the lr values after it
@@ -105,14 +110,14 @@ class Rollback:
             if loss.numel() != 1:
                 raise ValueError(f"rc.Rollback.observe: the loss must be a scalar, got shape {tuple(loss.shape)}")
             value = loss.item()
-        elif _is_number(loss):
+        elif isinstance(loss, numbers.Real) and not isinstance(loss, bool):
             value = float(loss)
         else:
             raise TypeError(f"rc.Rollback.observe: the loss must be a scalar tensor or a number, got "
                             f"{type(loss).__name__}")
         self.observations += 1
-        skipped = _skipped_steps(self.optimizer) > self._skipped_so_far
-        self._skipped_so_far = _skipped_steps(self.optimizer)
+        skipped_so_far = _skipped_steps(self.optimizer)
+        skipped, self._skipped_so_far = skipped_so_far > self._skipped_so_far, skipped_so_far
         if self.reference is None and math.isfinite(value) and not skipped:
             self.reference = value
         limit = math.inf if self.reference is None else self.threshold * max(self.reference, self.floor)
@@ -170,7 +175,3 @@ class Rollback:
 
 def _skipped_steps(optimizer: Any) -> int:
     return getattr(optimizer, "nonfinite_steps", 0)
-
-
-def _is_number(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float))
