@@ -1,25 +1,38 @@
 """Cost of a tower, side by side with torch.optim, in one run.
 
 MLP 784-128-10, batch 256, random data. For each optimizer family (SGD,
-Adam learning all its knobs, Adam learning only lr) it times torch.optim and recurse stacks of depth 0, 1, 2, 4, 8 (each
-level the same family) and prints ms/step, the ratio to torch.optim, and
-the cost of the levels as a fraction of a depth-0 step: averaged over all
-levels, and marginal (from one measured depth to the next), since the first
-learned level costs more than the ones above it. Every recurse row runs with
-the default non-finite guard (one read of the new parameters per step),
-except "depth 0, guard off", which shows what the guard costs. The SGD
-family also times depth 1 written by hand as a minimal torch.optim
-optimizer (the same arithmetic; no checks, the update in place): a floor
-for what one learned level costs here; and the same with recurse's guard
-(the update out of place, checked in one kernel, copied in). A last SGD row
-is torch.optim's step plus the one inner product a level-1 hypergradient
-needs, g_t . g_{t-1}, and nothing else: what the read of the kept
-gradient (no longer in cache by the next step) costs on its own. "Adam, lr
-only" has its hand-written depth 1 too (torch.optim's foreach Adam in
-place, keeping its direction for the hypergradient). The Adam families also
-time depth 1 with ``rc.Adam(compile=True)`` at level 0 (its closed form
-through torch.compile; compiled during the warm-up). The run ends by
-checking that each of these learned the same lr as recurse's depth 1.
+Adam learning all its knobs, Adam learning only lr) it times torch.optim
+and recurse stacks of depth 0, 1, 2, 4, 8 (each level the same family) and
+prints ms/step, the ratio to torch.optim, and the cost of the levels as a
+fraction of a depth-0 step: averaged over all levels, and marginal (from
+one measured depth to the next), since the first learned level costs more
+than the ones above it. Every recurse row runs with the default non-finite
+guard (one read of the new parameters per step), except "depth 0, guard
+off", which shows what the guard costs.
+
+Beside them, rows that bound what one learned level can cost here:
+
+- SGD: depth 1 written by hand as a minimal torch.optim optimizer (the same
+  arithmetic; no checks, the update in place), and the same with
+  recurse's guard (the update out of place, checked in one kernel, copied
+  in).
+- SGD: torch.optim's step plus the one inner product a level-1
+  hypergradient needs, g_t . g_{t-1}, and nothing else: what reading the
+  kept gradient (no longer in cache by the next step) costs on its own.
+- Adam: torch.optim's Adam plus the three inner products of g_t with
+  m_{t-1}, v_{t-1} and g_{t-1}: the fewest reads a level learning lr,
+  betas and eps can make, since each of its rows is an inner product of g_t
+  with a pointwise function of those three vectors.
+- Adam, lr only: depth 1 by hand (torch.optim's foreach Adam in place,
+  keeping its direction for the hypergradient).
+
+For these rows the level-cost column is their time over torch.optim's
+step, as a percentage of recurse's depth-0 step, so that it reads against
+recurse's first level. The Adam families also time depth 1 with
+``rc.Adam(compile=True)`` at level 0 (its closed form through
+torch.compile; compiled during the warm-up). The run ends by checking that
+the hand-written and compiled towers learned the same lr as recurse's
+depth 1.
 
     python benchmarks/overhead.py [--steps 200] [--repeats 5] [--device cuda]
 """
@@ -39,7 +52,9 @@ DEPTHS = (0, 1, 2, 4, 8)
 HAND_WRITTEN = "depth 1 by hand (torch.optim.Optimizer, in place, no guard)"
 HAND_GUARDED = "depth 1 by hand, guarded as recurse is (out of place, checked, copied in)"
 INNER_PRODUCT_ONLY = "torch.optim + the inner product g_t . g_{t-1} alone (no level 1)"
+THREE_PRODUCTS_ONLY = "torch.optim + the inner products of g_t with m_{t-1}, v_{t-1}, g_{t-1} alone (no level 1)"
 COMPILED = "recurse depth 1, Adam(compile=True)"
+BUILT_ON_TORCH_OPTIM = (HAND_WRITTEN, HAND_GUARDED, INNER_PRODUCT_ONLY, THREE_PRODUCTS_ONLY)
 
 
 def make_model(device):
@@ -59,23 +74,53 @@ def tower_of(family, depth, compile=False):
     return rc.stack(*levels)
 
 
+def inner_products(xs, yss):
+    """[sum_i <xs_i, ys_i> for ys in yss] over lists of tensors, as Python floats read in one go."""
+    dots = torch.stack([torch.dot(x.view(-1), y.view(-1)) for ys in yss for x, y in zip(xs, ys)])
+    return dots.view(len(yss), -1).sum(1).tolist()
+
+
 def inner_product(xs, ys):
     """sum_i <xs_i, ys_i> over two lists of tensors, as a Python float."""
-    return torch.stack([torch.dot(x.view(-1), y.view(-1)) for x, y in zip(xs, ys)]).sum().item()
+    return inner_products(xs, [ys])[0]
 
 
-class SGDWithInnerProduct(torch.optim.SGD):
-    """torch.optim.SGD that also takes g_t . g_{t-1}, the one inner product
-    of a level-1 hypergradient, keeping each step's gradients for the next."""
+class InnerProductsAlone:
+    """A torch.optim optimizer that also takes, before each step, the inner
+    products of the new gradient with the vectors it kept after the last
+    step (those a level-1 hypergradient reads), and does nothing with them."""
 
-    previous = inner = None
+    kept = inner = None
 
     def step(self):
         grads = [param.grad for param in self.param_groups[0]["params"]]
-        if self.previous is not None:
-            self.inner = inner_product(grads, self.previous)
-        self.previous = grads
-        return super().step()
+        if self.kept is not None:
+            self.inner = inner_products(grads, self.kept)
+        result = super().step()
+        self.kept = self.vectors_to_keep(grads)
+        return result
+
+    def vectors_to_keep(self, grads):
+        raise NotImplementedError
+
+
+class SGDWithInnerProduct(InnerProductsAlone, torch.optim.SGD):
+    """torch.optim.SGD + g_t . g_{t-1}, the one inner product of a level-1
+    hypergradient, keeping each step's gradients for the next."""
+
+    def vectors_to_keep(self, grads):
+        return [grads]
+
+
+class AdamWithInnerProducts(InnerProductsAlone, torch.optim.Adam):
+    """torch.optim.Adam + the inner products of g_t with m_{t-1}, v_{t-1}
+    (torch.optim's state, updated in place) and g_{t-1}: every row of a
+    level learning lr, betas and eps is an inner product of g_t with a
+    pointwise function of those three vectors, so it reads at least them."""
+
+    def vectors_to_keep(self, grads):
+        params = self.param_groups[0]["params"]
+        return [[self.state[p]["exp_avg"] for p in params], [self.state[p]["exp_avg_sq"] for p in params], grads]
 
 
 class HandWrittenLevel(torch.optim.Optimizer):
@@ -179,6 +224,8 @@ def make_runner(name, family, depth, device, inputs, labels):
         opt = HandWrittenDepthOne(model.parameters(), guarded=name == HAND_GUARDED)
     elif name == INNER_PRODUCT_ONLY:
         opt = SGDWithInnerProduct(model.parameters(), lr=0.05)
+    elif name == THREE_PRODUCTS_ONLY:
+        opt = AdamWithInnerProducts(model.parameters(), lr=1e-3)
     elif name == "torch.optim":
         opt = torch.optim.SGD(model.parameters(), lr=0.05) if family == "SGD" else torch.optim.Adam(model.parameters(), lr=1e-3)
     else:
@@ -232,6 +279,8 @@ def main(argv=None):
             methods[3:3] = [(INNER_PRODUCT_ONLY, 0), (HAND_WRITTEN, 1), (HAND_GUARDED, 1)]
         else:
             methods.insert(4, (COMPILED, 1))
+            if family == "Adam":
+                methods.insert(3, (THREE_PRODUCTS_ONLY, 0))
             if family == "Adam, lr only":
                 methods.insert(3, (HAND_WRITTEN, 1))
         built = {name: make_runner(name, family, depth, device, inputs, labels) for name, depth in methods}
@@ -247,8 +296,12 @@ def main(argv=None):
         previous = None
         for name, depth in methods:
             recurse_tower = name.startswith("recurse depth") and name != COMPILED
-            per_level = ("" if depth == 0 or not name.startswith("recurse depth")
-                         else f"{100 * (medians[name] - depth0) / depth0 / depth:.1f}")
+            if name in BUILT_ON_TORCH_OPTIM:  # (what its level costs over torch.optim's step)
+                per_level = f"{100 * (medians[name] - baseline) / depth0:.1f}"
+            elif depth == 0 or not name.startswith("recurse depth"):
+                per_level = ""
+            else:
+                per_level = f"{100 * (medians[name] - depth0) / depth0 / depth:.1f}"
             marginal = ""
             if recurse_tower and previous is not None and depth > previous[1]:
                 marginal = f"{100 * (medians[name] - previous[0]) / depth0 / (depth - previous[1]):.1f}"

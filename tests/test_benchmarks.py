@@ -84,23 +84,41 @@ def test_the_other_depth_one_rows_of_the_overhead_benchmark_learn_what_recurse_l
     assert "torch.compile failed" not in caplog.text  # (the compiled rows really compiled)
 
 
-def test_the_inner_product_row_of_the_overhead_benchmark_steps_as_torch_optim_and_takes_g_t_dot_g_t_minus_1():
+@pytest.mark.parametrize("family", ["SGD", "Adam"])
+def test_the_inner_product_rows_of_the_overhead_benchmark_step_as_torch_optim_and_take_what_level_1_reads(family):
+    """The rows 'torch.optim + the inner products ... alone' are floors only
+    if they step as torch.optim does and take the products named: g_t with
+    g_{t-1} (SGD), and with m_{t-1}, v_{t-1} and g_{t-1} (Adam)."""
     import torch
 
     bench = load("overhead")
     generator = torch.Generator().manual_seed(0)
     inputs, labels = torch.randn(64, 784, generator=generator), torch.randint(0, 10, (64,), generator=generator)
     models = [bench.make_model("cpu") for _ in range(2)]
-    ours = bench.SGDWithInnerProduct(models[0].parameters(), lr=0.05)
-    reference = torch.optim.SGD(models[1].parameters(), lr=0.05)
-    gradients = []
+    if family == "SGD":
+        ours = bench.SGDWithInnerProduct(models[0].parameters(), lr=0.05)
+        reference = torch.optim.SGD(models[1].parameters(), lr=0.05)
+    else:
+        ours = bench.AdamWithInnerProducts(models[0].parameters(), lr=1e-3)
+        reference = torch.optim.Adam(models[1].parameters(), lr=1e-3)
+
+    def flat(tensors):
+        return torch.cat([tensor.double().flatten() for tensor in tensors])
+
+    previous_gradient = None
     for _ in range(3):
         for model, opt in zip(models, (ours, reference)):
             opt.zero_grad()
             torch.nn.functional.cross_entropy(model(inputs), labels).backward()
-        gradients.append(torch.cat([param.grad.double().flatten() for param in models[1].parameters()]))
+        params = list(models[1].parameters())
+        gradient = flat(param.grad for param in params)
+        if previous_gradient is not None:  # (what was kept: torch.optim's state is still step t-1's)
+            kept = [previous_gradient] if family == "SGD" else [
+                flat(reference.state[param]["exp_avg"] for param in params),
+                flat(reference.state[param]["exp_avg_sq"] for param in params), previous_gradient]
+        previous_gradient = gradient
         for opt in (ours, reference):
             opt.step()
     for mine, theirs in zip(models[0].parameters(), models[1].parameters()):
         assert torch.equal(mine, theirs)
-    assert ours.inner == pytest.approx(torch.dot(gradients[-1], gradients[-2]).item(), rel=1e-5)
+    assert ours.inner == pytest.approx([torch.dot(gradient, vector).item() for vector in kept], rel=1e-5)
