@@ -141,11 +141,15 @@ def _unroll(objective, params, optimizer, steps, raw, state, meta_loss, validati
 def unroll_torch(objective: Objective, params: Sequence[Tensor], optimizer: torch.optim.Optimizer, *, steps: int,
                  override: dict[str, Tensor] | None = None, meta_loss: str = "final",
                  validation: Callable[[list[Tensor]], Tensor] | None = None, first_order: bool = False,
-                 step_offset: int = 0) -> UnrollResult:
-    """The same unroll with a ``torch.optim`` optimizer (built over ``params``),
-    made differentiable by ``higher``. ``override`` maps option names (``lr``,
-    ``momentum``, ...) to tensors that require grad: the meta-parameters.
-    (Truncation windows need a recurse optimizer.)
+                 window: int | None = None, step_offset: int = 0) -> UnrollResult:
+    """The same unroll with a ``torch.optim`` optimizer (built over ``params``,
+    starting from its state), made differentiable by ``higher``.
+    ``override`` maps option names (``lr``, ``momentum``, ...) to tensors
+    that require grad: the meta-parameters. ``window=W``: as in
+    :func:`unroll`, only the last W steps are backpropagated through; the
+    parameters and the optimizer's state are cut from the graph on entering
+    them, so the result is that of K - W steps of ``optimizer`` at the
+    override's values followed by a W-step unroll from where they ended.
 
     >>> start = [torch.ones(2, requires_grad=True)]
     >>> lr = torch.tensor(0.1, requires_grad=True)
@@ -157,7 +161,7 @@ def unroll_torch(objective: Objective, params: Sequence[Tensor], optimizer: torc
     """
     import higher
 
-    _check_options(steps, meta_loss, validation, None)
+    _check_options(steps, meta_loss, validation, window)
     params = list(params)
     overrides = None if override is None else {name: [value] for name, value in override.items()}
     callback = (lambda grads: [None if g is None else g.detach() for g in grads]) if first_order else None
@@ -165,21 +169,35 @@ def unroll_torch(objective: Objective, params: Sequence[Tensor], optimizer: torc
                                                  grad_callback=callback)
     params = [p if p.requires_grad else p.detach().requires_grad_() for p in params]
     with torch.enable_grad():
-        return _unroll_torch(objective, params, differentiable, steps, meta_loss, validation, step_offset)
+        return _unroll_torch(objective, params, differentiable, steps, meta_loss, validation, window, step_offset)
 
 
-def _unroll_torch(objective, params, differentiable, steps, meta_loss, validation, step_offset) -> UnrollResult:
+def _unroll_torch(objective, params, differentiable, steps, meta_loss, validation, window,
+                  step_offset) -> UnrollResult:
+    tracked_from = steps - (window or steps)
     tracked_losses, losses = [], []
     for step in range(steps):
+        if 0 < tracked_from and step <= tracked_from:  # before the window, and on entering it: cut the graph
+            params = [param.detach().requires_grad_() for param in params]
+            _detach_state(differentiable)
         loss = objective(params, step_offset + step)
         _check_loss(loss, step_offset + step)
-        if step > 0:
+        if step > 0 and step >= tracked_from:
             tracked_losses.append(loss)
         losses.append(loss.item())
         params = list(differentiable.step(loss, params=params))
     final = validation(params) if meta_loss == "validation" else objective(params, step_offset + steps)
     tracked_losses.append(final)
     return UnrollResult(_combine(meta_loss, final, tracked_losses), params, {}, losses)
+
+
+def _detach_state(differentiable) -> None:
+    """Cut a higher differentiable optimizer's state (one dict per parameter
+    group, parameter index -> that parameter's state) from the graph, in
+    place: its containers are higher's own."""
+    for group_state in differentiable.state:
+        for index, entry in list(group_state.items()):
+            group_state[index] = _detach_tree(entry)
 
 
 def _combine(meta_loss: str, final: Tensor, tracked_losses: list[Tensor]) -> Tensor:

@@ -224,6 +224,88 @@ def test_a_window_backpropagates_through_the_last_steps_only():
     assert windowed.meta_loss.item() == tail.meta_loss.item()
 
 
+def _graph_size(tensor):
+    """The number of autograd nodes ``tensor`` reaches."""
+    seen, frontier = set(), [tensor.grad_fn]
+    while frontier:
+        node = frontier.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        frontier.extend(next_node for next_node, _ in node.next_functions)
+    return len(seen)
+
+
+def test_a_window_of_unroll_torch_is_torch_optim_steps_then_an_unroll_from_where_they_ended():
+    """K - W plain torch.optim steps (momentum buffers and all), then a W-step
+    unroll from that optimizer's parameters and state: the same meta-loss
+    and meta-gradient as one windowed unroll_torch."""
+    model, objective, batch_at = mlp_objective()
+    lr = torch.tensor(0.05, dtype=torch.float64, requires_grad=True)
+
+    def optimizer_over(params):
+        return torch.optim.SGD(params, lr=0.05, momentum=0.9)
+
+    start = [p.detach().clone() for p in model.parameters()]
+    windowed = unroll_torch(objective, start, optimizer_over(start), steps=8, override={"lr": lr}, window=3,
+                            meta_loss="sum")
+    (gradient,) = torch.autograd.grad(windowed.meta_loss, lr)
+
+    warm = [p.detach().clone().requires_grad_() for p in model.parameters()]
+    plain = optimizer_over(warm)
+    for k in range(5):
+        plain.zero_grad()
+        objective(warm, k).backward()
+        plain.step()
+    tail = unroll_torch(objective, warm, plain, steps=3, override={"lr": lr}, meta_loss="sum", step_offset=5)
+    (expected,) = torch.autograd.grad(tail.meta_loss, lr)
+    torch.testing.assert_close(gradient, expected, rtol=1e-12, atol=0)
+    # A windowed "sum" also counts the loss at the window's first step (a constant there), as rc.unroll does.
+    assert windowed.meta_loss.item() == pytest.approx(tail.meta_loss.item() + tail.losses[0], rel=1e-12)
+    assert windowed.losses[5:] == pytest.approx(tail.losses, rel=1e-12)
+    assert gradient.item() != 0
+
+
+@pytest.mark.parametrize("meta_loss", ["final", "sum"])
+def test_a_window_of_unroll_torch_matches_the_recurse_engine(meta_loss):
+    """SGD learning lr and momentum, 8 steps, window 3, float64. The momentum
+    buffer depends on the momentum, so a window must cut the state too. In
+    rc.unroll's units (log lr, logit momentum): d/d log lr = lr d/d lr and
+    d/d logit m = m (1 - m) d/d m."""
+    model, objective, _ = mlp_objective()
+    optimizer = rc.SGD(0.05, momentum=0.9, learn=("lr", "momentum"))
+    raw = optimizer.raw.clone().requires_grad_()
+    start = [p.detach().clone() for p in model.parameters()]
+    ours = unroll(objective, start, optimizer, steps=8, raw=raw, window=3, meta_loss=meta_loss)
+    (by_raw,) = torch.autograd.grad(ours.meta_loss, raw)
+    values = {name: torch.tensor(value, dtype=torch.float64, requires_grad=True)
+              for name, value in (("lr", 0.05), ("momentum", 0.9))}
+    start = [p.detach().clone() for p in model.parameters()]
+    theirs = unroll_torch(objective, start, torch.optim.SGD(start, lr=0.05, momentum=0.9), steps=8,
+                          override=values, window=3, meta_loss=meta_loss)
+    by_lr, by_momentum = torch.autograd.grad(theirs.meta_loss, [values["lr"], values["momentum"]])
+    assert ours.meta_loss.item() == pytest.approx(theirs.meta_loss.item(), rel=1e-12)
+    expected = {"lr": 0.05 * by_lr.item(), "momentum": 0.9 * 0.1 * by_momentum.item()}
+    assert by_raw.tolist() == pytest.approx([expected[name] for name in optimizer.learnable], rel=1e-10)
+
+
+def test_a_window_keeps_the_graph_of_unroll_torch_the_same_size_whatever_the_unroll_length():
+    model, objective, _ = mlp_objective()
+    sizes = []
+    for steps in (6, 12):
+        lr = torch.tensor(0.05, dtype=torch.float64, requires_grad=True)
+        start = [p.detach().clone() for p in model.parameters()]
+        result = unroll_torch(objective, start, torch.optim.SGD(start, lr=0.05, momentum=0.9), steps=steps,
+                              override={"lr": lr}, window=3)
+        sizes.append(_graph_size(result.meta_loss))
+    assert sizes[0] == sizes[1] > 0
+    lr = torch.tensor(0.05, dtype=torch.float64, requires_grad=True)
+    start = [p.detach().clone() for p in model.parameters()]
+    whole = unroll_torch(objective, start, torch.optim.SGD(start, lr=0.05, momentum=0.9), steps=12,
+                         override={"lr": lr})
+    assert _graph_size(whole.meta_loss) > 2 * sizes[1]  # (without a window it grows with the unroll)
+
+
 def _zero_moment_objective(params, k):
     # The third coordinate's gradient is exactly 0 at every step: Adam's second moment stays 0 there.
     x = torch.tensor([1.0, 2.0, 0.0], dtype=torch.float64)
@@ -292,6 +374,12 @@ def test_unroll_runs_on_cuda():
     result = unroll(lambda params, k: task.loss(params[0]), [theta], optimizer, steps=5, raw=raw)
     (gradient,) = torch.autograd.grad(result.meta_loss, raw)
     assert gradient.device.type == "cuda" and result.params[0].device.type == "cuda"
+    start = [torch.zeros(6, dtype=torch.float64, device="cuda", requires_grad=True)]
+    lr = torch.tensor(0.01, dtype=torch.float64, device="cuda", requires_grad=True)
+    windowed = unroll_torch(lambda params, k: task.loss(params[0]), start, torch.optim.SGD(start, lr=0.01, momentum=0.5),
+                            steps=5, override={"lr": lr}, window=2)
+    (gradient,) = torch.autograd.grad(windowed.meta_loss, lr)
+    assert gradient.device.type == "cuda" and torch.isfinite(gradient)
     trainer = MetaTrainer([theta.cpu()], lambda params, k: task.loss(params[0]), [rc.SGD(0.01), rc.SGD(1e-3)],
                           unroll_steps=[4], device="cuda")
     trainer.meta_step()
@@ -306,11 +394,16 @@ BAD_OPTIONS = {
 }
 
 
+@pytest.mark.parametrize("engine", ["unroll", "unroll_torch"])
 @pytest.mark.parametrize("case", BAD_OPTIONS)
-def test_bad_unroll_options_are_named(case):
+def test_bad_unroll_options_are_named(case, engine):
     options, message = BAD_OPTIONS[case]
+    start = [torch.zeros(2, requires_grad=True)]
     with pytest.raises(ValueError, match=message):
-        unroll(lambda params, k: params[0].sum(), [torch.zeros(2)], rc.SGD(0.1), **options)
+        if engine == "unroll":
+            unroll(lambda params, k: params[0].sum(), start, rc.SGD(0.1), **options)
+        else:
+            unroll_torch(lambda params, k: params[0].sum(), start, torch.optim.SGD(start, lr=0.1), **options)
 
 
 def test_bad_objectives_and_trainers_are_named():
