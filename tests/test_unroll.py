@@ -376,8 +376,8 @@ def test_unroll_runs_on_cuda():
     assert gradient.device.type == "cuda" and result.params[0].device.type == "cuda"
     start = [torch.zeros(6, dtype=torch.float64, device="cuda", requires_grad=True)]
     lr = torch.tensor(0.01, dtype=torch.float64, device="cuda", requires_grad=True)
-    windowed = unroll_torch(lambda params, k: task.loss(params[0]), start, torch.optim.SGD(start, lr=0.01, momentum=0.5),
-                            steps=5, override={"lr": lr}, window=2)
+    sgd = torch.optim.SGD(start, lr=0.01, momentum=0.5)
+    windowed = unroll_torch(lambda params, k: task.loss(params[0]), start, sgd, steps=5, override={"lr": lr}, window=2)
     (gradient,) = torch.autograd.grad(windowed.meta_loss, lr)
     assert gradient.device.type == "cuda" and torch.isfinite(gradient)
     trainer = MetaTrainer([theta.cpu()], lambda params, k: task.loss(params[0]), [rc.SGD(0.01), rc.SGD(1e-3)],
