@@ -13,7 +13,7 @@ Reported per K: median ms (the three timed in alternation), peak size of the
 tensors the autograd graph holds (see benchmarks/unroll.py), and the largest
 relative difference of the meta-gradients from the torch.func one.
 
-    python benchmarks/peers_unroll.py [--repeats 5] [--device cuda]
+    python benchmarks/peers_unroll.py [--repeats 5] [--device cuda] [--dtype float64]
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def with_recurse(model, batch_at, steps):
     optimizer = rc.SGD(0.1, learn="lr").to(start[0].device, start[0].dtype)
 
     def meta_gradient():
-        raw = torch.tensor([LOG_LR], device=start[0].device, requires_grad=True)
+        raw = torch.tensor([LOG_LR], device=start[0].device, dtype=start[0].dtype, requires_grad=True)
         result = rc.unroll(objective, start, optimizer, steps=steps, raw=raw)
         return torch.autograd.grad(result.meta_loss, raw)[0]
 
@@ -50,7 +50,8 @@ def with_higher(model, batch_at, steps):
     inner = torch.optim.SGD(model.parameters(), lr=0.1)
 
     def meta_gradient():
-        log_lr = torch.tensor([LOG_LR], device=next(model.parameters()).device, requires_grad=True)
+        reference = next(model.parameters())
+        log_lr = torch.tensor([LOG_LR], device=reference.device, dtype=reference.dtype, requires_grad=True)
         with higher.innerloop_ctx(model, inner, override={"lr": [log_lr.exp()]},
                                   copy_initial_weights=True) as (functional, differentiable):
             for k in range(steps):
@@ -72,7 +73,7 @@ def with_torch_func(model, batch_at, steps):
         return F.cross_entropy(functional_call(model, dict(zip(names, params)), (inputs,)), targets)
 
     def meta_gradient():
-        log_lr = torch.tensor([LOG_LR], device=start[0].device, requires_grad=True)
+        log_lr = torch.tensor([LOG_LR], device=start[0].device, dtype=start[0].dtype, requires_grad=True)
         lr, params = log_lr.exp(), [p.clone().requires_grad_() for p in start]
         for k in range(steps):
             grads = torch.autograd.grad(loss_at(params, k), params, create_graph=True)
@@ -87,10 +88,10 @@ IMPLEMENTATIONS = {"torch.func": with_torch_func, "higher": with_higher, "recurs
 
 def main(argv=None):
     args = unroll_parser(__doc__, UNROLL_STEPS).parse_args(argv)
-    model, batch_at = setup(args.device)
+    model, batch_at = setup(args.device, args.dtype)
     names = list(IMPLEMENTATIONS)
     print(f"digits MLP 64-128-10, batch 128, K SGD steps, final-loss meta-gradient w.r.t. log lr, {args.device}, "
-          f"median of {args.repeats}, interleaved\n")
+          f"{args.dtype}, median of {args.repeats}, interleaved\n")
     print("| K | " + " | ".join(f"{name} ms" for name in names) + " | recurse / torch.func | "
           + " | ".join(f"{name} MB" for name in names) + " | max relative meta-gradient difference |")
     print("|---|" + "---|" * (2 * len(names) + 2))

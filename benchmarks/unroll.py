@@ -69,8 +69,8 @@ class SavedBytes:
         self.hooks.__exit__(*exc)
 
 
-def setup(device):
-    task = Digits(device=device)
+def setup(device, dtype="float32"):
+    task = Digits(device=device, dtype=getattr(torch, dtype))
     model = task.model(128, seed=0)
 
     def batch_at(k):
@@ -83,7 +83,7 @@ def setup(device):
 def handwritten(model, batch_at, steps, variant):
     names = [name for name, _ in model.named_parameters()]
     params = [p.detach().clone() for p in model.parameters()]
-    log_lr = torch.tensor([-2.3], device=params[0].device, requires_grad=True)
+    log_lr = torch.tensor([-2.3], device=params[0].device, dtype=params[0].dtype, requires_grad=True)
     tracked_from = steps - WINDOW if variant == "window" else 0
 
     def loss_at(params, k):
@@ -138,10 +138,12 @@ def measure(model, batch_at, steps, variant, repeats):
 
 
 def unroll_parser(doc: str, unroll_steps) -> argparse.ArgumentParser:
-    """The command line of the unroll benchmarks: --repeats, --device, --steps K ..."""
+    """The command line of the unroll benchmarks: --repeats, --device, --dtype, --steps K ..."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                        help="of the model, the data and log lr")
     parser.add_argument("--steps", type=int, nargs="+", default=list(unroll_steps), help="unroll lengths K")
     return parser
 
@@ -149,8 +151,8 @@ def unroll_parser(doc: str, unroll_steps) -> argparse.ArgumentParser:
 def main(argv=None):
     args = unroll_parser(__doc__, UNROLL_STEPS).parse_args(argv)
     torch.manual_seed(0)
-    model, batch_at = setup(args.device)
-    print(f"digits MLP 64-128-10, batch 128, SGD inner steps, {args.device}, median of {args.repeats}, interleaved; "
+    model, batch_at = setup(args.device, args.dtype)
+    print(f"digits MLP 64-128-10, batch 128, SGD inner steps, {args.device}, {args.dtype}, median of {args.repeats}, interleaved; "
           f"memory = peak of tensors held for backward\n")
     print("| K | variant | hand-written ms | recurse ms | time ratio | hand-written MB | recurse MB |")
     print("|---|---|---|---|---|---|---|")
