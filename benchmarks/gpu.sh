@@ -9,6 +9,7 @@ python benchmarks/overhead.py --device cuda --steps 100 --repeats 3
 python benchmarks/unroll.py --device cuda --repeats 3
 python benchmarks/scaling.py --device cuda --steps 20
 python benchmarks/peers_unroll.py --device cuda --repeats 3
+python benchmarks/peers_unroll.py --device cuda --repeats 3 --dtype float64
 python benchmarks/peers_online.py --device cuda --steps 500
 python -m recurse run l2l_quadratic --quick --quiet --device cuda
 python -m recurse run tying --quick --quiet --device cuda
