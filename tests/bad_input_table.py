@@ -139,6 +139,11 @@ ROWS = [
      lambda: rc.HyperOptimizer([torch.zeros(2, dtype=torch.float16, requires_grad=True)], rc.Adam(1e-3)), ValueError,
      r"rc.Adam: eps = 1e-08 rounds to 0 in torch.float16, the dtype of the parameters it steps \(its smallest "
      r"positive number is 5.96e-08\)"),
+    ("per-group-value-rounds-to-zero", "a group's value that rounds to 0 in the parameters' dtype, in an unroll",
+     lambda: rc.unroll(lambda p, k: (p[0] ** 2 + p[1] ** 2).sum(),
+                       [torch.ones(2, dtype=torch.float16), torch.ones(2, dtype=torch.float16)],
+                       rc.PerGroup({"a": (rc.SGD(0.1), [0]), "b": (rc.Adam(1e-3), [1])}), steps=2), ValueError,
+     r"rc.Adam: eps = 1e-08 rounds to 0 in torch.float16"),
     ("unroll-value-beyond-dtype", "an unroll whose learning rate the parameters' dtype cannot hold",
      lambda: rc.unroll(lambda p, k: (p[0] ** 2).sum(), [torch.ones(2)], rc.SGD(3.5e38), steps=2), ValueError,
      r"rc.SGD: lr = 3.5e\+38 is beyond the largest torch.float32"),

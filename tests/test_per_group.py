@@ -96,3 +96,12 @@ def test_two_lstms_from_a_graph_meta_train_together_and_their_meta_gradient_matc
         assert not torch.equal(optimizer.raw, start[name]), f"{name} did not learn"
     assert set(trainer.hyperparameters()) == {"0.lstm_w.weights.rms", "0.lstm_b.weights.rms", "1.lr", "1.beta1",
                                               "1.beta2", "1.eps", "1.weight_decay"}
+
+
+def test_a_group_value_the_parameters_dtype_cannot_hold_is_refused_before_any_group_moves():
+    """place_next_to checks every value first; a PerGroup's values are its groups'."""
+    sgd, adam = rc.SGD(0.1), rc.Adam(1e-3)  # Adam's eps = 1e-8 rounds to 0 in float16
+    params = [torch.zeros(2, dtype=torch.float16, requires_grad=True) for _ in range(2)]
+    with pytest.raises(ValueError, match=r"rc.Adam: eps = 1e-08 rounds to 0 in torch.float16"):
+        rc.HyperOptimizer(params, rc.PerGroup({"a": (sgd, [0]), "b": (adam, [1])}))
+    assert sgd.params_dtype == torch.float64 and sgd.raw.dtype == torch.float64  # (as built: nothing moved)

@@ -131,6 +131,11 @@ class PerGroup(Optimizer):
                                                                self._pieces(gradient))
                 for key, value in optimizer.hypergradient_values(piece, grad).items()}
 
+    def check_fits(self, dtypes, *, fixed_only=False) -> None:
+        """Each group's :meth:`Optimizer.check_fits` (a PerGroup holds no values of its own)."""
+        for optimizer, _ in self.groups.values():
+            optimizer.check_fits(dtypes, fixed_only=fixed_only)
+
     def to(self, device, dtype) -> PerGroup:
         for optimizer, _ in self.groups.values():
             optimizer.to(device, dtype)
