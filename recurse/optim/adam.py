@@ -149,8 +149,9 @@ class Adam(Optimizer):
         exp_avg_sqs = _ops.addcmul_all(_ops.scale_all(state["exp_avg_sq"], beta2), grads, grads, 1 - beta2)
         roots = _ops.sqrt_all(exp_avg_sqs)
         denoms = _ops.shift_all(_ops.divide_all(roots, bias_correction2_sqrt), eps)
-        ratios = _ops.divide_each(exp_avgs, denoms) if keep_ratio else None
+        ratios = None
         if keep_ratio:
+            ratios = _ops.divide_each(exp_avgs, denoms)
             new_params = _ops.add_scaled_all(params, ratios, -step_size)
         else:
             new_params = _ops.addcdiv_all(params, exp_avgs, denoms, -step_size)
