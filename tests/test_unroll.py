@@ -291,19 +291,17 @@ def test_a_window_of_unroll_torch_matches_the_recurse_engine(meta_loss):
 
 def test_a_window_keeps_the_graph_of_unroll_torch_the_same_size_whatever_the_unroll_length():
     model, objective, _ = mlp_objective()
-    sizes = []
-    for steps in (6, 12):
+
+    def graph_size(steps, window):
         lr = torch.tensor(0.05, dtype=torch.float64, requires_grad=True)
         start = [p.detach().clone() for p in model.parameters()]
         result = unroll_torch(objective, start, torch.optim.SGD(start, lr=0.05, momentum=0.9), steps=steps,
-                              override={"lr": lr}, window=3)
-        sizes.append(_graph_size(result.meta_loss))
+                              override={"lr": lr}, window=window)
+        return _graph_size(result.meta_loss)
+
+    sizes = [graph_size(steps, window=3) for steps in (6, 12)]
     assert sizes[0] == sizes[1] > 0
-    lr = torch.tensor(0.05, dtype=torch.float64, requires_grad=True)
-    start = [p.detach().clone() for p in model.parameters()]
-    whole = unroll_torch(objective, start, torch.optim.SGD(start, lr=0.05, momentum=0.9), steps=12,
-                         override={"lr": lr})
-    assert _graph_size(whole.meta_loss) > 2 * sizes[1]  # (without a window it grows with the unroll)
+    assert graph_size(12, window=None) > 2 * sizes[1]  # (without a window it grows with the unroll)
 
 
 def _zero_moment_objective(params, k):
