@@ -5,6 +5,7 @@ learned in turn, to any depth.
 """
 
 from recurse import baselines, checkpoint, constraints, distributed, exact, graph, problems, transforms
+from recurse.baselines import compare
 from recurse.hyper import HyperOptimizer
 from recurse.learned import LSTMOptimizer
 from recurse.meta import MetaTrainer
@@ -40,6 +41,7 @@ __all__ = [
     "stack",
     "baselines",
     "checkpoint",
+    "compare",
     "problems",
     "tower",
     "transforms",

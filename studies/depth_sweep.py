@@ -1,7 +1,7 @@
 """What each extra level costs and buys: depth 0..8 on digits.
 
 SGD at lr 0.01 under online towers of depth 0 (plain SGD) to 8 (see
-``rc.baselines.compare.tower_optimizer``), trained for the same number of
+``rc.baselines.comparison.tower_optimizer``), trained for the same number of
 steps. Reported per depth: final validation loss and accuracy (mean over
 seeds), wall time per step, and peak memory growth of the training run.
 Each depth runs in a fresh process so that peak memory (``ru_maxrss`` on CPU,
@@ -33,7 +33,7 @@ def measure(depth: int, steps: int, seed: int, device: str) -> dict:
     import torch
 
     from recurse.baselines import train
-    from recurse.baselines.compare import tower_optimizer
+    from recurse.baselines.comparison import tower_optimizer
     from recurse.problems import Digits
 
     task = Digits(device=device)

@@ -24,7 +24,7 @@ from torch.func import functional_call
 
 import recurse as rc
 from recurse import exact
-from recurse.baselines.compare import tower_optimizer
+from recurse.baselines.comparison import tower_optimizer
 from recurse.problems import Digits
 from recurse.reporting import cached, progress, publish, saved_figure, study_folder, study_parser
 

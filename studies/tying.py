@@ -27,7 +27,7 @@ import statistics
 
 import recurse as rc
 from recurse.baselines import Diverged, train
-from recurse.baselines.compare import tower_optimizer
+from recurse.baselines.comparison import tower_optimizer
 from recurse.problems import Digits
 from recurse.reporting import cached, progress, publish, saved_figure, study_folder, study_parser
 

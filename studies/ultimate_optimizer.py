@@ -8,7 +8,7 @@ level learning its learning rate, ...):
 - SGD stacks: SGD(0.01) at the bottom; every level above is SGD on the log
   learning rate of the level below, normalising its hypergradient by its
   running RMS (step 0.05 at level 1, 0.01 higher up; see
-  ``rc.baselines.compare.tower_optimizer``).
+  ``rc.baselines.comparison.tower_optimizer``).
 - Adam stacks: Adam(1e-3) at the bottom; every level above is Adam(0.01)
   learning the log learning rate of the level below ("Adam^alpha" in the
   paper's notation: the betas stay fixed).
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import recurse as rc
 from recurse.baselines import Diverged, train
-from recurse.baselines.compare import tower_optimizer
+from recurse.baselines.comparison import tower_optimizer
 from recurse.problems import Digits
 from recurse.reporting import cached, progress, publish, saved_figure, study_folder, study_parser
 

@@ -23,7 +23,7 @@ import sys
 
 import optuna
 
-from recurse.baselines.compare import compare
+from recurse.baselines.comparison import compare
 from recurse.problems import make_task
 from recurse.reporting import study_folder, study_parser, write_csv
 

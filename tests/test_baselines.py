@@ -1,13 +1,14 @@
 """Optuna searches and the comparison: budgets, failures, pruning, reports."""
 
 import math
+from pathlib import Path
 
 import optuna
 import pytest
 
 import recurse as rc
 from recurse.baselines import Knob, finished_trials, gradient_evaluations, run_search, train
-from recurse.baselines.compare import compare, parse_method, summary_rows, tower_optimizer
+from recurse.baselines.comparison import compare, parse_method, summary_rows, tower_optimizer
 from recurse.baselines.search import FAIL_REASON, grid_shape, make_sampler, search_space
 from recurse.problems import LinearRegression
 
@@ -105,6 +106,13 @@ def test_compare_resumes_from_its_folder(linear, tmp_path):
         assert row_first["valid_loss_mean"] == row_second["valid_loss_mean"]
     study = optuna.load_study(study_name="linear-sgd-random-seed0", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     assert len(study.trials) == 3
+
+
+def test_the_comparison_is_a_public_name_as_docs_api_states_it(linear):
+    assert rc.compare is rc.baselines.compare is compare
+    assert "## `recurse.compare`" in (Path(__file__).parent.parent / "docs" / "api.md").read_text()
+    runs = rc.compare(linear, methods=["fixed", "random"], budget=40, steps=20, seeds=[0], quiet=True)
+    assert [(run.method, run.result.gradient_evaluations) for run in runs] == [("fixed", 20), ("random", 40)]
 
 
 def test_tower_optimizer_learns_only_the_lr_from_the_same_start():

@@ -5,7 +5,7 @@ import optuna
 import torch
 
 import recurse as rc
-from recurse.baselines.compare import compare
+from recurse.baselines.comparison import compare
 from recurse.problems import Digits, LinearRegression
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

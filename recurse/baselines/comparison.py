@@ -154,8 +154,21 @@ def compare(task: str | SupervisedTask = "digits", *, methods: Sequence[str] = D
             optimizer: str = "sgd", knobs: Sequence[str] = ("lr",), budget: int = 3200, steps: int = 200,
             batch_size: int | None = 128, seeds: Sequence[int] = (0, 1, 2), out: str | Path | None = None,
             quiet: bool = False) -> list[MethodRun]:
-    """Run every method with every seed; with ``out``, cache and write
-    ``summary.csv``, ``summary.md`` and the plots there (see :func:`write_report`)."""
+    """Run every method with every seed on one task and one budget; with
+    ``out``, cache and write ``summary.csv``, ``summary.md`` and the plots
+    there (see :func:`write_report`). Public as ``rc.compare``.
+
+        runs = rc.compare("digits", methods=["fixed", "depth2", "grid", "tpe"], seeds=[0, 1])
+
+    Methods are described in this module's docstring; each run is one
+    :class:`MethodRun` (a search's best trial, with what the whole search
+    spent).
+
+    >>> runs = rc.compare(rc.problems.LinearRegression(seed=0), methods=["fixed", "random"], budget=40, steps=20,
+    ...                   seeds=[0], quiet=True)
+    >>> [(run.method, run.result.gradient_evaluations) for run in runs]
+    [('fixed', 20), ('random', 40)]
+    """
     task = make_task(task) if isinstance(task, str) else task
     kinds = {name: parse_method(name) for name in methods}
     if optimizer not in OPTIMIZERS:
