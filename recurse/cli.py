@@ -21,7 +21,6 @@ EXAMPLES = """examples:
   python -m recurse graph adam:1e-3 sgd:1e-2 --tie 3 --format png --out tower.png
 """
 
-STUDIES = Path(__file__).resolve().parent.parent / "studies"
 OPTIMIZER_NAMES = ("sgd", "adam", "adamw", "rmsprop", "adagrad", "newton")
 
 QUICK = {"budget": 1600, "steps": 100, "seeds": [0, 1]}
@@ -60,12 +59,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def studies_folder() -> Path:
+    """Where the study scripts are: ``recurse.studies`` in an installed
+    package (the wheel maps the checkout's ``studies/`` there), else the
+    ``studies/`` beside the ``recurse/`` being run (a checkout on sys.path)."""
+    try:
+        import recurse.studies
+    except ImportError:
+        return Path(__file__).resolve().parent.parent / "studies"
+    return Path(recurse.studies.__file__).resolve().parent
+
+
 def available_studies() -> list[str]:
-    return sorted(path.stem for path in STUDIES.glob("*.py") if not path.stem.startswith("_"))
+    return sorted(path.stem for path in studies_folder().glob("*.py") if not path.stem.startswith("_"))
 
 
 def _add_compare(commands) -> None:
-    from recurse.baselines.compare import DEFAULT_METHODS
+    from recurse.baselines.comparison import DEFAULT_METHODS
     from recurse.problems import TASKS
 
     compare = commands.add_parser(
@@ -140,7 +150,7 @@ def _run_demo(args) -> None:
 def _run_compare(args) -> None:
     import optuna
 
-    from recurse.baselines.compare import compare, markdown_table, summary_rows
+    from recurse.baselines.comparison import compare, markdown_table, summary_rows
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     options = {"budget": args.budget, "steps": args.steps, "seeds": args.seeds}
@@ -180,8 +190,9 @@ def _run_study(args) -> None:
     import importlib.util
 
     if args.study not in available_studies():
-        raise ValueError(f"unknown study {args.study!r}; expected one of {available_studies()} (in {STUDIES})")
-    spec = importlib.util.spec_from_file_location(args.study, STUDIES / f"{args.study}.py")
+        raise ValueError(f"unknown study {args.study!r}; expected one of {available_studies()} "
+                         f"(in {studies_folder()})")
+    spec = importlib.util.spec_from_file_location(args.study, studies_folder() / f"{args.study}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     module.main(args.options)
