@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from machine import INDUCTOR_BUILDS_REDUCTIONS
+
 BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
 
 
@@ -83,7 +85,8 @@ def test_the_other_depth_one_rows_of_the_overhead_benchmark_learn_what_recurse_l
     assert ours != pytest.approx(1e-3 if family != "SGD" else 0.05, rel=1e-6)  # the lr did move
     for name, theirs in learned.items():
         assert theirs == pytest.approx(ours, rel=1e-4), name
-    assert "torch.compile failed" not in caplog.text  # (the compiled rows really compiled)
+    if INDUCTOR_BUILDS_REDUCTIONS:  # (the compiled rows really compiled; see tests/machine.py)
+        assert "torch.compile failed" not in caplog.text
 
 
 @pytest.mark.parametrize("family", ["SGD", "Adam"])

@@ -175,3 +175,54 @@ def test_a_graph_optimizer_is_rolled_back_and_shrunk_node_by_node():
     first, last = fit_watched(model, opt, watcher, torch.randn(32, 4), torch.randn(32, 1), steps=100)
     assert watcher.rollbacks >= 1 and last < first
     assert opt.hyperparameters()["fast:0.lr"] == pytest.approx(20.0 * 0.5 ** watcher.rollbacks)
+
+
+def quadratic_tower_run():
+    """The depth-2 tower at 1e3x the stable lr on the quadratic: it diverges on any machine."""
+    task = QuadraticFamily(10, seed=0).sample()
+    point = Point()
+    tower = DIVERGING["lr 1e3x too large, depth 2"]
+    return point, lambda model: rc.HyperOptimizer(model.parameters(), tower()), lambda: task.loss(point.theta)
+
+
+def overshooting_mlp_run():
+    """A full-batch SGD depth-1 tower that learns too large an lr (studies/rollback.py): whether and when
+    it diverges depends on the CPU's floating-point path."""
+    from recurse.problems import SyntheticRegression
+
+    task = SyntheticRegression(seed=0)
+    model = task.model(seed=0)
+    inputs, targets = next(task.batches(512, seed=0))
+    return (model, lambda model: rc.HyperOptimizer(model.parameters(), rc.stack(rc.SGD(1e-3), rc.SGD(
+        0.02, normalize="rms"))), lambda: task.loss(model, inputs, targets))
+
+
+@pytest.mark.parametrize("scenario,must_roll_back", [(quadratic_tower_run, True), (overshooting_mlp_run, False)],
+                         ids=["quadratic depth 2", "MLP depth 1 full batch"])
+def test_every_rollback_restores_the_snapshot_bit_for_bit_and_halves_the_lr(scenario, must_roll_back):
+    """The mechanism itself, observation by observation: when observe()
+    rolls back, the model and the optimizer are exactly the snapshot taken
+    before, but for level 0's lr, which is halved."""
+    model, make_optimizer, loss_of = scenario()
+    opt = make_optimizer(model)
+    watcher = rc.Rollback(model, opt, every=20, floor=1e-12)
+    checked = 0
+    for _ in range(500):
+        snapshot_model, snapshot_optimizer = copy.deepcopy(watcher.state_dict()["snapshot"])
+        opt.zero_grad()
+        loss = loss_of()
+        loss.backward()
+        opt.step()
+        if not watcher.observe(loss):
+            continue
+        for name, value in model.state_dict().items():
+            assert torch.equal(value, snapshot_model[name]), name
+        restored = make_optimizer(copy.deepcopy(model))
+        restored.load_state_dict(snapshot_optimizer)
+        now, then = opt.hyperparameters(), restored.hyperparameters()
+        # (a learned lr is kept as its log, in float32 for a float32 model: halving it rounds there)
+        assert now.pop("0.lr") == pytest.approx(then.pop("0.lr") * 0.5, rel=1e-6)
+        assert now == then
+        assert watcher.events[-1]["lr"] == [opt.param_groups[0]["lr"]]
+        checked += 1
+    assert checked == watcher.rollbacks and (checked >= 1 or not must_roll_back)

@@ -187,7 +187,17 @@ def test_a_study_folder_holds_its_config_and_a_log_of_roll_backs(tmp_path):
     assert "study example started" in log and "non-finite gradient at step 1" in log
 
 
-def test_rollback_quick_rescues_the_runs_that_diverge_and_leaves_the_others_alone(tmp_path):
+def test_rollback_quick_rolls_back_what_diverges_and_leaves_the_others_alone(tmp_path):
+    """What rc.Rollback guarantees on any machine, not how lucky one run was.
+
+    The quadratic at 1e3x the stable lr diverges wherever it runs (SGD on a
+    quadratic is a linear map, and one of its roots has modulus near 1e3);
+    whether an overshooting MLP tower diverges, and where a rescued one ends,
+    depends on the CPU's floating-point path, so those runs are held only to
+    the mechanism (tests/test_rollback.py checks each rollback of such a run
+    restores its snapshot bit for bit and halves the lr). A run may end
+    diverging: divergence that starts in its last ``patience`` steps is
+    not yet a rollback."""
     rows = load("rollback").main(["--quick", "--out", str(tmp_path)])
     pairs = {}
     for row in rows:
@@ -195,9 +205,13 @@ def test_rollback_quick_rescues_the_runs_that_diverge_and_leaves_the_others_alon
     assert len(pairs) == 4 and all(set(pair) == {"no", "yes"} for pair in pairs.values())
     for run, pair in pairs.items():
         watched, unwatched = pair["yes"], pair["no"]
-        if watched["rollbacks"]:  # rolled back: far below where the unwatched run ended
-            assert watched["final_loss"] < 0.1 * unwatched["final_loss"] and unwatched["final_over_first"] > 1, run
-        else:  # never rolled back: the very same run
-            assert watched["final_loss"] == unwatched["final_loss"], run
-    assert sum(bool(pair["yes"]["rollbacks"]) for pair in pairs.values()) >= 3
+        assert isinstance(watched["rollbacks"], int), run  # not beyond max_rollbacks
+        if not watched["rollbacks"]:  # never rolled back: watching changed nothing, bit for bit
+            assert (watched["final_loss"], watched["final_lr"]) == (unwatched["final_loss"], unwatched["final_lr"]), run
+    for run in ("quadratic, SGD lr 1e3/L fixed", "quadratic, depth 2 from lr 1e3/L"):
+        watched, unwatched = pairs[run]["yes"], pairs[run]["no"]
+        assert not unwatched["final_over_first"] < 1e3, run  # inf, or finite and huge
+        assert watched["rollbacks"] >= 1 and watched["final_over_first"] < 0.05, run
+    fixed = pairs["quadratic, SGD lr 1e3/L fixed"]  # each rollback halved the lr, and nothing else moved it
+    assert fixed["yes"]["final_lr"] == fixed["no"]["final_lr"] * 0.5 ** fixed["yes"]["rollbacks"]
     assert (tmp_path / "summary.md").read_text().startswith("| run | steps | rc.Rollback |")
