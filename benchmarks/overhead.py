@@ -68,9 +68,12 @@ def tower_of(family, depth, compile=False):
         levels = [rc.SGD(0.05)] + [rc.SGD(1e-3, normalize="rms") for _ in range(depth)]
     elif family == "Adam":
         levels = [rc.Adam(1e-3, compile=compile)] + [rc.Adam(1e-4, normalize="rms") for _ in range(depth)]
-    else:  # "Adam, lr only": every level learns only its learning rate
-        levels = [rc.Adam(1e-3, learn="lr", compile=compile)] + [rc.Adam(1e-4, learn="lr", normalize="rms")
-                                                                  for _ in range(depth)]
+    else:  # "Adam, lr only": every level below the top learns only its learning rate
+        def learn(level):
+            return "lr" if level < depth else ()
+
+        levels = [rc.Adam(1e-3, learn=learn(0), compile=compile)] + [
+            rc.Adam(1e-4, learn=learn(level), normalize="rms") for level in range(1, depth + 1)]
     return rc.stack(*levels)
 
 

@@ -32,6 +32,7 @@ import networkx as nx
 import torch
 from torch import Tensor
 
+from recurse import plan
 from recurse.hyper import CopiesWhole, HyperOptimizer, fill_gradients, log_skipped_step
 from recurse.optim.base import Optimizer
 
@@ -182,7 +183,68 @@ def validate(graph: nx.DiGraph, *, device=None, dtype: torch.dtype | None = None
         if not set(optimizers) <= ties:
             raise GraphError(f"cycle {' -> '.join(cycle + cycle[:1])} is not a declared tie "
                              f"(untied optimizers on it: {sorted(set(optimizers) - ties)})")
+    _check_runnable(graph)
     _check_devices(graph, device, dtype)
+
+
+def _check_runnable(graph: nx.DiGraph) -> None:
+    """Refuse, naming it, an edge the engines could not run as drawn: an
+    optimizer node that steps the hyperparameters of several optimizers, or
+    of one and a model group too; one that steps hyperparameters with
+    nothing to learn; one stepping its own without being built tied
+    (``rc.tower(opt, depth, tie=True)``); and a node whose steps never reach
+    a model group (it would never run). Nodes that hold only a label (a
+    graph that is drawn, never run) are left alone."""
+    model_groups = {node for node, data in graph.nodes(data=True) if data["kind"] == GROUP and data.get("params")}
+    for name, data in graph.nodes(data=True):
+        optimizer = data.get("optimizer")
+        if data["kind"] != OPTIMIZER or optimizer is None:
+            continue
+        stepped = sorted(group for _, group, relation in graph.out_edges(name, data="relation") if relation == STEPS)
+        own = hyper_group(name)
+        hyper_groups = [group for group in stepped if group != own and "hyperparameters" in graph.nodes[group]]
+        if len(hyper_groups) > 1 or (hyper_groups and len(stepped) > len(hyper_groups) + (own in stepped)):
+            raise GraphError(f"optimizer {name!r} steps {stepped}: an optimizer steps model groups or the "
+                             "hyperparameters of one optimizer, not both or several; give each its own")
+        for group in hyper_groups:
+            owner = next(iter(graph.successors(group)))
+            if not graph.nodes[group]["hyperparameters"]:
+                raise GraphError(f"optimizer {name!r} steps {group!r}, but {owner!r} has nothing to learn (learn=())")
+        if own in stepped and optimizer.hyper is not optimizer:
+            raise GraphError(f"optimizer {name!r} steps its own hyperparameters {own!r} but was not built tied; "
+                             "build it with rc.tower(opt, depth, tie=True)")
+        if model_groups and not any(nx.has_path(graph, name, group) for group in model_groups):
+            raise GraphError(f"optimizer {name!r} steps {stepped or 'nothing'}, which reaches no model group: "
+                             "it would never run")
+
+
+def tower_of(graph: nx.DiGraph, name: str) -> Optimizer:
+    """The tower the graph draws for optimizer node ``name``, as one
+    description (a copy; the graph's optimizers are left as they are): its
+    optimizer and its ``hyper=`` chain, with the node that steps the top's
+    hyperparameters through ``steps`` (``"<node>.hyper"``) as the level
+    above, and so on up. What :class:`GraphOptimizer` runs for the node.
+
+    >>> graph = rc.graph.build(groups={"w": model.parameters()},
+    ...                        optimizers={"adam": rc.Adam(1e-3, learn="lr"), "meta": rc.SGD(0.05, normalize="rms")},
+    ...                        steps={"adam": "w", "meta": "adam.hyper"})
+    >>> rc.graph.tower_of(graph, "adam")
+    rc.Adam(lr=0.001, beta1=0.9, beta2=0.999, eps=1e-08, weight_decay=0, hyper=rc.SGD(lr=0.05, momentum=0, dampening=0, weight_decay=0))
+    """
+    optimizer = graph.nodes[name].get("optimizer")
+    if optimizer is None:
+        raise GraphError(f"optimizer node {name!r} holds no rc.Optimizer (it is only a label: "
+                         f"{graph.nodes[name].get('label')!r})")
+    optimizer = plan.instantiate(optimizer)
+    top, top_name = optimizer, name
+    while top.hyper is not None and top.hyper is not top:
+        top, top_name = top.hyper, _next_level_name(top_name)
+    if top.hyper is None:
+        steppers = [node for node, _ in graph.in_edges(hyper_group(top_name)) if node != top_name] \
+            if hyper_group(top_name) in graph else []
+        if steppers:
+            top.hyper = tower_of(graph, steppers[0])
+    return optimizer
 
 
 def _check_devices(graph: nx.DiGraph, device, dtype) -> None:
@@ -404,6 +466,10 @@ def per_group(graph: nx.DiGraph):
         if optimizer is None or optimizer.hyper is not None:
             raise GraphError(f"optimizer node {name!r} must hold an rc.Optimizer without hyper= to be part of a "
                              f"PerGroup, got {graph.nodes[name]['label']!r}")
+        if hyper_group(name) in graph:
+            steppers = sorted(node for node, _ in graph.in_edges(hyper_group(name)))
+            raise GraphError(f"{steppers} step {hyper_group(name)!r}, but a PerGroup runs no levels above its "
+                             "groups (the MetaTrainer's meta-optimizer learns them); drop that edge")
         entries[name] = (optimizer, [index for group in stepped for index in offsets[group]])
     return params, PerGroup(entries)
 
@@ -412,7 +478,9 @@ class GraphOptimizer(CopiesWhole, torch.optim.Optimizer):
     """Per-group optimizers from a graph: one ``rc.HyperOptimizer`` per
     optimizer node that steps model groups (over all the groups it steps,
     so one node stepping several groups shares its state: weight tying),
-    stepped in schedule order. Towers come from each optimizer's ``hyper=``.
+    stepped in schedule order. Each node runs :func:`tower_of` it: its
+    optimizer's ``hyper=`` chain, and the nodes that step its
+    hyperparameters through ``steps`` (``"<node>.hyper"``).
     A step is all or nothing: every node computes its step first, and if
     the guard rejects any (a non-finite gradient or update), no node
     changes; ``nonfinite_steps`` counts those steps.
@@ -433,18 +501,15 @@ class GraphOptimizer(CopiesWhole, torch.optim.Optimizer):
     """
 
     def __init__(self, graph: nx.DiGraph, **options: Any) -> None:
+        validate(graph)
         self.graph = graph
         self.optimizers: dict[str, HyperOptimizer] = {}
         for name in schedule(graph):
-            data = graph.nodes[name]
             model_groups = [g for _, g in graph.out_edges(name) if graph.nodes[g].get("params")]
             if not model_groups:
                 continue
-            if data["optimizer"] is None:
-                raise GraphError(f"optimizer node {name!r} steps {model_groups} but holds no rc.Optimizer "
-                                 f"(it is only a label: {data['label']!r})")
             params = [p for group in sorted(model_groups) for p in graph.nodes[group]["params"]]
-            self.optimizers[name] = HyperOptimizer(params, data["optimizer"], **options)
+            self.optimizers[name] = HyperOptimizer(params, tower_of(graph, name), **options)
         self._needs_loss = [name for name, opt in self.optimizers.items() if opt.levels[0].optimizer.needs_loss_graph]
         all_params = [p for opt in self.optimizers.values() for p in opt._params]
         super().__init__(all_params, defaults={})

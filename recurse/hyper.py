@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
+from recurse import plan
 from recurse.optim import _ops
 from recurse.optim.base import Optimizer, State, place_next_to
 from recurse.param_group import ParamGroup
@@ -179,6 +180,7 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
             )
         if guard not in GUARD_MODES:
             raise ValueError(f"rc.HyperOptimizer: guard must be one of {GUARD_MODES}, got {guard!r}")
+        optimizer = plan.instantiate(optimizer)  # (the description stays as given: it can build others)
         if isinstance(params, Tensor):
             raise TypeError("rc.HyperOptimizer: params must be an iterable of tensors, got a single tensor")
         with warnings.catch_warnings():  # (torch.optim only warns of a repeated parameter; _check_params refuses it)
@@ -576,18 +578,19 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
             )
         for index, (level, saved) in enumerate(zip(self.levels, saved_levels)):
             name = type(level.optimizer).__name__
+            # (A knob switched on or off changes what is learnable: name it first, it is the cause.)
+            switched = [key for key, value in saved.get("values", {}).items()
+                        if (value == 0.0) != (level.optimizer.initial_values.get(key, value) == 0.0)]
+            if saved["optimizer"] == name and switched:
+                raise ValueError(f"rc.HyperOptimizer.load_state_dict: level {index} has {switched} "
+                                 f"{'off' if level.optimizer.initial_values[switched[0]] == 0.0 else 'on'} here but "
+                                 "not in the checkpoint; build the same tower as the one saved")
             if saved["optimizer"] != name or saved["raw"].shape != level.optimizer.raw.shape:
                 raise ValueError(
                     f"rc.HyperOptimizer.load_state_dict: level {index} is {saved['optimizer']} with "
                     f"{saved['raw'].numel()} learnable hyperparameters in the checkpoint, but {name} with "
                     f"{level.optimizer.raw.numel()} here"
                 )
-            switched = [key for key, value in saved.get("values", {}).items()
-                        if (value == 0.0) != (level.optimizer.initial_values.get(key, value) == 0.0)]
-            if switched:
-                raise ValueError(f"rc.HyperOptimizer.load_state_dict: level {index} has {switched} "
-                                 f"{'off' if level.optimizer.initial_values[switched[0]] == 0.0 else 'on'} here but "
-                                 "not in the checkpoint; build the same tower as the one saved")
         # As torch.optim's load_state_dict casts state: every tensor goes to the parameters' device, a
         # floating one in the dtype of what it belongs to (level 0's: the parameters', where they share
         # one; the rest: the raws').
@@ -648,21 +651,12 @@ def log_skipped_step(message: str, count: int) -> None:
 
 
 def _build_levels(optimizer: Optimizer) -> list[_Level]:
+    """The levels of the tower ``optimizer`` (the engine's own copy, see
+    :func:`recurse.plan.instantiate`), each stepping the one below in
+    Python floats where it can (a host level)."""
     levels: list[_Level] = []
-    current: Optimizer | None = optimizer
-    while current is not None:
-        if any(level.optimizer is current for level in levels):
-            raise ValueError(
-                f"rc.HyperOptimizer: {current!r} appears twice in the tower; only an optimizer that steps "
-                "itself (rc.tower(opt, depth, tie=True)) may repeat"
-            )
+    for current in plan.levels(optimizer):
         tied = current.hyper is current
-        if current.hyper is not None and not current.learnable:
-            raise ValueError(
-                f"rc.HyperOptimizer: level {len(levels)} ({current!r}) has hyper= but nothing to learn (learn=())"
-            )
-        if tied and current.tied_depth < 1:
-            raise ValueError(f"rc.HyperOptimizer: {current!r} steps itself; build it with rc.tower(opt, depth, tie=True)")
         level = _Level(current, tied)
         current.hypergradient_on_host = False
         if levels:
@@ -672,7 +666,6 @@ def _build_levels(optimizer: Optimizer) -> list[_Level]:
                           and below.raw.numel() <= HOST_LEVEL_MAX_ENTRIES)
             below.hypergradient_on_host = level.host
         levels.append(level)
-        current = None if tied else current.hyper
     return levels
 
 

@@ -65,6 +65,7 @@ class LSTMOptimizer(Optimizer):
         self.preprocess, self.p = preprocess, float(p)
         self.input_scale, self.output_scale, self.seed = float(input_scale), float(output_scale), seed
         self.learnable = () if learn is not None and not learn else ("weights",)
+        self.learn_given = learn is not None and bool(learn)  # (by default its weights are meta-trained, or fixed)
         self.shapes = self._weight_shapes()
         self._sizes = [math.prod(shape) for shape in self.shapes]
         bound = 1.0 / math.sqrt(hidden_size)

@@ -131,6 +131,16 @@ ROWS = [
     ("hyper-with-nothing-to-learn", "hyper= on an optimizer that learns nothing",
      lambda: rc.HyperOptimizer(_model_params(), rc.SGD(0.1, learn=(), hyper=rc.SGD(0.1))), ValueError,
      r"has hyper= but nothing to learn"),
+    ("learn-with-no-level-above", "learn= on an optimizer that no level above learns (it would train at its "
+     "starting values, silently)",
+     lambda: rc.HyperOptimizer(_model_params(), rc.Adam(1e-3, learn="lr")), ValueError,
+     r"level 0 \(rc.Adam\(lr=0.001.*\)\) marks \['lr'\] as learned \(learn=\), but no optimizer above learns them"),
+    ("graph-edge-that-cannot-run", "a graph node stepping the hyperparameters of two optimizers",
+     lambda: rc.graph.build({"a": [torch.zeros(2, requires_grad=True)], "b": [torch.zeros(2, requires_grad=True)]},
+                            {"x": rc.SGD(0.1), "y": rc.SGD(0.1), "meta": rc.SGD(0.01)},
+                            {"x": "a", "y": "b", "meta": ["x.hyper", "y.hyper"]}), rc.graph.GraphError,
+     r"optimizer 'meta' steps \['x.hyper', 'y.hyper'\]: an optimizer steps model groups or the hyperparameters of "
+     r"one optimizer, not both or several"),
     ("value-beyond-dtype", "a learning rate the parameters' dtype cannot hold",
      lambda: rc.HyperOptimizer(_model_params(), rc.SGD(3.5e38)), ValueError,
      r"rc.SGD: lr = 3.5e\+38 is beyond the largest torch.float32 \(3.40282e\+38\), the dtype of the parameters it "

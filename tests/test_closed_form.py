@@ -155,8 +155,8 @@ def test_a_saturated_hyperparameter_skips_the_step_instead_of_dividing_by_zero()
     """beta1 = sigmoid(50) is exactly 1.0 in float64: Adam's bias correction
     1 - beta1^t is 0. The step must be rejected by the guard, not crash."""
     theta = torch.ones(3, dtype=torch.float64, requires_grad=True)
-    adam = rc.Adam(1e-2, hyper=rc.SGD(1e-3))
-    opt = rc.HyperOptimizer([theta], adam)
+    opt = rc.HyperOptimizer([theta], rc.Adam(1e-2, hyper=rc.SGD(1e-3)))
+    adam = opt.levels[0].optimizer  # (the engine's own copy of the description)
     adam.raw = torch.tensor([adam.raw[0].item(), 50.0, adam.raw[2].item(), adam.raw[3].item()], dtype=torch.float64)
     assert adam.values_from_raw(adam.raw.tolist())["beta1"] == 1.0
     (theta ** 2).sum().backward()

@@ -295,3 +295,57 @@ def test_graphs_of_the_two_engines():
     graph = rg.from_meta_trainer(trainer)
     assert rg.schedule(graph) == ["level1", "level0"]
     assert "from 5-step unrolls" in graph.nodes["level1"]["label"]
+
+
+def test_a_node_that_steps_another_nodes_hyperparameters_learns_them():
+    """The edge 'meta steps adam.hyper' runs as drawn: meta is the level above adam."""
+    model = two_layer_model()
+    graph = rg.build({"w": model.parameters()},
+                     {"adam": rc.Adam(1e-3, learn="lr"), "meta": rc.SGD(0.05, normalize="rms")},
+                     {"adam": "w", "meta": "adam.hyper"})
+    assert "meta: rc.SGD(lr=0.05) steps adam.hyper (hyperparameters lr)" in rg.describe(graph)
+    opt = rg.GraphOptimizer(graph)
+    inputs, targets = torch.randn(64, 4, generator=torch.Generator().manual_seed(0)), torch.zeros(64, 2)
+    for _ in range(50):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(inputs), targets).backward()
+        opt.step()
+    assert opt.optimizers["adam"].depth == 1 and opt.hyperparameters()["adam:1.lr"] == 0.05
+    assert opt.hyperparameters()["adam:0.lr"] != pytest.approx(1e-3, rel=1e-3)
+    # the same tower written with hyper= learns the very same values
+    model_again = two_layer_model()
+    written = rc.HyperOptimizer(model_again.parameters(), rc.Adam(1e-3, learn="lr", hyper=rc.SGD(0.05, normalize="rms")))
+    for _ in range(50):
+        written.zero_grad()
+        torch.nn.functional.mse_loss(model_again(inputs), targets).backward()
+        written.step()
+    assert written.hyperparameters()["0.lr"] == opt.hyperparameters()["adam:0.lr"]
+
+
+@pytest.mark.parametrize("optimizers,steps,message", [
+    ({"a": rc.SGD(0.1), "b": rc.SGD(0.1), "meta": rc.SGD(0.01)}, {"a": "hidden", "b": "out", "meta": ["a.hyper", "b.hyper"]},
+     r"optimizer 'meta' steps \['a.hyper', 'b.hyper'\]: an optimizer steps model groups or the hyperparameters of "
+     r"one optimizer, not both or several"),
+    ({"a": rc.SGD(0.1), "b": rc.SGD(0.1)}, {"a": "hidden", "b": ["out", "a.hyper"]},
+     r"optimizer 'b' steps \['a.hyper', 'out'\]: an optimizer steps model groups or the hyperparameters of one"),
+    ({"a": rc.SGD(0.1, learn=()), "b": rc.SGD(0.1), "meta": rc.SGD(0.01)}, {"a": "hidden", "b": "out", "meta": "a.hyper"},
+     r"optimizer 'meta' steps 'a.hyper', but 'a' has nothing to learn \(learn=\(\)\)"),
+    ({"a": rc.SGD(0.1), "b": rc.SGD(0.1)}, {"a": ["hidden", "out", "a.hyper"], "b": []},
+     r"optimizer 'a' steps its own hyperparameters 'a.hyper' but was not built tied"),
+    ({"a": rc.SGD(0.1), "idle": rc.SGD(0.1)}, {"a": ["hidden", "out"]},
+     r"optimizer 'idle' steps nothing, which reaches no model group: it would never run"),
+], ids=["one node over two", "model and hyperparameters", "nothing to learn", "untied self-step", "never runs"])
+def test_an_edge_that_cannot_run_is_refused_when_the_graph_is_built(optimizers, steps, message):
+    model = two_layer_model()
+    with pytest.raises(rg.GraphError, match=message):
+        rg.build({"hidden": model[0].parameters(), "out": model[2].parameters()}, optimizers, steps,
+                 ties=["a"] if "a.hyper" in steps.get("a", []) else ())
+
+
+def test_a_per_group_graph_refuses_a_node_over_a_groups_hyperparameters():
+    model = two_layer_model()
+    graph = rg.build({"hidden": model[0].parameters(), "out": model[2].parameters()},
+                     {"a": rc.SGD(0.1), "b": rc.SGD(0.1), "meta": rc.SGD(0.01)},
+                     {"a": "hidden", "b": "out", "meta": "a.hyper"})
+    with pytest.raises(rg.GraphError, match=r"\['meta'\] step 'a.hyper', but a PerGroup runs no levels above"):
+        rg.per_group(graph)

@@ -154,16 +154,17 @@ def test_the_lstm_steps_another_optimizers_hyperparameters_and_is_stepped_by_one
 
 
 def test_a_tied_lstm_uses_one_weight_vector_for_the_model_and_for_itself():
-    lstm = rc.tower(rc.LSTMOptimizer(hidden_size=4, output_scale=0.01), depth=2, tie=True)
     theta = torch.ones(4, dtype=torch.float64, requires_grad=True)
-    opt = rc.HyperOptimizer([theta], lstm)
+    opt = rc.HyperOptimizer([theta], rc.tower(rc.LSTMOptimizer(hidden_size=4, output_scale=0.01), depth=2, tie=True))
+    lstm = opt.levels[0].optimizer  # (the engine's own copy of the description)
     assert len(opt.levels) == 1 and opt.depth == 2
 
     def one_step(raw):
         point = theta.detach().clone().requires_grad_()
-        tied = rc.tower(rc.LSTMOptimizer(hidden_size=4, output_scale=0.01), depth=2, tie=True)
-        again = rc.HyperOptimizer([point], tied)
+        again = rc.HyperOptimizer([point], rc.tower(rc.LSTMOptimizer(hidden_size=4, output_scale=0.01), depth=2,
+                                                    tie=True))
         again.load_state_dict(copy.deepcopy(opt.state_dict()))
+        tied = again.levels[0].optimizer
         tied.raw = raw
         again.zero_grad()
         point.square().sum().backward()

@@ -141,7 +141,7 @@ def test_a_value_a_scheduler_set_is_in_the_checkpoint_and_a_switched_knob_is_ref
     for _ in range(3):
         assert train_step(model, opt, inputs, targets) == train_step(resumed_model, resumed, inputs, targets)
     other = rc.HyperOptimizer(small_mlp().parameters(),
-                              rc.SGD(0.1, momentum=0.9, weight_decay=1e-4, learn=("lr", "momentum")))
+                              rc.SGD(0.1, momentum=0.9, weight_decay=1e-4))
     with pytest.raises(ValueError, match=r"level 0 has \['weight_decay'\] on here but not in the checkpoint"):
         other.load_state_dict(saved["opt"])
     assert math.isclose(other.param_groups[0]["lr"], 0.1)

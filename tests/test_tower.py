@@ -374,3 +374,37 @@ def test_the_online_engine_on_cuda_takes_the_steps_it_takes_on_the_cpu():
     assert cuda_losses == pytest.approx(cpu_losses, rel=1e-9)
     assert cuda_values == pytest.approx(cpu_values, rel=1e-9)
     torch.testing.assert_close(cuda_model, cpu_model, rtol=1e-9, atol=1e-12)
+
+
+def test_one_description_builds_independent_optimizers():
+    """A tower description is a recipe: two HyperOptimizers built from one
+    instance learn apart, and the description keeps its starting values."""
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(4, 1), torch.nn.Linear(4, 1)
+    tower = rc.stack(rc.SGD(0.1), rc.SGD(0.01, normalize="rms"))
+    opt_a, opt_b = rc.HyperOptimizer(a.parameters(), tower), rc.HyperOptimizer(b.parameters(), tower)
+    inputs, targets = torch.randn(32, 4), torch.randn(32, 1)
+    for _ in range(20):
+        opt_a.zero_grad()
+        torch.nn.functional.mse_loss(a(inputs), targets).backward()
+        opt_a.step()
+    assert opt_a.hyperparameters()["0.lr"] != pytest.approx(0.1, rel=1e-3)  # A learned
+    fresh = rc.HyperOptimizer(torch.nn.Linear(4, 1).parameters(), tower)
+    assert opt_b.hyperparameters() == fresh.hyperparameters()  # B did not move
+    assert tower.current_values()["lr"] == pytest.approx(0.1, rel=1e-15)  # nor did the recipe
+    assert tower.raw.dtype == torch.float64  # (placing A's levels next to float32 parameters moved a copy)
+    tied = rc.tower(rc.SGD(0.1, normalize="rms"), depth=2, tie=True)
+    copy_a, copy_b = (rc.HyperOptimizer(model.parameters(), tied).levels[0].optimizer for model in (a, b))
+    assert copy_a is not copy_b and copy_a.hyper is copy_a and copy_a.tied_depth == 2  # each copy stays tied
+
+
+def test_a_knob_marked_learned_with_no_level_above_is_refused():
+    """rc.Adam(1e-3, learn="lr") alone would train at 1e-3 and learn nothing, silently."""
+    with pytest.raises(ValueError, match=r"rc.HyperOptimizer: level 0 \(rc.Adam\(lr=0.001.*\)\) marks \['lr'\] as "
+                                         r"learned \(learn=\), but no optimizer above learns them"):
+        rc.HyperOptimizer(torch.nn.Linear(4, 1).parameters(), rc.Adam(1e-3, learn="lr"))
+    with pytest.raises(ValueError, match=r"level 1 \(rc.SGD\(lr=0.01.*\)\) marks \['lr'\] as learned"):
+        rc.HyperOptimizer(torch.nn.Linear(4, 1).parameters(), rc.stack(rc.Adam(1e-3), rc.SGD(0.01, learn="lr")))
+    # learn=() (nothing learned) and the default (learned only when a level above exists) stay as they were
+    assert rc.HyperOptimizer(torch.nn.Linear(4, 1).parameters(), rc.Adam(1e-3, learn=())).depth == 0
+    assert rc.HyperOptimizer(torch.nn.Linear(4, 1).parameters(), rc.Adam(1e-3)).depth == 0

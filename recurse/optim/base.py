@@ -153,6 +153,8 @@ class Optimizer:
             name: spec.validate(owner, values[name]) for name, spec in specs.items()
         }
         self.learnable: tuple[str, ...] = self._select_learnable(owner, specs, learn)
+        # Knobs named by learn= must get a level that learns them (recurse.plan refuses them otherwise).
+        self.learn_given = learn is not None
         self._learnable_constraints = [(name, self._constraints[name]) for name in self.learnable]
         self.hyper = _check_hyper(owner, hyper)
         self.normalizer = make_normalizer(normalize)

@@ -65,6 +65,7 @@ class PerGroup(Optimizer):
         self.groups = {name: (optimizer, list(indices)) for name, (optimizer, indices) in groups.items()}
         self.learnable = tuple(f"{name}.{learned}" for name, (optimizer, _) in self.groups.items()
                                for learned in optimizer.learnable)
+        self.learn_given = any(optimizer.learn_given for optimizer, _ in self.groups.values())
         self.raw = torch.cat([optimizer.raw.reshape(-1) for optimizer, _ in self.groups.values()])
 
     def _pieces(self, raw: Tensor | None) -> list[Tensor | None]:
