@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 MODULES = {
     "recurse": rc,
+    "recurse.estimators": rc.estimators,
     "recurse.exact": rc.exact,
     "recurse.graph": rc.graph,
     "recurse.baselines": rc.baselines,

@@ -4,7 +4,7 @@ Any optimizer can learn another optimizer's hyperparameters, which can be
 learned in turn, to any depth.
 """
 
-from recurse import baselines, checkpoint, constraints, distributed, exact, graph, problems, transforms
+from recurse import baselines, checkpoint, constraints, distributed, estimators, exact, graph, problems, transforms
 from recurse.baselines import compare
 from recurse.hyper import HyperOptimizer
 from recurse.learned import LSTMOptimizer
@@ -33,6 +33,7 @@ __all__ = [
     "UnrollResult",
     "constraints",
     "distributed",
+    "estimators",
     "evaluate",
     "evaluate_torch",
     "exact",

@@ -42,6 +42,7 @@ from torch import Tensor
 from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
 from recurse import plan
+from recurse.estimators import Horizon, OneStep, UpdateRecord, closed_form_update, has_closed_form, vjp
 from recurse.optim import _ops
 from recurse.optim.base import Optimizer, State, place_next_to
 from recurse.param_group import ParamGroup
@@ -59,28 +60,6 @@ _NO_CONTEXT = contextlib.nullcontext()
 _GLOBAL_STEP_HOOKS = (_global_optimizer_pre_hooks, _global_optimizer_post_hooks)
 
 
-@dataclass
-class _LastUpdate:
-    """A level's last update: inputs, and the live graph hyper_leaf -> outputs.
-
-    The inputs are kept so that the graph can be rebuilt after
-    load_state_dict (a graph cannot be saved), giving an exact resume.
-    """
-
-    params: list[Tensor]
-    grads: list[Tensor]
-    state: State
-    raw: Tensor | list[float]  # host floats where the level above is a host level
-    hyper_leaf: Tensor | None = None
-    outputs: list[Tensor] | None = None
-    # A closed-form vector-Jacobian product (Optimizer.update_with_vjp), in
-    # raw space; used instead of the graph when present.
-    closed_form: Callable[[list[Tensor]], Tensor] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"params": self.params, "grads": self.grads, "state": self.state, "raw": self.raw}
-
-
 class _Level:
     """One level of the tower: an optimizer and what it keeps between steps."""
 
@@ -90,11 +69,11 @@ class _Level:
         self.host = False  # steps the level below in Python floats (set by _build_levels)
         self.state: State | None = None
         self.norm_state: State | None = None
-        self.last_update: _LastUpdate | None = None
+        self.last_update: UpdateRecord | None = None
         # Only for a tied level: its update of its own hyperparameters.
         self.self_state: State | None = None
         self.self_norm_state: State | None = None
-        self.last_self_update: _LastUpdate | None = None
+        self.last_self_update: UpdateRecord | None = None
 
     def with_inputs_only(self) -> _Level:
         """A shallow copy whose last updates keep their inputs but no graph
@@ -102,7 +81,7 @@ class _Level:
         deep-copied apart from the tensors they hold)."""
         level = copy.copy(self)
         level.last_update, level.last_self_update = (
-            None if update is None else _LastUpdate(**update.to_dict())
+            None if update is None else UpdateRecord(**update.to_dict())
             for update in (self.last_update, self.last_self_update))
         return level
 
@@ -113,8 +92,9 @@ class _Proposal:
 
     model_params: list[Tensor] | None
     raws: dict[int, Tensor]
-    level_updates: dict[int, tuple[State, State | None, _LastUpdate | None]]
-    self_update: tuple[State, State | None, _LastUpdate] | None
+    level_updates: dict[int, tuple[State, State | None, UpdateRecord | None]]
+    self_update: tuple[State, State | None, UpdateRecord] | None
+    horizon_memory: Any = None  # (what level 0's horizon keeps, when it keeps more than the last update)
     hypergradients: list = field(default_factory=list)  # (what last_hypergradients shows once committed)
     points: list = field(default_factory=list)  # (the raws those hypergradients were taken at)
 
@@ -149,6 +129,10 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
     ``record_history``: keep the learned hyperparameters after every step
     (cheap: a few numbers per step); read them with :meth:`history`.
 
+    ``horizon``: how far back the hypergradient of level 0's knobs looks,
+    an :mod:`recurse.estimators` horizon: ``OneStep()`` (default, the last
+    update) or ``Decayed(mu)`` (a decayed sum of every past update).
+
     ``param_groups[i]["lr"]`` (and level 0's other knobs by name, Adam's
     ``"betas"`` too) reads the value level 0 uses now, learned or fixed, and
     writing it sets that value from the next step on (validated): loops
@@ -172,6 +156,7 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
         *,
         guard: str = "skip",
         record_history: bool = False,
+        horizon: Horizon | None = None,
     ) -> None:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(
@@ -180,6 +165,10 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
             )
         if guard not in GUARD_MODES:
             raise ValueError(f"rc.HyperOptimizer: guard must be one of {GUARD_MODES}, got {guard!r}")
+        horizon = OneStep() if horizon is None else horizon
+        if not isinstance(horizon, Horizon):
+            raise TypeError("rc.HyperOptimizer: horizon must be an rc.estimators horizon (OneStep() or "
+                            f"Decayed(mu)), got {type(horizon).__module__}.{type(horizon).__qualname__}")
         optimizer = plan.instantiate(optimizer)  # (the description stays as given: it can build others)
         if isinstance(params, Tensor):
             raise TypeError("rc.HyperOptimizer: params must be an iterable of tensors, got a single tensor")
@@ -200,6 +189,11 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
         self.guard = guard
         self.record_history = record_history
         self.levels = _build_levels(optimizer)
+        self.horizon = horizon
+        if not horizon.keeps_last_update and (self.levels[0].tied or optimizer.needs_loss_graph):
+            raise ValueError(f"rc.HyperOptimizer: horizon={horizon!r} needs a level 0 that steps from the gradient "
+                             f"and is not tied; {optimizer!r} is {'tied' if self.levels[0].tied else 'a Newton step'}")
+        self._horizon_memory: Any = None
         self._dtypes = frozenset(param.dtype for param in self._params)  # (they may mix)
         place_next_to([level.optimizer for level in self.levels], self._params)
         self.step_count = 0
@@ -350,6 +344,8 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
         self._forget_overwritten_gradients()
         grads = self._model_grads()
         points = [None if level.last_update is None else level.last_update.raw for level in self.levels]
+        if not self.horizon.keeps_last_update:  # (level 0's last update used the raw it holds now)
+            points[0] = self.levels[0].optimizer.raw
         hypergradients, level_grads = self._hypergradients(grads)
         proposal = self._propose(level_grads, hypergradients, closure)
         proposal.hypergradients, proposal.points = hypergradients, points
@@ -379,7 +375,7 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
             if grad.is_sparse:
                 raise RuntimeError(f"rc.HyperOptimizer.step: parameter {index} has a sparse gradient; not supported")
         grads = [grad.detach() if grad.requires_grad else grad for grad in originals]
-        if self.levels[0].optimizer.is_learned:
+        if self.levels[0].optimizer.is_learned and self.horizon.keeps_last_update:
             if self.copies_gradients:
                 grads = [grad.clone() for grad in grads]
             else:
@@ -433,15 +429,22 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
         for index, level in enumerate(self.levels):
             optimizer = level.optimizer
             incoming = level_grads[index]
-            if incoming is None or not optimizer.is_learned or level.last_update is None:
+            if incoming is None or not optimizer.is_learned:
+                hypergradient = None
+            elif index == 0:  # level 0's knobs: as far back as the horizon looks
+                hypergradient = self.horizon.hypergradient(optimizer, level.last_update, self._horizon_memory,
+                                                           incoming)
+            else:
+                hypergradient = None if level.last_update is None else vjp(optimizer, level.last_update, incoming,
+                                                                          retain_graph=False)
+            if hypergradient is None:
                 hypergradients.append(None)
                 level_grads.append(None)
                 continue
-            hypergradient = _vjp(optimizer, level.last_update, incoming, retain_graph=False)
             if level.tied and level.last_self_update is not None:
                 through_self = hypergradient
                 for _ in range(optimizer.tied_depth - 1):
-                    through_self = _vjp(optimizer, level.last_self_update, [through_self], retain_graph=True)
+                    through_self = vjp(optimizer, level.last_self_update, [through_self], retain_graph=True)
                     hypergradient = hypergradient + through_self
             hypergradients.append(hypergradient)
             above = index + 1
@@ -457,7 +460,7 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
 
     def _propose(self, level_grads, hypergradients, closure) -> _Proposal:
         raws: dict[int, Tensor] = {}
-        level_updates: dict[int, tuple[State, State | None, _LastUpdate | None]] = {}
+        level_updates: dict[int, tuple[State, State | None, UpdateRecord | None]] = {}
         self_update = None
         top_index = len(self.levels) - 1
         top = self.levels[top_index]
@@ -468,7 +471,7 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
                 top.self_state, top.self_norm_state, learned=True,
             )
             raws[top_index] = new_raw[0].detach()
-        model_params = None
+        model_params = horizon_memory = None
         for index in range(top_index, -1, -1):
             level = self.levels[index]
             optimizer = level.optimizer
@@ -478,7 +481,7 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
                     if optimizer.update_depends_on_params():
                         # Kept by the last update, and the model changes in place.
                         targets = [p.clone() for p in targets]
-                    elif not _has_closed_form(optimizer):  # autograd differentiates the update: no edge to the model
+                    elif not has_closed_form(optimizer):  # autograd differentiates the update: no edge to the model
                         targets = [p.detach() for p in targets]
             else:
                 below = self.levels[index - 1].optimizer
@@ -488,11 +491,14 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
             target_grads = level_grads[index]
             raw = raws.get(index)
             if raw is None:  # a closed form reads floats; autograd needs the tensor
-                raw = optimizer.raw_floats() if optimizer.is_learned and _has_closed_form(optimizer) else optimizer.raw
+                raw = optimizer.raw_floats() if optimizer.is_learned and has_closed_form(optimizer) else optimizer.raw
             new_values, (state, norm_state, last_update) = _advance(
                 optimizer, raw, targets, target_grads, level.state, level.norm_state,
                 learned=optimizer.is_learned, closure=closure if index == 0 else None,
             )
+            if index == 0 and not self.horizon.keeps_last_update and last_update is not None:
+                horizon_memory = self.horizon.remember(optimizer, last_update, self._horizon_memory)
+                last_update = None
             level_updates[index] = (state, norm_state, last_update)
             if index == 0:
                 model_params = [value.detach() if value.requires_grad else value for value in new_values]
@@ -500,7 +506,7 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
                 raws[index - 1] = _ops.rounded(new_values, below.raw_dtype)
             else:
                 raws[index - 1] = new_values[0].detach()
-        return _Proposal(model_params, raws, level_updates, self_update)
+        return _Proposal(model_params, raws, level_updates, self_update, horizon_memory)
 
     def _commit(self, proposal: _Proposal) -> None:
         self._last_hypergradients, self._hypergradient_points = proposal.hypergradients, proposal.points
@@ -517,6 +523,8 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
         if proposal.self_update is not None:
             top = self.levels[-1]
             top.self_state, top.self_norm_state, top.last_self_update = proposal.self_update
+        if not self.horizon.keeps_last_update:
+            self._horizon_memory = proposal.horizon_memory
         self._kept_grads, self._pending_kept_grads = self._pending_kept_grads, None
         self.step_count += 1
         if self.record_history:
@@ -536,6 +544,7 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
         """Count a skipped step; the last-update graphs were consumed, so restart the chain cleanly."""
         self.nonfinite_steps += 1
         self._kept_grads = self._pending_kept_grads = None
+        self._horizon_memory = None
         for level in self.levels:
             level.last_update = None
             level.last_self_update = None
@@ -565,6 +574,7 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
                 for level in self.levels
             ],
             "history": self._history,
+            "horizon_memory": self._horizon_memory,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -600,7 +610,7 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
         def last_update(saved_update, dtype):
             if saved_update is None:
                 return None
-            return _LastUpdate(**_moved({key: value for key, value in saved_update.items() if key != "raw"}, device,
+            return UpdateRecord(**_moved({key: value for key, value in saved_update.items() if key != "raw"}, device,
                                         dtype), raw=_moved(saved_update["raw"], device, raw_dtype))
 
         for index, (level, saved) in enumerate(zip(self.levels, saved_levels)):
@@ -616,6 +626,7 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
         self.nonfinite_steps = state_dict["nonfinite_steps"]
         self.copies_gradients = state_dict.get("copies_gradients", False)
         self._kept_grads = None  # the loaded last update holds its own gradients
+        self._horizon_memory = _moved(state_dict.get("horizon_memory"), device, params_dtype)
         self._history = list(state_dict.get("history", []))
 
     def __getstate__(self) -> dict[str, Any]:
@@ -679,7 +690,7 @@ def _advance(optimizer, raw, targets, grads, state, norm_state, *, learned, clos
     if state is None:
         state = optimizer.init(targets)
     if learned and closure is None:
-        closed = _closed_form_update(optimizer, raw, targets, grads, state)
+        closed = closed_form_update(optimizer, raw, targets, grads, state)
         if closed is not None:
             new_values, new_state, last_update = closed
             return new_values, (new_state, norm_state, last_update)
@@ -697,61 +708,8 @@ def _advance(optimizer, raw, targets, grads, state, norm_state, *, learned, clos
         # would chain every past step's graph together. (A fixed level's
         # state has no graph: its hyperparameters are floats.)
         new_state = _detach_tree(new_state)
-        last_update = _LastUpdate(list(targets), list(grads), state, raw.detach(), hyper_leaf, new_values)
+        last_update = UpdateRecord(list(targets), list(grads), state, raw.detach(), hyper_leaf, new_values)
     return new_values, (new_state, norm_state, last_update)
-
-
-def _closed_form_update(optimizer, raw, targets, grads, state):
-    """The learned update through ``optimizer.update_with_vjp`` at float
-    values (no graph), or None when the optimizer has no closed form."""
-    if not _has_closed_form(optimizer):
-        return None
-    if isinstance(raw, Tensor):
-        raw = raw.detach()
-        values = optimizer.values_from_raw(raw.tolist())
-    else:
-        values = optimizer.values_from_raw(raw)
-    if not optimizer.within_constraints(values):
-        return None  # saturated: the tensor path gives the inf/NaN the guard rejects
-    result = optimizer.update_with_vjp(targets, grads, state, values)
-    if result is None:
-        return None
-    new_values, new_state, vjp = result
-    last_update = _LastUpdate(list(targets), list(grads), state, raw, closed_form=vjp)
-    return new_values, new_state, last_update
-
-
-def _has_closed_form(optimizer: Optimizer) -> bool:
-    return type(optimizer).update_with_vjp is not Optimizer.update_with_vjp
-
-
-def _vjp(optimizer: Optimizer, last_update: _LastUpdate, incoming: list[Tensor], *, retain_graph: bool) -> Tensor:
-    """incoming . d(last update's outputs) / d(its raw hyperparameters)."""
-    if last_update.closed_form is None and last_update.outputs is None:
-        # After load_state_dict: rebuild the closed form or the graph from the saved inputs.
-        closed = _closed_form_update(optimizer, last_update.raw, last_update.params, last_update.grads,
-                                     last_update.state)
-        if closed is not None:
-            last_update.closed_form = closed[2].closed_form
-        elif _ops.on_host(last_update.params):  # saturated (see _advance): a non-finite hypergradient
-            return [math.nan] * optimizer.raw.numel()
-        else:
-            leaf = optimizer.as_raw_tensor(last_update.raw).detach().clone().requires_grad_()
-            with torch.enable_grad():
-                outputs, _ = optimizer.update(last_update.params, last_update.grads, last_update.state,
-                                              optimizer.hyper_values(leaf))
-            last_update.hyper_leaf, last_update.outputs = leaf, outputs
-    if last_update.closed_form is not None:
-        return last_update.closed_form(list(incoming))
-    (gradient,) = torch.autograd.grad(
-        last_update.outputs, last_update.hyper_leaf, grad_outputs=incoming,
-        retain_graph=retain_graph, allow_unused=True,
-    )
-    if gradient is None:
-        return torch.zeros_like(last_update.hyper_leaf)
-    if not retain_graph:
-        last_update.hyper_leaf = last_update.outputs = None
-    return gradient
 
 
 def _map_tensors(tree: Any, function: Callable[[Tensor], Tensor]) -> Any:

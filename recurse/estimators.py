@@ -1,0 +1,214 @@
+"""How the online engine takes a hypergradient: one small object per method.
+
+Level k of a tower learns the hyperparameters h of level k - 1 (their
+unconstrained ``raw`` entries, see :mod:`recurse.constraints`). Each step
+the engine records the update u_t that level k - 1 just took, as a
+function of h (:class:`UpdateRecord`), and at the next step turns the
+vector that arrives from below (the model's gradient g_{t+1} for level 0)
+into the hypergradient level k steps with. A *horizon* says how far back
+that hypergradient looks, for level 0's hyperparameters:
+
+- :class:`OneStep` (the default): G_{t+1} = g_{t+1} . d u_t / d h, the
+  vector-Jacobian product through the last update only ("Gradient Descent:
+  The Ultimate Optimizer"; hypergradient descent). It keeps that update's
+  inputs (and its closed form or graph), nothing older.
+- :class:`Decayed`: G_{t+1} = g_{t+1} . z_t with the forward-mode
+  accumulator z_t = mu z_{t-1} + d u_t / d h of every past update, each
+  taken at its own parameters and gradient (the Hessian term of the exact
+  recurrence is dropped, as in RTHO/MARTHE's truncation). mu = 0 is
+  :class:`OneStep`; mu = 1 sums every past update (the longest horizon).
+  It keeps the tangents z: one tensor the size of the model per learned
+  hyperparameter, and no update's inputs.
+
+The levels above level 0 always take the one-step hypergradient. A horizon
+is stateless: what it keeps lives in the engine, so one horizon object can
+be given to any number of optimizers.
+
+    opt = rc.HyperOptimizer(model.parameters(), rc.Adam(1e-3, learn="lr", hyper=rc.SGD(0.05, normalize="rms")),
+                            horizon=rc.estimators.Decayed(0.99))
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+__all__ = ["Decayed", "Horizon", "OneStep"]
+
+import torch
+from torch import Tensor
+
+from recurse.optim import _ops
+from recurse.optim.base import Optimizer, State
+
+Tangents = list[list[Tensor]]  # one list of tensors (shaped like the updated values) per raw entry
+
+
+@dataclass
+class UpdateRecord:
+    """A level's last update: its inputs, and the live graph hyper_leaf -> outputs.
+
+    The inputs are kept so that the graph can be rebuilt after
+    load_state_dict (a graph cannot be saved), giving an exact resume.
+    """
+
+    params: list[Tensor]
+    grads: list[Tensor]
+    state: State
+    raw: Tensor | list[float]  # host floats where the level above is a host level
+    hyper_leaf: Tensor | None = None
+    outputs: list[Tensor] | None = None
+    # A closed-form vector-Jacobian product (Optimizer.update_with_vjp), in
+    # raw space; used instead of the graph when present.
+    closed_form: Callable[[list[Tensor]], Tensor] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"params": self.params, "grads": self.grads, "state": self.state, "raw": self.raw}
+
+
+class Horizon:
+    """How far back the hypergradient of level 0's hyperparameters looks
+    (see the module docstring). ``keeps_last_update``: the engine keeps
+    level 0's :class:`UpdateRecord` between steps for :meth:`hypergradient`
+    (and the gradients it holds); otherwise it keeps only the memory
+    :meth:`remember` returns.
+
+    >>> isinstance(rc.estimators.Decayed(0.9), rc.estimators.Horizon)
+    True
+    """
+
+    keeps_last_update: ClassVar[bool] = True
+
+    def remember(self, optimizer: Optimizer, update: UpdateRecord, memory: Any) -> Any:
+        """What to keep after ``update`` (this step's, before it is
+        committed), given what was kept before (None at the start and
+        after a skipped step)."""
+        raise NotImplementedError
+
+    def hypergradient(self, optimizer: Optimizer, update: UpdateRecord | None, memory: Any,
+                      incoming: list[Tensor]) -> Tensor | list[float] | None:
+        """d loss / d raw for level 0's learnable hyperparameters, from
+        ``incoming`` = the model's gradient; None where nothing is kept yet."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class OneStep(Horizon):
+    """G_{t+1} = g_{t+1} . d u_t / d raw: the last update only (the default).
+
+    >>> rc.estimators.OneStep()
+    OneStep()
+    """
+
+    keeps_last_update: ClassVar[bool] = True
+
+    def remember(self, optimizer: Optimizer, update: UpdateRecord, memory: Any) -> None:
+        return None
+
+    def hypergradient(self, optimizer, update, memory, incoming):
+        return None if update is None else vjp(optimizer, update, incoming, retain_graph=False)
+
+
+@dataclass(frozen=True)
+class Decayed(Horizon):
+    """G_{t+1} = g_{t+1} . z_t,  z_t = mu z_{t-1} + d u_t / d raw,  0 <= mu <= 1.
+
+    Each tangent d u_t / d raw is taken with autograd through the rule's
+    ``update`` at that step's parameters, gradient and state (the
+    dependence of those on earlier hyperparameters is dropped). Costs one
+    more evaluation of the update and one backward pass per learned
+    hyperparameter each step, and holds one model-sized tensor per learned
+    hyperparameter.
+
+    >>> rc.estimators.Decayed(0.99)
+    Decayed(mu=0.99)
+    """
+
+    mu: float
+    keeps_last_update: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        mu = self.mu
+        if isinstance(mu, bool) or not isinstance(mu, numbers.Real) or not 0.0 <= mu <= 1.0:
+            raise ValueError(f"rc.estimators.Decayed: mu must be a number in [0, 1], got {mu!r}")
+
+    def remember(self, optimizer: Optimizer, update: UpdateRecord, memory: Tangents | None) -> Tangents:
+        new = update_tangents(optimizer, update)
+        if memory is None:
+            return new
+        return [_ops.add_scaled_all(tangent, decayed, self.mu) for tangent, decayed in zip(new, memory)]
+
+    def hypergradient(self, optimizer, update, memory, incoming):
+        if memory is None:
+            return None
+        return _ops.inner_products([(list(incoming), tangent) for tangent in memory]).reshape(-1)
+
+
+def update_tangents(optimizer: Optimizer, update: UpdateRecord) -> Tangents:
+    """[d u / d raw_j for each raw entry j]: the forward-mode tangents of the
+    recorded update, as many reverse passes through its graph as there are
+    entries (u is linear in the probe vectors v of
+    d/d raw <v, u>, so differentiating that in v gives each column)."""
+    leaf = optimizer.as_raw_tensor(update.raw).detach().clone().requires_grad_()
+    with torch.enable_grad():
+        outputs, _ = optimizer.update(update.params, update.grads, update.state, optimizer.hyper_values(leaf))
+        probes = [torch.zeros_like(output, requires_grad=True) for output in outputs]
+        (mixed,) = torch.autograd.grad(outputs, leaf, grad_outputs=probes, create_graph=True)
+        tangents = []
+        for entry in range(leaf.numel()):
+            columns = torch.autograd.grad(mixed[entry], probes, retain_graph=entry + 1 < leaf.numel(),
+                                          allow_unused=True)
+            tangents.append([torch.zeros_like(output) if column is None else column.detach()
+                             for output, column in zip(outputs, columns)])
+    return tangents
+
+
+def closed_form_update(optimizer, raw, targets, grads, state):
+    """The learned update through ``optimizer.update_with_vjp`` at float
+    values (no graph), or None when the optimizer has no closed form."""
+    if not has_closed_form(optimizer):
+        return None
+    if isinstance(raw, Tensor):
+        raw = raw.detach()
+        values = optimizer.values_from_raw(raw.tolist())
+    else:
+        values = optimizer.values_from_raw(raw)
+    if not optimizer.within_constraints(values):
+        return None  # saturated: the tensor path gives the inf/NaN the guard rejects
+    result = optimizer.update_with_vjp(targets, grads, state, values)
+    if result is None:
+        return None
+    new_values, new_state, product = result
+    record = UpdateRecord(list(targets), list(grads), state, raw, closed_form=product)
+    return new_values, new_state, record
+
+
+def has_closed_form(optimizer: Optimizer) -> bool:
+    return type(optimizer).update_with_vjp is not Optimizer.update_with_vjp
+
+
+def vjp(optimizer: Optimizer, update: UpdateRecord, incoming: list[Tensor], *, retain_graph: bool) -> Tensor:
+    """incoming . d(the update's outputs) / d(its raw hyperparameters)."""
+    if update.closed_form is None and update.outputs is None:
+        # After load_state_dict: rebuild the closed form or the graph from the saved inputs.
+        closed = closed_form_update(optimizer, update.raw, update.params, update.grads, update.state)
+        if closed is not None:
+            update.closed_form = closed[2].closed_form
+        elif _ops.on_host(update.params):  # saturated (see the engine's _advance): a non-finite hypergradient
+            return [math.nan] * optimizer.raw.numel()
+        else:
+            leaf = optimizer.as_raw_tensor(update.raw).detach().clone().requires_grad_()
+            with torch.enable_grad():
+                outputs, _ = optimizer.update(update.params, update.grads, update.state, optimizer.hyper_values(leaf))
+            update.hyper_leaf, update.outputs = leaf, outputs
+    if update.closed_form is not None:
+        return update.closed_form(list(incoming))
+    (gradient,) = torch.autograd.grad(update.outputs, update.hyper_leaf, grad_outputs=incoming,
+                                      retain_graph=retain_graph, allow_unused=True)
+    if gradient is None:
+        return torch.zeros_like(update.hyper_leaf)
+    if not retain_graph:
+        update.hyper_leaf = update.outputs = None
+    return gradient
