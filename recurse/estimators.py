@@ -14,11 +14,14 @@ that hypergradient looks, for level 0's hyperparameters:
   inputs (and its closed form or graph), nothing older.
 - :class:`Decayed`: G_{t+1} = g_{t+1} . z_t with the forward-mode
   accumulator z_t = mu z_{t-1} + d u_t / d h of every past update, each
-  taken at its own parameters and gradient (the Hessian term of the exact
-  recurrence is dropped, as in RTHO/MARTHE's truncation). mu = 0 is
+  taken at its own parameters, gradient and rule state (the exact
+  recurrence's terms through the parameters, the Hessian, and through the
+  rule's state, Adam's moments, are dropped, as in RTHO/MARTHE's
+  truncation). mu = 0 is
   :class:`OneStep`; mu = 1 sums every past update (the longest horizon).
   It keeps the tangents z: one tensor the size of the model per learned
-  hyperparameter, and no update's inputs.
+  hyperparameter (in at least float32, as learned values are kept), and
+  no update's inputs; at most ``MAX_TANGENTS`` of them.
 
 The levels above level 0 always take the one-step hypergradient. A horizon
 is stateless: what it keeps lives in the engine, so one horizon object can
@@ -41,8 +44,11 @@ import torch
 from torch import Tensor
 
 from recurse.optim import _ops
-from recurse.optim.base import Optimizer, State
+from recurse.optim.base import Optimizer, State, raw_dtype_for
 
+# Decayed keeps one model-sized tangent per learned value and takes one backward pass for each: beyond this many
+# (an LSTM's weights, a PerGroup of many groups) it would cost more than the model; refused when the engine is built.
+MAX_TANGENTS = 64
 Tangents = list[list[Tensor]]  # one list of tensors (shaped like the updated values) per raw entry
 
 
@@ -118,9 +124,11 @@ class Decayed(Horizon):
     Each tangent d u_t / d raw is taken with autograd through the rule's
     ``update`` at that step's parameters, gradient and state (the
     dependence of those on earlier hyperparameters is dropped). Costs one
-    more evaluation of the update and one backward pass per learned
-    hyperparameter each step, and holds one model-sized tensor per learned
-    hyperparameter.
+    more evaluation of the update, one backward pass that builds a graph
+    and one more per learned hyperparameter each step, and holds one
+    model-sized tensor per learned hyperparameter, in
+    ``raw_dtype_for(parameter dtype)`` (at least float32: in bfloat16 a sum
+    near 1/(1 - mu) times each term would stop moving).
 
     >>> rc.estimators.Decayed(0.99)
     Decayed(mu=0.99)
@@ -133,6 +141,7 @@ class Decayed(Horizon):
         mu = self.mu
         if isinstance(mu, bool) or not isinstance(mu, numbers.Real) or not 0.0 <= mu <= 1.0:
             raise ValueError(f"rc.estimators.Decayed: mu must be a number in [0, 1], got {mu!r}")
+        object.__setattr__(self, "mu", float(mu))
 
     def remember(self, optimizer: Optimizer, update: UpdateRecord, memory: Tangents | None) -> Tangents:
         new = update_tangents(optimizer, update)
@@ -143,7 +152,8 @@ class Decayed(Horizon):
     def hypergradient(self, optimizer, update, memory, incoming):
         if memory is None:
             return None
-        return _ops.inner_products([(list(incoming), tangent) for tangent in memory]).reshape(-1)
+        incoming = [vector.to(tangent.dtype) for vector, tangent in zip(incoming, memory[0])]
+        return _ops.inner_products([(incoming, tangent) for tangent in memory]).reshape(-1)
 
 
 def update_tangents(optimizer: Optimizer, update: UpdateRecord) -> Tangents:
@@ -160,7 +170,8 @@ def update_tangents(optimizer: Optimizer, update: UpdateRecord) -> Tangents:
         for entry in range(leaf.numel()):
             columns = torch.autograd.grad(mixed[entry], probes, retain_graph=entry + 1 < leaf.numel(),
                                           allow_unused=True)
-            tangents.append([torch.zeros_like(output) if column is None else column.detach()
+            tangents.append([torch.zeros_like(output, dtype=raw_dtype_for(output.dtype)) if column is None
+                             else column.detach().to(raw_dtype_for(output.dtype))
                              for output, column in zip(outputs, columns)])
     return tangents
 

@@ -208,7 +208,7 @@ def _check_runnable(graph: nx.DiGraph) -> None:
                              "hyperparameters of one optimizer, not both or several; give each its own")
         for group in hyper_groups:
             owner = next(iter(graph.successors(group)))
-            if not graph.nodes[group]["hyperparameters"]:
+            if graph.nodes[owner].get("optimizer") is not None and not graph.nodes[group]["hyperparameters"]:
                 raise GraphError(f"optimizer {name!r} steps {group!r}, but {owner!r} has nothing to learn (learn=())")
         if own in stepped and optimizer.hyper is not optimizer:
             raise GraphError(f"optimizer {name!r} steps its own hyperparameters {own!r} but was not built tied; "
@@ -242,6 +242,9 @@ def tower_of(graph: nx.DiGraph, name: str) -> Optimizer:
     if top.hyper is None:
         steppers = [node for node, _ in graph.in_edges(hyper_group(top_name)) if node != top_name] \
             if hyper_group(top_name) in graph else []
+        if len(steppers) > 1:
+            raise GraphError(f"group {hyper_group(top_name)!r} is stepped by {len(steppers)} optimizers "
+                             f"{sorted(steppers)}; give each group exactly one")
         if steppers:
             top.hyper = tower_of(graph, steppers[0])
     return optimizer

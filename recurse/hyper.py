@@ -42,9 +42,10 @@ from torch import Tensor
 from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
 from recurse import plan
-from recurse.estimators import Horizon, OneStep, UpdateRecord, closed_form_update, has_closed_form, vjp
+from recurse.estimators import (MAX_TANGENTS, Horizon, OneStep, UpdateRecord, closed_form_update, has_closed_form,
+                                vjp)
 from recurse.optim import _ops
-from recurse.optim.base import Optimizer, State, place_next_to
+from recurse.optim.base import Optimizer, State, place_next_to, raw_dtype_for
 from recurse.param_group import ParamGroup
 
 log = logging.getLogger("recurse")
@@ -190,9 +191,9 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
         self.record_history = record_history
         self.levels = _build_levels(optimizer)
         self.horizon = horizon
-        if not horizon.keeps_last_update and (self.levels[0].tied or optimizer.needs_loss_graph):
-            raise ValueError(f"rc.HyperOptimizer: horizon={horizon!r} needs a level 0 that steps from the gradient "
-                             f"and is not tied; {optimizer!r} is {'tied' if self.levels[0].tied else 'a Newton step'}")
+        self._keeps_last_update = horizon.keeps_last_update  # (read every step)
+        if not self._keeps_last_update:
+            _check_horizon(horizon, self.levels[0])
         self._horizon_memory: Any = None
         self._dtypes = frozenset(param.dtype for param in self._params)  # (they may mix)
         place_next_to([level.optimizer for level in self.levels], self._params)
@@ -344,7 +345,7 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
         self._forget_overwritten_gradients()
         grads = self._model_grads()
         points = [None if level.last_update is None else level.last_update.raw for level in self.levels]
-        if not self.horizon.keeps_last_update:  # (level 0's last update used the raw it holds now)
+        if not self._keeps_last_update:  # (level 0's last update used the raw it holds now)
             points[0] = self.levels[0].optimizer.raw
         hypergradients, level_grads = self._hypergradients(grads)
         proposal = self._propose(level_grads, hypergradients, closure)
@@ -375,7 +376,7 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
             if grad.is_sparse:
                 raise RuntimeError(f"rc.HyperOptimizer.step: parameter {index} has a sparse gradient; not supported")
         grads = [grad.detach() if grad.requires_grad else grad for grad in originals]
-        if self.levels[0].optimizer.is_learned and self.horizon.keeps_last_update:
+        if self.levels[0].optimizer.is_learned and self._keeps_last_update:
             if self.copies_gradients:
                 grads = [grad.clone() for grad in grads]
             else:
@@ -496,7 +497,7 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
                 optimizer, raw, targets, target_grads, level.state, level.norm_state,
                 learned=optimizer.is_learned, closure=closure if index == 0 else None,
             )
-            if index == 0 and not self.horizon.keeps_last_update and last_update is not None:
+            if index == 0 and not self._keeps_last_update and last_update is not None:
                 horizon_memory = self.horizon.remember(optimizer, last_update, self._horizon_memory)
                 last_update = None
             level_updates[index] = (state, norm_state, last_update)
@@ -523,7 +524,7 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
         if proposal.self_update is not None:
             top = self.levels[-1]
             top.self_state, top.self_norm_state, top.last_self_update = proposal.self_update
-        if not self.horizon.keeps_last_update:
+        if not self._keeps_last_update:
             self._horizon_memory = proposal.horizon_memory
         self._kept_grads, self._pending_kept_grads = self._pending_kept_grads, None
         self.step_count += 1
@@ -544,7 +545,6 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
         """Count a skipped step; the last-update graphs were consumed, so restart the chain cleanly."""
         self.nonfinite_steps += 1
         self._kept_grads = self._pending_kept_grads = None
-        self._horizon_memory = None
         for level in self.levels:
             level.last_update = None
             level.last_self_update = None
@@ -574,6 +574,7 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
                 for level in self.levels
             ],
             "history": self._history,
+            "horizon": repr(self.horizon),
             "horizon_memory": self._horizon_memory,
         }
 
@@ -581,6 +582,10 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
         saved_levels = state_dict.get("levels") if isinstance(state_dict, dict) else None
         if saved_levels is None:
             raise ValueError("rc.HyperOptimizer.load_state_dict: not a HyperOptimizer state_dict (no 'levels')")
+        saved_horizon = state_dict.get("horizon", repr(OneStep()))
+        if saved_horizon != repr(self.horizon):
+            raise ValueError(f"rc.HyperOptimizer.load_state_dict: the checkpoint was taken with horizon={saved_horizon}, "
+                             f"this optimizer has horizon={self.horizon!r}; build it with the same horizon")
         if len(saved_levels) != len(self.levels):
             raise ValueError(
                 f"rc.HyperOptimizer.load_state_dict: the checkpoint has {len(saved_levels)} levels, "
@@ -626,7 +631,10 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
         self.nonfinite_steps = state_dict["nonfinite_steps"]
         self.copies_gradients = state_dict.get("copies_gradients", False)
         self._kept_grads = None  # the loaded last update holds its own gradients
-        self._horizon_memory = _moved(state_dict.get("horizon_memory"), device, params_dtype)
+        memory = state_dict.get("horizon_memory")  # (tangents: one list per learned value, each like the parameters)
+        self._horizon_memory = None if memory is None else [
+            [tangent.to(device, raw_dtype_for(param.dtype)) for tangent, param in zip(tangents, self._params)]
+            for tangents in memory]
         self._history = list(state_dict.get("history", []))
 
     def __getstate__(self) -> dict[str, Any]:
@@ -641,6 +649,19 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
 
     def __repr__(self) -> str:
         return f"rc.HyperOptimizer(depth={self.depth}, {self.levels[0].optimizer!r})"
+
+
+def _check_horizon(horizon: Horizon, level: _Level) -> None:
+    """A horizon that keeps its own memory needs a level 0 that steps from
+    the gradient, is not tied, and learns few enough values."""
+    optimizer = level.optimizer
+    if level.tied or optimizer.needs_loss_graph:
+        raise ValueError(f"rc.HyperOptimizer: horizon={horizon!r} needs a level 0 that steps from the gradient "
+                         f"and is not tied; {optimizer!r} is {'tied' if level.tied else 'a Newton step'}")
+    if optimizer.is_learned and optimizer.raw.numel() > MAX_TANGENTS:
+        raise ValueError(f"rc.HyperOptimizer: horizon={horizon!r} keeps one model-sized tangent per learned value "
+                         f"and level 0 ({type(optimizer).__name__}) learns {optimizer.raw.numel()} (at most "
+                         f"{MAX_TANGENTS}); use the default OneStep() horizon")
 
 
 def fill_gradients(owner: str, loss: Any, params: list[Tensor]) -> None:

@@ -129,6 +129,7 @@ def test_the_inner_product_rows_of_the_overhead_benchmark_step_as_torch_optim_an
     assert ours.inner == pytest.approx([torch.dot(gradient, vector).item() for vector in kept], rel=1e-5)
 
 
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="the benchmark reads the resident set from /proc")
 def test_the_memory_benchmark_counts_the_buffers_each_optimizer_holds():
     """benchmarks/memory.py, at 4M parameters: rc's depth 0 holds what torch.optim holds (Adam's two
     moments); a learned lr under the one-step horizon also keeps its last update's record (today 4

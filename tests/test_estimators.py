@@ -134,18 +134,56 @@ def test_decayed_keeps_its_tangents_and_not_the_last_update():
     assert opt.levels[0].last_update is None and opt._kept_grads is None
 
 
-def test_a_skipped_step_starts_the_accumulator_again(caplog):
-    model, loss_of = regression()
-    opt = rc.HyperOptimizer(model.parameters(), rc.stack(rc.SGD(0.05), rc.SGD(1e-3)), horizon=Decayed(0.9))
-    for poison in (False, False, True, False):
+def test_a_skipped_step_keeps_the_accumulator_as_if_it_had_not_been_taken():
+    """Nothing moved at a skipped step, so the tangents of the committed steps stay exact: the next
+    hypergradient is the one a run without the bad step takes."""
+    def run(poisons):
+        model, loss_of = regression()
+        opt = rc.HyperOptimizer(model.parameters(), rc.stack(rc.SGD(0.05), rc.SGD(1e-3)), horizon=Decayed(0.9))
+        for poison in poisons:
+            opt.zero_grad()
+            loss_of(model).backward()
+            if poison:
+                next(model.parameters()).grad[0, 0] = float("nan")
+            opt.step()
+        return opt
+
+    skipped, clean = run((False, False, True, False)), run((False, False, False))
+    assert skipped.nonfinite_steps == 1
+    assert torch.equal(skipped.last_hypergradients[0], clean.last_hypergradients[0])
+
+
+def test_tangents_are_kept_in_at_least_float32():
+    """In bfloat16 a decayed sum near 1 / (1 - mu) times each term would stop moving."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1).to(torch.bfloat16)
+    opt = rc.HyperOptimizer(model.parameters(), rc.stack(rc.SGD(0.05), rc.SGD(1e-3)), horizon=Decayed(0.999))
+    for _ in range(3):
         opt.zero_grad()
-        loss_of(model).backward()
-        if poison:
-            next(model.parameters()).grad[0, 0] = float("nan")
+        model(torch.randn(8, 4, dtype=torch.bfloat16)).square().mean().backward()
         opt.step()
-        if poison:
-            assert opt._horizon_memory is None and opt.nonfinite_steps == 1
-    assert opt.last_hypergradients[0] is None and opt._horizon_memory is not None
+    assert {tangent.dtype for tangents in opt._horizon_memory for tangent in tangents} == {torch.float32}
+    assert opt.last_hypergradients[0].dtype == torch.float32
+    resumed = rc.HyperOptimizer(model.parameters(), rc.stack(rc.SGD(0.05), rc.SGD(1e-3)), horizon=Decayed(0.999))
+    resumed.load_state_dict(opt.state_dict())
+    assert {tangent.dtype for tangents in resumed._horizon_memory for tangent in tangents} == {torch.float32}
+
+
+def test_a_checkpoint_is_loaded_only_under_the_horizon_it_was_taken_with():
+    _, model, opt = train(LEVEL_ZERO["adam"], Decayed(0.9), 3)
+    for other in (OneStep(), Decayed(0.5)):
+        again = rc.HyperOptimizer(model.parameters(), rc.stack(LEVEL_ZERO["adam"](), rc.SGD(1e-3)), horizon=other)
+        with pytest.raises(ValueError, match=r"the checkpoint was taken with horizon=Decayed\(mu=0.9\), this "
+                                             r"optimizer has horizon=.*; build it with the same horizon"):
+            again.load_state_dict(opt.state_dict())
+
+
+def test_an_optimizer_meta_trained_with_learn_runs_online_at_what_it_learned():
+    """learn= marks the knobs a MetaTrainer learns; once learned (assign_raw), the optimizer runs fixed online."""
+    adam = rc.Adam(1e-3, learn="lr")
+    adam.assign_raw(torch.tensor([-4.0], dtype=torch.float64))
+    opt = rc.HyperOptimizer(torch.nn.Linear(4, 1).parameters(), adam)
+    assert opt.depth == 0 and opt.hyperparameters()["0.lr"] == pytest.approx(torch.tensor(-4.0).exp().item())
 
 
 def test_bad_horizons_are_refused_naming_the_value():
@@ -157,3 +195,7 @@ def test_bad_horizons_are_refused_naming_the_value():
     with pytest.raises(ValueError, match=r"horizon=Decayed\(mu=0.9\) needs a level 0 that steps from the gradient "
                                          r"and is not tied; .* is tied"):
         rc.HyperOptimizer(params(), rc.tower(rc.SGD(0.1), depth=2, tie=True), horizon=Decayed(0.9))
+    lstm = rc.LSTMOptimizer(hidden_size=4, hyper=rc.SGD(1e-3))
+    with pytest.raises(ValueError, match=rf"keeps one model-sized tangent per learned value and level 0 "
+                                         rf"\(LSTMOptimizer\) learns {lstm.raw.numel()} \(at most 64\)"):
+        rc.HyperOptimizer(params(), lstm, horizon=Decayed(0.9))

@@ -349,3 +349,12 @@ def test_a_per_group_graph_refuses_a_node_over_a_groups_hyperparameters():
                      {"a": "hidden", "b": "out", "meta": "a.hyper"})
     with pytest.raises(rg.GraphError, match=r"\['meta'\] step 'a.hyper', but a PerGroup runs no levels above"):
         rg.per_group(graph)
+
+
+def test_tower_of_refuses_a_hyperparameter_group_with_two_steppers():
+    model = two_layer_model()
+    graph = rg.build({"w": model.parameters()}, {"adam": rc.Adam(1e-3, learn="lr"), "m1": rc.SGD(0.05),
+                                                 "m2": rc.SGD(0.01)},
+                     {"adam": "w", "m1": "adam.hyper", "m2": "adam.hyper"}, validate_graph=False)
+    with pytest.raises(rg.GraphError, match=r"group 'adam.hyper' is stepped by 2 optimizers \['m1', 'm2'\]"):
+        rg.tower_of(graph, "adam")

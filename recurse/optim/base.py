@@ -371,8 +371,11 @@ class Optimizer:
 
     def assign_raw(self, raw: Tensor) -> None:
         """Take ``raw`` (unconstrained learnable values, e.g. after meta-training)
-        as this optimizer's values: learned or fixed, the next step uses them."""
+        as this optimizer's values: learned or fixed, the next step uses them.
+        Knobs marked ``learn=`` then hold what was learned, and an online
+        engine may run them fixed (recurse.plan no longer asks for a level above)."""
         self.raw = raw.detach()
+        self.learn_given = False
         values = self.hyper_values(self.raw)
         for name in self.learnable:
             self.initial_values[name] = float(values[name])
