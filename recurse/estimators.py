@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 
 from recurse.optim import _ops
-from recurse.optim.base import Optimizer, State, raw_dtype_for
+from recurse.optim.base import Optimizer, SavedProduct, State, raw_dtype_for
 
 # Decayed keeps one model-sized tangent per learned value and takes one backward pass for each: beyond this many
 # (an LSTM's weights, a PerGroup of many groups) it would cost more than the model; refused when the engine is built.
@@ -57,21 +57,31 @@ class UpdateRecord:
     """A level's last update: its inputs, and the live graph hyper_leaf -> outputs.
 
     The inputs are kept so that the graph can be rebuilt after
-    load_state_dict (a graph cannot be saved), giving an exact resume.
+    load_state_dict (a graph cannot be saved), giving an exact resume;
+    where the closed form is a :class:`SavedProduct`, what it saved is
+    enough, and :meth:`without_inputs` drops the inputs.
     """
 
-    params: list[Tensor]
-    grads: list[Tensor]
-    state: State
+    params: list[Tensor] | None
+    grads: list[Tensor] | None
+    state: State | None
     raw: Tensor | list[float]  # host floats where the level above is a host level
     hyper_leaf: Tensor | None = None
     outputs: list[Tensor] | None = None
     # A closed-form vector-Jacobian product (Optimizer.update_with_vjp), in
     # raw space; used instead of the graph when present.
     closed_form: Callable[[list[Tensor]], Tensor] | None = None
+    saved: dict[str, Any] | None = None  # (what a SavedProduct closed form reads)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"params": self.params, "grads": self.grads, "state": self.state, "raw": self.raw}
+        return {"params": self.params, "grads": self.grads, "state": self.state, "raw": self.raw,
+                "saved": self.saved}
+
+    def without_inputs(self) -> UpdateRecord:
+        """This record less the update's inputs, where its closed form needs only what it saved."""
+        if self.saved is None:
+            return self
+        return UpdateRecord(None, None, None, self.raw, closed_form=self.closed_form, saved=self.saved)
 
 
 class Horizon:
@@ -192,7 +202,8 @@ def closed_form_update(optimizer, raw, targets, grads, state):
     if result is None:
         return None
     new_values, new_state, product = result
-    record = UpdateRecord(list(targets), list(grads), state, raw, closed_form=product)
+    saved = product.saved if isinstance(product, SavedProduct) else None
+    record = UpdateRecord(list(targets), list(grads), state, raw, closed_form=product, saved=saved)
     return new_values, new_state, record
 
 
@@ -202,6 +213,8 @@ def has_closed_form(optimizer: Optimizer) -> bool:
 
 def vjp(optimizer: Optimizer, update: UpdateRecord, incoming: list[Tensor], *, retain_graph: bool) -> Tensor:
     """incoming . d(the update's outputs) / d(its raw hyperparameters)."""
+    if update.closed_form is None and update.saved is not None:  # (after load_state_dict)
+        update.closed_form = SavedProduct(update.saved, optimizer.saved_vjp)
     if update.closed_form is None and update.outputs is None:
         # After load_state_dict: rebuild the closed form or the graph from the saved inputs.
         closed = closed_form_update(optimizer, update.raw, update.params, update.grads, update.state)

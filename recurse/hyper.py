@@ -497,9 +497,12 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
                 optimizer, raw, targets, target_grads, level.state, level.norm_state,
                 learned=optimizer.is_learned, closure=closure if index == 0 else None,
             )
-            if index == 0 and not self._keeps_last_update and last_update is not None:
-                horizon_memory = self.horizon.remember(optimizer, last_update, self._horizon_memory)
-                last_update = None
+            if index == 0 and last_update is not None:
+                if self._keeps_last_update:  # (what the closed form saved, where that is enough)
+                    last_update = last_update.without_inputs()
+                else:
+                    horizon_memory = self.horizon.remember(optimizer, last_update, self._horizon_memory)
+                    last_update = None
             level_updates[index] = (state, norm_state, last_update)
             if index == 0:
                 model_params = [value.detach() if value.requires_grad else value for value in new_values]
@@ -526,7 +529,10 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
             top.self_state, top.self_norm_state, top.last_self_update = proposal.self_update
         if not self._keeps_last_update:
             self._horizon_memory = proposal.horizon_memory
-        self._kept_grads, self._pending_kept_grads = self._pending_kept_grads, None
+        kept = self.levels[0].last_update
+        # (a record without inputs holds no gradient that an in-place write could change)
+        self._kept_grads = self._pending_kept_grads if kept is not None and kept.grads is not None else None
+        self._pending_kept_grads = None
         self.step_count += 1
         if self.record_history:
             self._history.append(_learned_values(self.levels))

@@ -2,6 +2,8 @@
 through the optimizer's own update, for every configuration of the
 optimizers that have one, at the first and later steps, in float64."""
 
+import copy
+
 import pytest
 import torch
 
@@ -248,3 +250,34 @@ def test_host_arithmetic_keeps_ieee_results_where_python_would_raise():
     assert root[0] == 2.0 and root[1] != root[1] and root[2] == float("inf")
     assert _ops.dot([float("inf"), 1.0], [1.0, float("-inf")]) != _ops.dot([float("inf")], [1.0])  # inf - inf: NaN
     assert _ops.clamp_min_all([float("nan"), -1.0, 2.0], 0.5)[1:] == [0.5, 2.0]
+
+
+def test_adam_learning_only_its_lr_keeps_the_ratio_alone_and_resumes_exactly():
+    """Its closed form saves r = m_t / den (a SavedProduct): the engine keeps no inputs and no gradient,
+    and a checkpoint, a deep copy and an in-place write to .grad all go on as the original run."""
+    inputs, targets = regression_data()
+
+    def build(model):
+        return rc.HyperOptimizer(model.parameters(), rc.Adam(1e-2, learn="lr", hyper=rc.SGD(1e-3, normalize="rms")))
+
+    model = small_mlp()
+    opt = build(model)
+    for _ in range(5):
+        train_step(model, opt, inputs, targets)
+    record = opt.levels[0].last_update
+    assert record.params is None and record.grads is None and record.state is None and opt._kept_grads is None
+    assert set(record.saved) == {"ratios", "bias_correction1", "values"}
+    resumed_model = small_mlp()
+    resumed_model.load_state_dict(model.state_dict())
+    resumed = build(resumed_model)
+    resumed.load_state_dict(copy.deepcopy(opt.state_dict()))
+    copied_model, copied = copy.deepcopy((model, opt))
+    for _ in range(5):
+        losses = {train_step(m, o, inputs, targets) for m, o in ((model, opt), (resumed_model, resumed),
+                                                                 (copied_model, copied))}
+        assert len(losses) == 1
+    assert opt.hyperparameters() == resumed.hyperparameters() == copied.hyperparameters()
+    # an in-place write to a gradient skips nothing now: no kept gradient can be stale
+    model.zero_grad(set_to_none=False)
+    train_step(model, opt, inputs, targets)
+    assert not opt.copies_gradients

@@ -8,7 +8,7 @@ import torch
 
 from recurse.constraints import positive, unit_interval
 from recurse.optim import _ops
-from recurse.optim.base import Hyperparameter, Optimizer
+from recurse.optim.base import Hyperparameter, Optimizer, SavedProduct
 
 log = logging.getLogger("recurse")
 
@@ -181,9 +181,9 @@ class Adam(Optimizer):
         by_ratio = self._product_names == ("w.m",) and not self.compile
         new_params, new_state, (decayed, roots, denoms, ratios, bias_correction1, c, step_size) = \
             self._step(params, grads, state, values, keep_ratio=by_ratio)
-        if by_ratio:
-            def products_of(incoming):  # (keeps only r alive until the next step)
-                return _ops.inner_products([(incoming, ratios)])
+        if by_ratio:  # (keeps only r until the next step: the engine then keeps no inputs either)
+            saved = {"ratios": ratios, "bias_correction1": bias_correction1, "values": dict(values)}
+            return new_params, new_state, SavedProduct(saved, self.saved_vjp)
         else:
             products_of = self._products_of(denoms, new_state["exp_avg"], roots, decayed, state["exp_avg"],
                                             state["exp_avg_sq"], list(params))
@@ -226,6 +226,11 @@ class Adam(Optimizer):
             return self.raw_gradient(rows, values)
 
         return new_params, new_state, vjp
+
+    def saved_vjp(self, saved, incoming):
+        """d p_t / d lr = -r / b, from the saved r = m_t / den and b = 1 - beta1^t (lr the only row)."""
+        (product,) = self.host_scalars(_ops.inner_products([(list(incoming), saved["ratios"])]))
+        return self.raw_gradient([(-1.0 / saved["bias_correction1"], product)], saved["values"])
 
     def _products_of(self, denoms, exp_avgs, roots, decayed, previous_avgs, previous_sqs, params):
         """incoming -> the products this level needs, through torch.compile

@@ -78,6 +78,21 @@ class Hyperparameter:
         return value
 
 
+@dataclass(frozen=True)
+class SavedProduct:
+    """A closed-form vector-Jacobian product that is a function of what it
+    saved alone: ``product(saved, incoming)``. A rule's ``update_with_vjp``
+    returns one where it can (``saved`` is then all a checkpoint needs, and
+    the rule's ``saved_vjp`` is ``product``), so the online engine keeps neither
+    the update's inputs nor the gradient."""
+
+    saved: dict[str, Any]
+    product: Callable[[dict[str, Any], list[Tensor]], Tensor]
+
+    def __call__(self, incoming: list[Tensor]) -> Tensor:
+        return self.product(self.saved, incoming)
+
+
 class Optimizer:
     """Base class of every recurse optimizer (see the module docstring).
 
@@ -228,6 +243,13 @@ class Optimizer:
         walking a graph every step.
         """
         return None
+
+    def saved_vjp(self, saved: dict[str, Any], incoming: Sequence[Tensor]) -> Tensor | list[float]:
+        """The vector-Jacobian product of :meth:`update_with_vjp` from what it
+        saved, for a rule whose closed form returns a
+        :class:`SavedProduct` (then this is its
+        ``product``, and a resumed run rebuilds it from a checkpoint)."""
+        raise NotImplementedError(f"rc.{type(self).__name__} returns no SavedProduct from update_with_vjp")
 
     def raw_gradient(self, rows: Sequence[tuple[float, Tensor]], values: Mapping[str, float]) -> Tensor | list[float]:
         """Rows ``(coefficient, tensor)`` with d loss / d value = coefficient *
