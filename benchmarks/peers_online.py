@@ -62,7 +62,8 @@ def recurse_stack(family: str, height: int) -> rc.Optimizer:
     if family == "SGD":
         same_as_gdtuo = {"parametrization": {"lr": "identity"}}
         return rc.stack(rc.SGD(0.01, **same_as_gdtuo), *(rc.SGD(1e-4, **same_as_gdtuo) for _ in range(height - 1)))
-    return rc.stack(rc.Adam(1e-3, learn=("lr", "beta1", "beta2")), *(rc.SGD(1e-4) for _ in range(height - 1)))
+    learned = ("lr", "beta1", "beta2") if height > 1 else ()  # (height 1: nothing above learns them)
+    return rc.stack(rc.Adam(1e-3, learn=learned), *(rc.SGD(1e-4) for _ in range(height - 1)))
 
 
 def gdtuo_stack(family: str, height: int):

@@ -78,10 +78,28 @@ class UpdateRecord:
                 "saved": self.saved}
 
     def without_inputs(self) -> UpdateRecord:
-        """This record less the update's inputs, where its closed form needs only what it saved."""
+        """This record less the update's inputs, where its closed form needs
+        only what it saved. The gradients stay where what it saved is one of
+        them (plain SGD's direction is the gradient itself): the engine then
+        still notices a loop that zeroes them in place."""
         if self.saved is None:
             return self
-        return UpdateRecord(None, None, None, self.raw, closed_form=self.closed_form, saved=self.saved)
+        gradients = {id(grad) for grad in self.grads}
+        aliased = any(id(tensor) in gradients for tensor in _tensors_in(self.saved))
+        return UpdateRecord(None, self.grads if aliased else None, None, self.raw, closed_form=self.closed_form,
+                            saved=self.saved)
+
+
+def _tensors_in(tree: Any):
+    """Every tensor in ``tree`` (nested dicts, lists and tuples)."""
+    if isinstance(tree, Tensor):
+        yield tree
+    elif isinstance(tree, dict):
+        for value in tree.values():
+            yield from _tensors_in(value)
+    elif isinstance(tree, (list, tuple)):
+        for value in tree:
+            yield from _tensors_in(value)
 
 
 class Horizon:

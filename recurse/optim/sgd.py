@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from recurse.constraints import positive, unit_interval
 from recurse.optim import _ops
-from recurse.optim.base import Hyperparameter, Optimizer
+from recurse.optim.base import Hyperparameter, Optimizer, SavedProduct
 
 
 class SGD(Optimizer):
@@ -75,47 +75,48 @@ class SGD(Optimizer):
             u = d + momentum b (Nesterov): d u = d d + b [for momentum] + momentum d b;  u = b otherwise.
         """
         new_params, new_state, (decayed, previous, buffers, directions) = self._step(params, grads, state, values)
-        lr, momentum, dampening = values["lr"], values["momentum"], values["dampening"]
-        use_momentum = momentum != 0.0
-        first = not use_momentum or not previous or previous[0] is None
-        nesterov = self.nesterov
+        first = values["momentum"] == 0.0 or not previous or previous[0] is None
         learnable = self.learnable
+        # Every row is an inner product of the incoming vector with one of these lists (saved, and nothing
+        # else: without Nesterov the direction is the new momentum buffer, which the state holds anyway).
+        lists = {}
+        if "lr" in learnable:
+            lists["u"] = directions
+        if "momentum" in learnable:
+            if self.nesterov:
+                lists["b"] = buffers
+            if not first:
+                lists["b_prev"] = previous
+        if "dampening" in learnable and not first:
+            lists["d"] = decayed
+        if "weight_decay" in learnable:
+            lists["p"] = list(params)
+        saved = {"lists": lists, "first": first, "values": dict(values)}
+        return new_params, new_state, SavedProduct(saved, self.saved_vjp)
 
-        def vjp(incoming):
-            # Every row is an inner product of incoming with one list, taken
-            # together (and read once where the level above steps in floats).
-            incoming = list(incoming)
-            others = {}
-            if "lr" in learnable:
-                others["u"] = directions
-            if "momentum" in learnable:
-                if nesterov:
-                    others["b"] = buffers
+    def saved_vjp(self, saved, incoming):
+        """The rows of :meth:`update_with_vjp` from the lists it saved."""
+        values, first, lists = saved["values"], saved["first"], saved["lists"]
+        lr, momentum, dampening = values["lr"], values["momentum"], values["dampening"]
+        nesterov = self.nesterov
+        incoming = list(incoming)
+        products = self.host_scalars(_ops.inner_products([(incoming, ys) for ys in lists.values()]))
+        dot = dict(zip(lists, products))
+        zero = 0.0 if self.hypergradient_on_host else _ops.zero_like(incoming[0])
+        rows = []  # (coefficient, scalar): d p_t / d value = coefficient * scalar
+        for name in self.learnable:
+            if name == "lr":
+                rows.append((-1.0, dot["u"]))
+            elif name == "momentum":  # d u / d momentum = [b_t if Nesterov] + (momentum if Nesterov else 1) b_{t-1}
+                row = dot["b"] if nesterov else zero
                 if not first:
-                    others["b_prev"] = previous
-            if "dampening" in learnable and not first:
-                others["d"] = decayed
-            if "weight_decay" in learnable:
-                others["p"] = list(params)
-            products = self.host_scalars(_ops.inner_products([(incoming, ys) for ys in others.values()]))
-            dot = dict(zip(others, products))
-            zero = 0.0 if self.hypergradient_on_host else _ops.zero_like(incoming[0])
-            rows = []  # (coefficient, scalar): d p_t / d value = coefficient * scalar
-            for name in learnable:
-                if name == "lr":
-                    rows.append((-1.0, dot["u"]))
-                elif name == "momentum":  # d u / d momentum = [b_t if Nesterov] + (momentum if Nesterov else 1) b_{t-1}
-                    row = dot["b"] if nesterov else zero
-                    if not first:
-                        row = row + (momentum if nesterov else 1.0) * dot["b_prev"]
-                    rows.append((-lr, row))
-                elif name == "dampening":
-                    scale = 0.0 if first else (momentum if nesterov else 1.0)
-                    rows.append((lr * scale, zero if first else dot["d"]))
-                else:  # weight_decay
-                    through_buffer = 1.0 if first else 1.0 - dampening
-                    scale = (1.0 + momentum * through_buffer if nesterov else through_buffer) if use_momentum else 1.0
-                    rows.append((-lr * scale, dot["p"]))
-            return self.raw_gradient(rows, values)
-
-        return new_params, new_state, vjp
+                    row = row + (momentum if nesterov else 1.0) * dot["b_prev"]
+                rows.append((-lr, row))
+            elif name == "dampening":
+                scale = 0.0 if first else (momentum if nesterov else 1.0)
+                rows.append((lr * scale, zero if first else dot["d"]))
+            else:  # weight_decay
+                through_buffer = 1.0 if first else 1.0 - dampening
+                scale = (1.0 + momentum * through_buffer if nesterov else through_buffer) if momentum != 0.0 else 1.0
+                rows.append((-lr * scale, dot["p"]))
+        return self.raw_gradient(rows, values)
