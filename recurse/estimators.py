@@ -84,22 +84,9 @@ class UpdateRecord:
         still notices a loop that zeroes them in place."""
         if self.saved is None:
             return self
-        gradients = {id(grad) for grad in self.grads}
-        aliased = any(id(tensor) in gradients for tensor in _tensors_in(self.saved))
-        return UpdateRecord(None, self.grads if aliased else None, None, self.raw, closed_form=self.closed_form,
-                            saved=self.saved)
-
-
-def _tensors_in(tree: Any):
-    """Every tensor in ``tree`` (nested dicts, lists and tuples)."""
-    if isinstance(tree, Tensor):
-        yield tree
-    elif isinstance(tree, dict):
-        for value in tree.values():
-            yield from _tensors_in(value)
-    elif isinstance(tree, (list, tuple)):
-        for value in tree:
-            yield from _tensors_in(value)
+        holds_gradient = isinstance(self.closed_form, SavedProduct) and self.closed_form.holds_gradient
+        return UpdateRecord(None, self.grads if holds_gradient else None, None, self.raw,
+                            closed_form=self.closed_form, saved=self.saved)
 
 
 class Horizon:

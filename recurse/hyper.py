@@ -141,8 +141,10 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
     torch.optim (see :mod:`recurse.param_group`). Over a learned lr a
     scheduler overrides what was learned each time it steps.
 
-    A learned level 0 keeps this step's ``.grad`` tensors for the next
-    hypergradient, uncopied. If one is written in place behind the
+    A learned level 0 keeps what its next hypergradient reads: what its
+    closed form saved, where that is all it needs (SGD; Adam learning only
+    lr), else this step's ``.grad`` tensors, uncopied. If one of those is
+    written in place behind the
     optimizer (``model.zero_grad(set_to_none=False)``, gradients accumulated
     across steps, DDP's ``gradient_as_bucket_view``), that hypergradient is
     skipped with a warning and ``copies_gradients`` turns True: gradients

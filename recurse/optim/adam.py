@@ -182,7 +182,7 @@ class Adam(Optimizer):
         new_params, new_state, (decayed, roots, denoms, ratios, bias_correction1, c, step_size) = \
             self._step(params, grads, state, values, keep_ratio=by_ratio)
         if by_ratio:  # (keeps only r until the next step: the engine then keeps no inputs either)
-            saved = {"ratios": ratios, "bias_correction1": bias_correction1, "values": dict(values)}
+            saved = {"ratios": ratios, "bias_correction1": bias_correction1, "values": values}
             return new_params, new_state, SavedProduct(saved, self.saved_vjp)
         else:
             products_of = self._products_of(denoms, new_state["exp_avg"], roots, decayed, state["exp_avg"],

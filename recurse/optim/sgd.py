@@ -91,8 +91,10 @@ class SGD(Optimizer):
             lists["d"] = decayed
         if "weight_decay" in learnable:
             lists["p"] = list(params)
-        saved = {"lists": lists, "first": first, "values": dict(values)}
-        return new_params, new_state, SavedProduct(saved, self.saved_vjp)
+        saved = {"lists": lists, "first": first, "values": values}  # (values: a new dict every step)
+        # (without weight decay, d_t is the gradient list itself, and u_t = d_t without momentum)
+        holds_gradient = self.initial_values["weight_decay"] == 0.0 and any(ys is decayed for ys in lists.values())
+        return new_params, new_state, SavedProduct(saved, self.saved_vjp, holds_gradient)
 
     def saved_vjp(self, saved, incoming):
         """The rows of :meth:`update_with_vjp` from the lists it saved."""
