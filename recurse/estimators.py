@@ -44,6 +44,7 @@ import torch
 from torch import Tensor
 
 from recurse.optim import _ops
+from recurse.constraints import positive
 from recurse.optim.base import Optimizer, SavedProduct, State, raw_dtype_for
 
 # Decayed keeps one model-sized tangent per learned value and takes one backward pass for each: beyond this many
@@ -72,10 +73,12 @@ class UpdateRecord:
     # raw space; used instead of the graph when present.
     closed_form: Callable[[list[Tensor]], Tensor] | None = None
     saved: dict[str, Any] | None = None  # (what a SavedProduct closed form reads)
+    # The schedule's factors on the learned lrs at this update (Optimizer.lr_scales; None: none).
+    lr_scales: tuple[float, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"params": self.params, "grads": self.grads, "state": self.state, "raw": self.raw,
-                "saved": self.saved}
+                "saved": self.saved, "lr_scales": self.lr_scales}
 
     def without_inputs(self) -> UpdateRecord:
         """This record less the update's inputs, where its closed form needs
@@ -86,7 +89,7 @@ class UpdateRecord:
             return self
         holds_gradient = isinstance(self.closed_form, SavedProduct) and self.closed_form.holds_gradient
         return UpdateRecord(None, self.grads if holds_gradient else None, None, self.raw,
-                            closed_form=self.closed_form, saved=self.saved)
+                            closed_form=self.closed_form, saved=self.saved, lr_scales=self.lr_scales)
 
 
 class Horizon:
@@ -178,7 +181,8 @@ def update_tangents(optimizer: Optimizer, update: UpdateRecord) -> Tangents:
     d/d raw <v, u>, so differentiating that in v gives each column)."""
     leaf = optimizer.as_raw_tensor(update.raw).detach().clone().requires_grad_()
     with torch.enable_grad():
-        outputs, _ = optimizer.update(update.params, update.grads, update.state, optimizer.hyper_values(leaf))
+        outputs, _ = optimizer.update(update.params, update.grads, update.state,
+                                      step_values(optimizer, leaf, update.lr_scales))
         probes = [torch.zeros_like(output, requires_grad=True) for output in outputs]
         (mixed,) = torch.autograd.grad(outputs, leaf, grad_outputs=probes, create_graph=True)
         tangents = []
@@ -191,9 +195,18 @@ def update_tangents(optimizer: Optimizer, update: UpdateRecord) -> Tangents:
     return tangents
 
 
-def closed_form_update(optimizer, raw, targets, grads, state):
+def step_values(optimizer: Optimizer, raw: Tensor, lr_scales: tuple[float, ...] | None):
+    """The values a learned step at ``raw`` uses, differentiable in it: the
+    rule's, with each learned lr times the schedule's factor."""
+    values = optimizer.hyper_values(raw)
+    return values if lr_scales is None else optimizer.scaled(values, lr_scales)
+
+
+def closed_form_update(optimizer, raw, targets, grads, state, lr_scales=None):
     """The learned update through ``optimizer.update_with_vjp`` at float
-    values (no graph), or None when the optimizer has no closed form."""
+    values (no graph), or None when the optimizer has no closed form (or
+    where a schedule's factor multiplies an lr learned in its own units:
+    the closed form's rows assume d value / d raw of the value they see)."""
     if not has_closed_form(optimizer):
         return None
     if isinstance(raw, Tensor):
@@ -203,12 +216,18 @@ def closed_form_update(optimizer, raw, targets, grads, state):
         values = optimizer.values_from_raw(raw)
     if not optimizer.within_constraints(values):
         return None  # saturated: the tensor path gives the inf/NaN the guard rejects
+    if lr_scales is not None:
+        scaled = optimizer.scaled(values, lr_scales)
+        if scaled is not values and optimizer.constraint("lr") is not positive:
+            return None
+        values = scaled
     result = optimizer.update_with_vjp(targets, grads, state, values)
     if result is None:
         return None
     new_values, new_state, product = result
     saved = product.saved if isinstance(product, SavedProduct) else None
-    record = UpdateRecord(list(targets), list(grads), state, raw, closed_form=product, saved=saved)
+    record = UpdateRecord(list(targets), list(grads), state, raw, closed_form=product, saved=saved,
+                          lr_scales=lr_scales)
     return new_values, new_state, record
 
 
@@ -222,7 +241,8 @@ def vjp(optimizer: Optimizer, update: UpdateRecord, incoming: list[Tensor], *, r
         update.closed_form = SavedProduct(update.saved, optimizer.saved_vjp)
     if update.closed_form is None and update.outputs is None:
         # After load_state_dict: rebuild the closed form or the graph from the saved inputs.
-        closed = closed_form_update(optimizer, update.raw, update.params, update.grads, update.state)
+        closed = closed_form_update(optimizer, update.raw, update.params, update.grads, update.state,
+                                    update.lr_scales)
         if closed is not None:
             update.closed_form = closed[2].closed_form
         elif _ops.on_host(update.params):  # saturated (see the engine's _advance): a non-finite hypergradient
@@ -230,7 +250,8 @@ def vjp(optimizer: Optimizer, update: UpdateRecord, incoming: list[Tensor], *, r
         else:
             leaf = optimizer.as_raw_tensor(update.raw).detach().clone().requires_grad_()
             with torch.enable_grad():
-                outputs, _ = optimizer.update(update.params, update.grads, update.state, optimizer.hyper_values(leaf))
+                outputs, _ = optimizer.update(update.params, update.grads, update.state,
+                                              step_values(optimizer, leaf, update.lr_scales))
             update.hyper_leaf, update.outputs = leaf, outputs
     if update.closed_form is not None:
         return update.closed_form(list(incoming))

@@ -43,9 +43,10 @@ from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimize
 
 from recurse import plan
 from recurse.estimators import (MAX_TANGENTS, Horizon, OneStep, UpdateRecord, closed_form_update, has_closed_form,
-                                vjp)
+                                step_values, vjp)
 from recurse.optim import _ops
 from recurse.optim.base import Optimizer, State, place_next_to, raw_dtype_for
+from recurse.optim.per_group import PerGroup
 from recurse.param_group import ParamGroup
 
 log = logging.getLogger("recurse")
@@ -178,17 +179,13 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
         with warnings.catch_warnings():  # (torch.optim only warns of a repeated parameter; _check_params refuses it)
             warnings.filterwarnings("ignore", message="optimizer contains a parameter group with duplicate parameters")
             super().__init__(params, defaults={})
-        for index, group in enumerate(self.param_groups):
-            extra = sorted(set(group) - {"params"})
-            if extra:
-                raise ValueError(
-                    f"rc.HyperOptimizer: param group {index} sets {extra}; options belong to the rc optimizer, "
-                    "groups here only hold 'params'"
-                )
-        self.param_groups = [ParamGroup(group, optimizer) for group in self.param_groups]
         self.defaults = ParamGroup.defaults_of(optimizer)
         self._params: list[Tensor] = [p for group in self.param_groups for p in group["params"]]
         self._check_params()
+        plan.levels(optimizer)  # (the description as given is checked first: its errors name its levels)
+        optimizer, rules = _level_zero_for(optimizer, self.param_groups)
+        self.param_groups = [ParamGroup(group, rule, index, learned=optimizer.is_learned)
+                             for index, (group, rule) in enumerate(zip(self.param_groups, rules))]
         self.guard = guard
         self.record_history = record_history
         self.levels = _build_levels(optimizer)
@@ -251,6 +248,16 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
         """Number of levels above the one that trains the model."""
         top = self.levels[-1]
         return len(self.levels) - 1 + (top.optimizer.tied_depth if top.tied else 0)
+
+    def group_lrs(self) -> list[float | None]:
+        """The lr each param group's next step uses: level 0's lr (learned or
+        fixed; ``"group<i>.lr"`` among ``hyperparameters()`` where there are
+        several groups) times the schedule's factor on it (see
+        :mod:`recurse.param_group`); None for a rule without an lr."""
+        values = self.levels[0].optimizer.current_values()
+        several = len(self.param_groups) > 1
+        lrs = [values.get(f"group{index}.lr" if several else "lr") for index in range(len(self.param_groups))]
+        return [None if lr is None else lr * group.rule.lr_scale for lr, group in zip(lrs, self.param_groups)]
 
     def hyperparameters(self) -> dict[str, float]:
         """Current values of every level, as ``{"<level>.<name>": value}``."""
@@ -582,6 +589,7 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
                 for level in self.levels
             ],
             "history": self._history,
+            "param_groups": [group.entries() for group in self.param_groups],
             "horizon": repr(self.horizon),
             "horizon_memory": self._horizon_memory,
         }
@@ -594,6 +602,10 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
         if saved_horizon != repr(self.horizon):
             raise ValueError(f"rc.HyperOptimizer.load_state_dict: the checkpoint was taken with horizon={saved_horizon}, "
                              f"this optimizer has horizon={self.horizon!r}; build it with the same horizon")
+        saved_groups = state_dict.get("param_groups")
+        if saved_groups is not None and len(saved_groups) != len(self.param_groups):
+            raise ValueError(f"rc.HyperOptimizer.load_state_dict: the checkpoint has {len(saved_groups)} param "
+                             f"groups, this optimizer has {len(self.param_groups)}")
         if len(saved_levels) != len(self.levels):
             raise ValueError(
                 f"rc.HyperOptimizer.load_state_dict: the checkpoint has {len(saved_levels)} levels, "
@@ -644,6 +656,8 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
             [tangent.to(device, raw_dtype_for(param.dtype)) for tangent, param in zip(tangents, self._params)]
             for tangents in memory]
         self._history = list(state_dict.get("history", []))
+        for group, entries in zip(self.param_groups, state_dict.get("param_groups", ())):
+            group.restore(entries)
 
     def __getstate__(self) -> dict[str, Any]:
         """As :class:`CopiesWhole`, each level's last update as its inputs
@@ -690,6 +704,48 @@ def log_skipped_step(message: str, count: int) -> None:
         log.warning("%s (%d non-finite steps so far)", message, count)
 
 
+def _level_zero_for(optimizer: Optimizer, groups: list[dict[str, Any]]) -> tuple[Optimizer, list[Optimizer]]:
+    """Level 0 for these param groups, and the rule that steps each group.
+
+    A group's keys that name a knob of ``optimizer`` (``"betas"`` for Adam's
+    pair) are its own starting values, as in torch.optim. One group: the
+    optimizer itself, started from them. Several: an :class:`rc.PerGroup`
+    of copies of the rule, one per group, each learning its own values
+    where the optimizer is learned (``"group<i>.<name>"``), under the
+    optimizer's ``hyper=`` and ``normalize=``."""
+    options = [_options_of(optimizer, group) for group in groups]
+    if len(groups) == 1:
+        optimizer.start_from(options[0], owner="rc.HyperOptimizer: param group 0")
+        return optimizer, [optimizer]
+    for refused, why in ((optimizer.hyper is optimizer, "a tied tower (tie=True) steps itself as one group"),
+                         (optimizer.needs_loss_graph, f"{type(optimizer).__name__} differentiates the whole loss"),
+                         (isinstance(optimizer, PerGroup), "an rc.PerGroup forms its own groups")):
+        if refused:
+            raise ValueError(f"rc.HyperOptimizer: {len(groups)} param groups, but {why}; pass the parameters as one "
+                             "group")
+    rules, start = {}, 0
+    for index, (group, values) in enumerate(zip(groups, options)):
+        rule = copy.deepcopy(optimizer, {id(optimizer.hyper): None, id(optimizer.normalizer): None})
+        rule.start_from(values, owner=f"rc.HyperOptimizer: param group {index}")
+        count = len(group["params"])
+        rules[f"group{index}"] = (rule, list(range(start, start + count)))
+        start += count
+    level_zero = PerGroup(rules, hyper=optimizer.hyper, normalize=optimizer.normalizer)
+    return level_zero, [rule for rule, _ in rules.values()]
+
+
+def _options_of(optimizer: Optimizer, group: dict[str, Any]) -> dict[str, Any]:
+    """A param group's values for ``optimizer``'s knobs, by the rule's names
+    (its other keys stay plain entries of the group, as torch.optim keeps them)."""
+    values = {key: value for key, value in group.items() if key in optimizer.initial_values}
+    if "betas" in group and all(name in optimizer.initial_values for name in ("beta1", "beta2")):
+        betas = group["betas"]
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"rc.HyperOptimizer: param group 'betas' must be a pair (beta1, beta2), got {betas!r}")
+        values.update(beta1=betas[0], beta2=betas[1])
+    return values
+
+
 def _build_levels(optimizer: Optimizer) -> list[_Level]:
     """The levels of the tower ``optimizer`` (the engine's own copy, see
     :func:`recurse.plan.instantiate`), each stepping the one below in
@@ -718,8 +774,9 @@ def _advance(optimizer, raw, targets, grads, state, norm_state, *, learned, clos
         grads, norm_state = optimizer.normalized(grads, norm_state)
     if state is None:
         state = optimizer.init(targets)
+    lr_scales = optimizer.lr_scales() if learned else None
     if learned and closure is None:
-        closed = closed_form_update(optimizer, raw, targets, grads, state)
+        closed = closed_form_update(optimizer, raw, targets, grads, state, lr_scales)
         if closed is not None:
             new_values, new_state, last_update = closed
             return new_values, (new_state, norm_state, last_update)
@@ -728,7 +785,7 @@ def _advance(optimizer, raw, targets, grads, state, norm_state, *, learned, clos
     raw = optimizer.as_raw_tensor(raw)
     hyper_leaf = raw.detach().requires_grad_() if learned else None
     with torch.enable_grad() if learned or closure is not None else _NO_CONTEXT:
-        hyper = optimizer.hyper_values(hyper_leaf) if learned else optimizer.hyper_values()
+        hyper = step_values(optimizer, hyper_leaf, lr_scales) if learned else optimizer.hyper_values()
         new_values, new_state = optimizer.update(targets, grads, state, hyper, closure=closure)
     last_update = None
     if learned:
@@ -737,7 +794,8 @@ def _advance(optimizer, raw, targets, grads, state, norm_state, *, learned, clos
         # would chain every past step's graph together. (A fixed level's
         # state has no graph: its hyperparameters are floats.)
         new_state = _detach_tree(new_state)
-        last_update = UpdateRecord(list(targets), list(grads), state, raw.detach(), hyper_leaf, new_values)
+        last_update = UpdateRecord(list(targets), list(grads), state, raw.detach(), hyper_leaf, new_values,
+                                   lr_scales=lr_scales)
     return new_values, (new_state, norm_state, last_update)
 
 

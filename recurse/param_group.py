@@ -1,18 +1,31 @@
-"""Param groups that show level 0's hyperparameters, as torch.optim's do.
+"""Param groups that hold level 0's values for their parameters, as torch.optim's do.
 
-Training loops read ``optimizer.param_groups[0]["lr"]`` to log it, and
-learning-rate schedulers (``torch.optim.lr_scheduler``) write it. An
-``rc.HyperOptimizer``'s groups hold only ``params``; the values live in the
-rc optimizer at level 0, learned or fixed. A :class:`ParamGroup` reads them
-from there when asked (no copy to refresh every step) and hands writes to
-:meth:`recurse.Optimizer.set_values`, which validates them; ``"betas"`` is
-``(beta1, beta2)`` where the optimizer has both, as torch.optim's Adam names
-them. Every group shows the one level-0 optimizer, so writing one group's
-value sets it for all.
+Training loops read ``optimizer.param_groups[i]["lr"]`` to log it, and
+learning-rate schedulers (``torch.optim.lr_scheduler``) write it. Each group
+of an ``rc.HyperOptimizer`` is stepped by its own copy of the level-0 rule
+(one copy for a single group), started from the group's own options as
+torch.optim's groups are. A :class:`ParamGroup` shows that rule's knobs by
+name (Adam's ``"betas"`` as the pair ``(beta1, beta2)``, as torch.optim's
+Adam names them), and what a write does depends on the knob:
+
+- **a fixed knob**: the entry is the value the next step uses, read from
+  the rule and written to it through :meth:`recurse.Optimizer.set_values`
+  (validated; an lr of 0 is accepted and takes no step). At depth 0 every
+  scheduler therefore runs exactly as on torch.optim.
+- **a learned lr**: the entry is the *schedule*. The lr a step uses is the
+  learned lr times ``group["lr"] / start``, where ``start`` is the lr the
+  group started from: a schedule scales what the tower learned, never
+  overwrites it, and a constant schedule changes nothing, to the bit.
+  ``hyperparameters()`` shows the learned value, and
+  ``rc.HyperOptimizer.group_lrs()`` the product each group steps with.
+- **another learned knob** (momentum, Adam's betas): the tower owns it. A
+  write (OneCycleLR and CyclicLR cycle momentum or betas) is not used, and
+  a warning says so once per group; reading shows the learned value.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from recurse.optim.base import Optimizer
@@ -21,7 +34,8 @@ _BETAS = ("beta1", "beta2")
 
 
 class ParamGroup(dict):
-    """A param group whose hyperparameter keys read and write ``optimizer``.
+    """A param group whose hyperparameter keys read and write ``rule``, the
+    level-0 rule that steps its parameters (see the module docstring).
 
     >>> opt = rc.HyperOptimizer(model.parameters(), rc.SGD(0.1))
     >>> opt.param_groups[0]["lr"] = 0.05          # what a scheduler does
@@ -29,9 +43,14 @@ class ParamGroup(dict):
     (0.05, 0.05)
     """
 
-    def __init__(self, group: dict[str, Any], optimizer: Optimizer) -> None:
-        super().__init__(group)
-        self.optimizer = optimizer
+    def __init__(self, group: dict[str, Any], rule: Optimizer, index: int, *, learned: bool) -> None:
+        super().__init__({key: value for key, value in group.items() if not self._knobs_of(rule, key)})
+        self.rule, self.index = rule, index
+        self.learned = learned  # (a level above learns the rule's learnable knobs)
+        self.start_lr = rule.initial_values.get("lr")
+        self.ignored_writes: set[str] = set()  # (learned knobs other than lr a write was refused for, warned once)
+        if self._learns_lr:
+            super().__setitem__("lr", self.start_lr)
 
     @staticmethod
     def defaults_of(optimizer: Optimizer) -> dict[str, Any]:
@@ -43,35 +62,73 @@ class ParamGroup(dict):
             defaults["betas"] = tuple(defaults[name] for name in _BETAS)
         return defaults
 
-    def _names(self, key: str) -> tuple[str, ...]:
-        """The optimizer's hyperparameters behind ``key`` (none: a plain key)."""
-        values = self.optimizer.initial_values
+    @staticmethod
+    def _knobs_of(rule: Optimizer, key: str) -> tuple[str, ...]:
+        """The rule's hyperparameters behind ``key`` (none: a plain key)."""
+        values = rule.initial_values
         if key == "betas" and all(name in values for name in _BETAS):
             return _BETAS
         return (key,) if key in values else ()
 
+    @property
+    def _learns_lr(self) -> bool:
+        return self.learned and "lr" in self.rule.learnable
+
     def __missing__(self, key: str) -> Any:
-        names = self._names(key)
+        names = self._knobs_of(self.rule, key)
         if not names:
-            shown = sorted(self.optimizer.initial_values)
-            raise KeyError(f"{key!r}: not in this param group, and level 0 ({self.optimizer!r}) has no "
+            shown = sorted(self.rule.initial_values)
+            raise KeyError(f"{key!r}: not in this param group, and level 0 ({self.rule!r}) has no "
                            f"hyperparameter by that name (it has {shown})")
-        values = self.optimizer.current_values()
+        values = self.rule.current_values()
         return tuple(values[name] for name in names) if key == "betas" else values[key]
 
     def __setitem__(self, key: str, value: Any) -> None:
-        names = self._names(key)
+        names = self._knobs_of(self.rule, key)
         if not names:
             super().__setitem__(key, value)
-        elif key == "betas":
+            return
+        if key == "betas":
             if not isinstance(value, (tuple, list)) or len(value) != 2:
                 raise ValueError(f"rc.HyperOptimizer: param group 'betas' must be a pair (beta1, beta2), got {value!r}")
-            self.optimizer.set_values(dict(zip(names, value)))
+            self.write(dict(zip(names, value)))
         else:
-            self.optimizer.set_values({key: value})
+            self.write({key: value})
+
+    def write(self, values: dict[str, Any]) -> None:
+        """Take ``values`` (the rule's names), all validated before any is set."""
+        checked = self.rule.checked_values(values)
+        schedule = checked.get("lr") if self._learns_lr else None
+        fixed = {name: value for name, value in checked.items() if not (self.learned and name in self.rule.learnable)}
+        ignored = sorted(set(checked) - set(fixed) - {"lr"})
+        self.rule.set_values(fixed)
+        if schedule is not None:
+            super().__setitem__("lr", schedule)
+            self.rule.lr_scale = schedule / self.start_lr
+        for name in ignored:
+            if name not in self.ignored_writes:
+                self.ignored_writes.add(name)
+                warnings.warn(f"rc.HyperOptimizer: param group {self.index}'s {name} is learned by the tower, so a "
+                              f"value written to it (a scheduler cycling momentum or betas) is not used; only a "
+                              "learned lr follows a schedule, as a factor", stacklevel=3)
+
+    def entries(self) -> dict[str, Any]:
+        """What a checkpoint keeps of this group: its plain keys and the
+        values of its fixed knobs (a learned lr's schedule is a plain key)."""
+        knobs = {name: value for name, value in self.rule.initial_values.items()
+                 if not (self.learned and name in self.rule.learnable)}
+        return {**{key: value for key, value in self.items() if key != "params"}, **knobs}
+
+    def restore(self, entries: dict[str, Any]) -> None:
+        """Take back what :meth:`entries` gave (from a checkpoint)."""
+        knobs = {key: value for key, value in entries.items() if self._knobs_of(self.rule, key)}
+        for key, value in entries.items():
+            if key not in knobs:
+                super().__setitem__(key, value)
+        self.write(knobs)
 
     def __contains__(self, key: object) -> bool:
-        return super().__contains__(key) or (isinstance(key, str) and bool(self._names(key)))
+        return super().__contains__(key) or (isinstance(key, str) and bool(self._knobs_of(self.rule, key)))
 
     def get(self, key: str, default: Any = None) -> Any:
         return self[key] if key in self else default
@@ -86,4 +143,12 @@ class ParamGroup(dict):
             self[key] = value
 
     def __reduce__(self):
-        return ParamGroup, (dict(self), self.optimizer)
+        return _restored, (dict(self), dict(self.__dict__))
+
+
+def _restored(entries: dict[str, Any], attributes: dict[str, Any]) -> ParamGroup:
+    """A ParamGroup back from ``__reduce__`` (a copy or an unpickling)."""
+    group = ParamGroup.__new__(ParamGroup)
+    dict.update(group, entries)
+    group.__dict__.update(attributes)
+    return group

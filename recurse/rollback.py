@@ -46,7 +46,9 @@ class Rollback:
     before each snapshot. ``patience`` unhealthy observations in a row are
     a divergence: the model and the optimizer are restored to the snapshot,
     each group's lr is multiplied by ``shrink`` (for an rc.HyperOptimizer:
-    level 0's lr, learned or not), and the snapshot is taken again from
+    ``param_groups[i]["lr"]``; a learned lr then steps at ``shrink`` times
+    what the tower learns, as under a schedule, see
+    :mod:`recurse.param_group`), and the snapshot is taken again from
     there, so a second rollback to it shrinks again. After ``every``
     healthy observations in a row the current state becomes the snapshot
     (the first is the state at construction): a snapshot is never taken

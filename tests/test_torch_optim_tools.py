@@ -5,6 +5,7 @@ work as on torch.optim; torch.amp's GradScaler steps it."""
 import copy
 import io
 import math
+import warnings
 
 import pytest
 import torch
@@ -57,30 +58,47 @@ def test_a_scheduled_depth_zero_run_is_bit_identical_to_torch_optim(name):
     assert all(torch.equal(a, b) for a, b in zip(torch_params, ours))
 
 
-def test_a_learned_learning_rate_is_read_and_written_through_param_groups():
+def test_a_learned_lr_s_param_group_entry_is_a_schedule_that_scales_it():
+    """group["lr"] of a learned lr is the schedule (it starts at the lr the
+    tower starts from, and moves only when written); the lr a step uses is
+    the learned one times group["lr"] / start, and learning goes on."""
     inputs, targets = regression_data()
     model = small_mlp()
     opt = rc.HyperOptimizer(model.parameters(), rc.SGD(0.05, momentum=0.5, hyper=rc.SGD(1e-2, normalize="rms")))
     for _ in range(5):
         train_step(model, opt, inputs, targets)
     group = opt.param_groups[0]
-    assert group["lr"] == opt.hyperparameters()["0.lr"] != 0.05
+    learned = opt.hyperparameters()["0.lr"]
+    assert group["lr"] == 0.05 != learned and opt.group_lrs() == [learned]
     assert group["momentum"] == opt.hyperparameters()["0.momentum"]
     assert "lr" in group and group.get("lr") == group["lr"] and group.get("betas") is None
 
     raw = opt.levels[0].optimizer.raw.clone()
     group["lr"] = group["lr"]  # a scheduler writing back what it read: nothing moves
-    assert torch.equal(opt.levels[0].optimizer.raw, raw)
+    assert torch.equal(opt.levels[0].optimizer.raw, raw) and opt.group_lrs() == [learned]
 
-    group["lr"] = 0.02
-    assert opt.hyperparameters()["0.lr"] == pytest.approx(0.02, rel=1e-12)
+    group["lr"] = 0.025  # half the start: the learned lr is kept, and steps at half its value
+    assert opt.hyperparameters()["0.lr"] == learned and opt.group_lrs() == [learned * 0.5]
     train_step(model, opt, inputs, targets)
-    learned = opt.param_groups[0]["lr"]
-    assert learned != pytest.approx(0.02, rel=1e-9) and learned == pytest.approx(0.02, rel=0.05)  # learning goes on
+    assert opt.hyperparameters()["0.lr"] != learned  # learning goes on
+    assert opt.group_lrs() == [opt.hyperparameters()["0.lr"] * 0.5]
+
+
+def test_a_written_learned_knob_other_than_lr_is_validated_then_left_to_the_tower_with_one_warning():
+    model = torch.nn.Linear(3, 1)
+    opt = rc.HyperOptimizer(model.parameters(), rc.SGD(0.1, momentum=0.9, hyper=rc.SGD(1e-3)))
+    before = opt.hyperparameters()
+    with pytest.warns(UserWarning, match=r"param group 0's momentum is learned by the tower"):
+        opt.param_groups[0]["momentum"] = 0.8
+    assert opt.hyperparameters() == before and opt.param_groups[0]["momentum"] == before["0.momentum"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt.param_groups[0]["momentum"] = 0.7  # (warned once per group and knob)
 
 
 @pytest.mark.parametrize("key,value,message", [
-    ("lr", -1.0, r"rc.SGD: lr must be a finite number > 0, got -1.0"),
+    ("lr", -1.0, r"rc.SGD: lr must be a finite number >= 0, got -1.0"),
+    ("lr", float("nan"), r"rc.SGD: lr must be a finite number >= 0, got nan"),
     ("momentum", 1.5, r"rc.SGD: momentum must be a number in the open interval \(0, 1\)"),
     ("dampening", 0.5, r"rc.SGD: dampening cannot be switched on after construction \(it is 0.0\), got 0.5"),
     ("momentum", 0.0, r"rc.SGD: momentum cannot be switched off after construction \(it is 0.9\), got 0.0"),
@@ -109,14 +127,16 @@ def test_adam_betas_are_set_together_or_not_at_all():
     assert (group["beta1"], group["beta2"]) == (0.8, 0.99)
 
 
-def test_every_group_shows_the_one_level_zero_optimizer_and_plain_keys_stay_plain():
+def test_each_group_holds_its_own_values_and_plain_keys_stay_plain():
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
-    opt = rc.HyperOptimizer([{"params": model[0].parameters()}, {"params": model[1].parameters()}], rc.SGD(0.1))
+    opt = rc.HyperOptimizer([{"params": model[0].parameters()}, {"params": model[1].parameters(), "momentum": 0.5}],
+                            rc.SGD(0.1, momentum=0.9))
     opt.param_groups[1]["lr"] = 0.3
-    assert [group["lr"] for group in opt.param_groups] == [0.3, 0.3]
+    assert [group["lr"] for group in opt.param_groups] == [0.1, 0.3]
+    assert [group["momentum"] for group in opt.param_groups] == [0.9, 0.5]
     opt.param_groups[0].setdefault("initial_lr", opt.param_groups[0]["lr"])
     opt.param_groups[0].update({"note": "warm-up"})
-    assert opt.param_groups[0]["initial_lr"] == 0.3 and opt.param_groups[0]["note"] == "warm-up"
+    assert opt.param_groups[0]["initial_lr"] == 0.1 and opt.param_groups[0]["note"] == "warm-up"
     with pytest.raises(KeyError):
         opt.param_groups[0]["nesterov_momentum"]
 

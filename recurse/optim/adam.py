@@ -91,6 +91,10 @@ class Adam(Optimizer):
             raise TypeError(f"{owner}: compile must be True or False, got {compile!r}")
         super().__init__(lr=lr, beta1=betas[0], beta2=betas[1], eps=eps, weight_decay=weight_decay, **options)
         self.compile = compile
+        self.values_changed()
+
+    def values_changed(self) -> None:
+        """Which products the closed form needs (fixed by what is learned and by whether weight decay is on)."""
         self._product_names = self._products_needed()
         used = {operand for name in self._product_names for operand in _PRODUCTS[name]}
         # How many of _TEMPORARIES the eager path computes (a prefix of them).

@@ -148,6 +148,9 @@ class Optimizer:
     # infinite one (torch cannot even take it as a float32 ``alpha``).
     value_limit: float = sys.float_info.max
     params_dtype: torch.dtype = torch.float64  # (set by :meth:`to`)
+    # What a schedule multiplies a learned lr by in every step this
+    # optimizer takes (see :meth:`scaled`); set by the engine's param group.
+    lr_scale: float = 1.0
 
     def __init__(
         self,
@@ -394,6 +397,52 @@ class Optimizer:
         values.update(zip(self.learnable, constrained.unbind()))
         return values
 
+    def lr_scales(self) -> tuple[float, ...]:
+        """The schedule's factor on each learned lr this optimizer steps
+        with (one for a plain rule): what an update record keeps, so that
+        its step can be rebuilt at the factor it was taken at."""
+        return (self.lr_scale,)
+
+    def scaled(self, values: Mapping[str, Any], scales: Sequence[float]) -> Mapping[str, Any]:
+        """``values`` as a step uses them: a learned ``lr`` times the
+        schedule's factor ``scales[0]`` (``param_groups[i]["lr"]`` over the
+        lr the tower started from), the rest as they are. A factor of
+        exactly 1 returns ``values`` itself, so a run without a schedule
+        (or under a constant one) is bit for bit the unscheduled run."""
+        (scale,) = scales
+        if scale == 1.0 or "lr" not in self.learnable:
+            return values
+        return {**values, "lr": values["lr"] * scale}
+
+    def start_from(self, values: Mapping[str, Any], *, owner: str) -> None:
+        """Start from ``values`` (name -> value, validated) instead: what a
+        param group's own options do to the rule that steps it. A fixed knob
+        may take any valid value, 0 included (a decay term times 0 adds
+        nothing); a learned one must stay on, since it is learned in log or
+        logit space."""
+        specs = {spec.name: spec for spec in self.hyperparameter_specs}
+        checked = {}
+        for name, value in values.items():
+            spec = specs[name]
+            value = Hyperparameter(name, spec.constraint, spec.can_be_off or name not in self.learnable).validate(
+                owner, value)
+            if name in self.learnable and value == 0.0:
+                raise ValueError(f"{owner}: {name}=0.0 would switch off a knob that {self!r} learns; leave it out "
+                                 "of learn= to use 0 in a group")
+            self._check_fits(name, value, self.params_dtype)
+            checked[name] = value
+        if not checked:  # (a rule whose raw is not its knobs, an LSTM's weights, has none to set)
+            return
+        self.initial_values.update(checked)
+        self.raw = torch.tensor([self._constraints[name].to_raw(self.initial_values[name]) for name in self.learnable],
+                                dtype=self.raw_dtype, device=self.raw_device)
+        self.values_changed()
+
+    def values_changed(self) -> None:
+        """Called after :meth:`start_from` set new starting values: a rule
+        that derives something from them at construction (which closed-form
+        products it needs) derives it again here."""
+
     def assign_raw(self, raw: Tensor) -> None:
         """Take ``raw`` (unconstrained learnable values, e.g. after meta-training)
         as this optimizer's values: learned or fixed, the next step uses them.
@@ -404,6 +453,11 @@ class Optimizer:
         values = self.hyper_values(self.raw)
         for name in self.learnable:
             self.initial_values[name] = float(values[name])
+
+    def constraint(self, name: str) -> Constraint:
+        """The map from raw to value that ``name`` is learned through (its
+        spec's constraint, or the identity under ``parametrization=``)."""
+        return self._constraints[name]
 
     def spec(self, name: str) -> Hyperparameter:
         """The declaration of hyperparameter ``name``."""
@@ -481,23 +535,15 @@ class Optimizer:
 
     def set_values(self, values: Mapping[str, Any]) -> None:
         """Use ``values`` (name -> value) from the next step on, each
-        validated as the constructor validates it (and :meth:`check_fits`),
-        all before any is set; a learned one goes on learning from its new
-        value. A knob that is off (0) stays off, and one that is on stays on:
-        that decides the form of the update. What a learning-rate scheduler
-        writing ``param_groups[i]["lr"]`` of an rc.HyperOptimizer calls."""
+        validated (:meth:`checked_values`) before any is set; a learned one
+        goes on learning from its new value. What a learning-rate scheduler
+        writing ``param_groups[i]`` of an rc.HyperOptimizer calls, for a
+        fixed knob."""
+        checked = self.checked_values(values)
         owner = f"rc.{type(self).__name__}"
-        checked = {}
-        for name, value in values.items():
-            spec = self.spec(name)
-            value = spec.validate(owner, value)
-            current = self.initial_values[name]
-            if spec.can_be_off and (current == 0.0) != (value == 0.0):
-                change = "switched on" if current == 0.0 else "switched off"
-                raise ValueError(f"{owner}: {name} cannot be {change} after construction (it is {current!r}), "
-                                 f"got {value!r}")
-            self._check_fits(name, value, self.params_dtype)
-            checked[name] = value
+        for name, value in checked.items():
+            if name in self.learnable and value == 0.0:
+                raise ValueError(f"{owner}: {name} is learned (in log space) and cannot be set to 0")
         current_values = self.current_values() if any(name in self.learnable for name in checked) else {}
         raw = list(self.raw_floats()) if current_values else None
         for name, value in checked.items():
@@ -507,6 +553,26 @@ class Optimizer:
             self.initial_values[name] = value
         if raw is not None and raw != self.raw_floats():
             self.set_raw_floats(raw)
+
+    def checked_values(self, values: Mapping[str, Any]) -> dict[str, float]:
+        """``values`` (name -> value) as floats, each validated as the
+        constructor validates it and by :meth:`check_fits`. A knob that is
+        off (0) stays off, and one that is on stays on: that decides the
+        form of the update. ``lr`` may be 0 (the last step of a decay to
+        zero: no step)."""
+        owner = f"rc.{type(self).__name__}"
+        checked = {}
+        for name, value in values.items():
+            spec = self.spec(name)
+            value = _scheduled_lr(owner, value) if name == "lr" else spec.validate(owner, value)
+            current = self.initial_values[name]
+            if spec.can_be_off and (current == 0.0) != (value == 0.0):
+                change = "switched on" if current == 0.0 else "switched off"
+                raise ValueError(f"{owner}: {name} cannot be {change} after construction (it is {current!r}), "
+                                 f"got {value!r}")
+            self._check_fits(name, value, self.params_dtype)
+            checked[name] = value
+        return checked
 
     def __repr__(self) -> str:
         values = ", ".join(f"{name}={value:g}" for name, value in self.current_values().items())
@@ -572,4 +638,13 @@ def finite_float(owner: str, name: str, value: Any) -> float:
     """A float option that is not a hyperparameter (e.g. an initial accumulator)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ValueError(f"{owner}: {name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _scheduled_lr(owner: str, value: Any) -> float:
+    """A learning rate a schedule wrote: a finite number >= 0 (0: no step)."""
+    if isinstance(value, Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{owner}: lr must be a finite number >= 0, got {value!r}")
     return float(value)

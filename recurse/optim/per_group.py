@@ -102,6 +102,16 @@ class PerGroup(Optimizer):
         return {name: optimizer.hyper_values(piece)
                 for (name, (optimizer, _)), piece in zip(self.groups.items(), self._pieces(raw))}
 
+    def lr_scales(self) -> tuple[float, ...]:
+        return tuple(optimizer.lr_scale for optimizer, _ in self.groups.values())
+
+    def scaled(self, values, scales):
+        """Each group's values through its own :meth:`Optimizer.scaled`, at its factor in ``scales``."""
+        if all(scale == 1.0 for scale in scales):
+            return values
+        return {name: optimizer.scaled(values[name], (scale,))
+                for (name, (optimizer, _)), scale in zip(self.groups.items(), scales)}
+
     def assign_raw(self, raw: Tensor) -> None:
         self.raw = raw.detach()
         for (optimizer, _), piece in zip(self.groups.values(), self._pieces(self.raw)):
