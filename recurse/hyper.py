@@ -135,12 +135,15 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
     an :mod:`recurse.estimators` horizon: ``OneStep()`` (default, the last
     update) or ``Decayed(mu)`` (a decayed sum of every past update).
 
-    ``param_groups[i]["lr"]`` (and level 0's other knobs by name, Adam's
-    ``"betas"`` too) reads the value level 0 uses now, learned or fixed, and
-    writing it sets that value from the next step on (validated): loops
-    that log the learning rate and ``torch.optim.lr_scheduler`` work as with
-    torch.optim (see :mod:`recurse.param_group`). Over a learned lr a
-    scheduler overrides what was learned each time it steps.
+    Param groups carry their own values, as torch.optim's do: a group's
+    keys that name a knob of level 0 (``"lr"``, ``"betas"``, ...) are its
+    starting values, and with several groups each is stepped by its own
+    copy of the rule and, where the tower learns, learns its own values
+    (``"0.group<i>.lr"``). ``param_groups[i]["lr"]`` is what
+    ``torch.optim.lr_scheduler`` reads and writes: for a fixed lr the value
+    used (0 takes no step), for a learned lr a schedule that scales what the
+    tower learned; :meth:`group_lrs` gives the lr each group steps with
+    (see :mod:`recurse.param_group`).
 
     A learned level 0 keeps what its next hypergradient reads: what its
     closed form saved, where that is all it needs (SGD; Adam learning only
@@ -184,7 +187,8 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
         self._check_params()
         plan.levels(optimizer)  # (the description as given is checked first: its errors name its levels)
         optimizer, rules = _level_zero_for(optimizer, self.param_groups)
-        self.param_groups = [ParamGroup(group, rule, index, learned=optimizer.is_learned)
+        self.param_groups = [ParamGroup(group, rule, index, learned=optimizer.is_learned,
+                                        current_values=_values_of_group(optimizer, rule, index, len(rules)))
                              for index, (group, rule) in enumerate(zip(self.param_groups, rules))]
         self.guard = guard
         self.record_history = record_history
@@ -254,9 +258,7 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
         fixed; ``"group<i>.lr"`` among ``hyperparameters()`` where there are
         several groups) times the schedule's factor on it (see
         :mod:`recurse.param_group`); None for a rule without an lr."""
-        values = self.levels[0].optimizer.current_values()
-        several = len(self.param_groups) > 1
-        lrs = [values.get(f"group{index}.lr" if several else "lr") for index in range(len(self.param_groups))]
+        lrs = [group.current_values().get("lr") for group in self.param_groups]
         return [None if lr is None else lr * group.rule.lr_scale for lr, group in zip(lrs, self.param_groups)]
 
     def hyperparameters(self) -> dict[str, float]:
@@ -287,6 +289,15 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
             values = level.optimizer.hypergradient_values(point, gradient)
             result.update({f"{index}.{name}": value for name, value in values.items()})
         return result
+
+    def learned_hyperparameters(self) -> dict[str, float]:
+        """The learned values alone, as in :meth:`hyperparameters` (which
+        also holds every fixed knob): ``{"0.lr": ..., "1.lr": ...}``."""
+        return {key: value for key, value in self.hyperparameters().items() if key in self._learned_names()}
+
+    def _learned_names(self) -> set[str]:
+        return {f"{index}.{name}" for index, level in enumerate(self.levels) if level.optimizer.is_learned
+                for name in level.optimizer.learnable}
 
     def history(self) -> dict[str, list[float]]:
         """Learned hyperparameters after each recorded step, ``{"0.lr": [...], ...}``."""
@@ -732,6 +743,18 @@ def _level_zero_for(optimizer: Optimizer, groups: list[dict[str, Any]]) -> tuple
         start += count
     level_zero = PerGroup(rules, hyper=optimizer.hyper, normalize=optimizer.normalizer)
     return level_zero, [rule for rule, _ in rules.values()]
+
+
+def _values_of_group(level_zero: Optimizer, rule: Optimizer, index: int, groups: int) -> Callable[[], dict]:
+    """Reads the values (learned ones included) of the rule that steps param
+    group ``index``: the rule's own for one group, else its share of level
+    0's PerGroup, where the learned values live."""
+    if groups == 1:
+        return rule.current_values
+
+    def values() -> dict[str, float]:
+        return {name: float(value) for name, value in level_zero.hyper_values()[f"group{index}"].items()}
+    return values
 
 
 def _options_of(optimizer: Optimizer, group: dict[str, Any]) -> dict[str, Any]:

@@ -26,7 +26,7 @@ Adam names them), and what a write does depends on the knob:
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 from recurse.optim.base import Optimizer
 
@@ -43,10 +43,13 @@ class ParamGroup(dict):
     (0.05, 0.05)
     """
 
-    def __init__(self, group: dict[str, Any], rule: Optimizer, index: int, *, learned: bool) -> None:
+    def __init__(self, group: dict[str, Any], rule: Optimizer, index: int, *, learned: bool,
+                 current_values: Callable[[], dict[str, float]]) -> None:
         super().__init__({key: value for key, value in group.items() if not self._knobs_of(rule, key)})
         self.rule, self.index = rule, index
         self.learned = learned  # (a level above learns the rule's learnable knobs)
+        # The rule's values now, learned ones included (several groups' learned values live in level 0's PerGroup).
+        self.current_values = current_values
         self.start_lr = rule.initial_values.get("lr")
         self.ignored_writes: set[str] = set()  # (learned knobs other than lr a write was refused for, warned once)
         if self._learns_lr:
@@ -80,7 +83,7 @@ class ParamGroup(dict):
             shown = sorted(self.rule.initial_values)
             raise KeyError(f"{key!r}: not in this param group, and level 0 ({self.rule!r}) has no "
                            f"hyperparameter by that name (it has {shown})")
-        values = self.rule.current_values()
+        values = self.current_values()
         return tuple(values[name] for name in names) if key == "betas" else values[key]
 
     def __setitem__(self, key: str, value: Any) -> None:
@@ -100,7 +103,9 @@ class ParamGroup(dict):
         checked = self.rule.checked_values(values)
         schedule = checked.get("lr") if self._learns_lr else None
         fixed = {name: value for name, value in checked.items() if not (self.learned and name in self.rule.learnable)}
-        ignored = sorted(set(checked) - set(fixed) - {"lr"})
+        learned_now = self.current_values() if set(checked) - set(fixed) - {"lr"} else {}
+        # (a write of what it reads, beta2 beside a cycled beta1, is no change to warn of)
+        ignored = sorted(name for name in set(checked) - set(fixed) - {"lr"} if checked[name] != learned_now[name])
         self.rule.set_values(fixed)
         if schedule is not None:
             super().__setitem__("lr", schedule)

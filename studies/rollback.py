@@ -109,7 +109,7 @@ def main(argv=None):
             rows.append({"run": name, "steps": steps, "rc.Rollback": "yes" if watch else "no", "first_loss": first,
                          "final_loss": final, "final_over_first": final / first if math.isfinite(final) else math.inf,
                          "rollbacks": "" if rollbacks is None else rollbacks, "skipped_steps": opt.nonfinite_steps,
-                         "final_lr": opt.hyperparameters()["0.lr"]})
+                         "final_lr": opt.group_lrs()[0]})
     lines = ["| run | steps | rc.Rollback | first loss | final loss | final / first | rollbacks | skipped steps | "
              "final lr |", "|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {row['run']} | {row['steps']} | {row['rc.Rollback']} | {row['first_loss']:.4g} | "

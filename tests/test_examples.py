@@ -14,8 +14,9 @@ def load(name):
 
 
 def test_every_example_is_tested():
-    assert sorted(path.stem for path in EXAMPLES.glob("*.py")) == ["custom_optimizer", "ddp", "learned_optimizer",
-                                                                    "meta_training", "train_loop"]
+    assert sorted(path.stem for path in EXAMPLES.glob("*.py")) == ["custom_optimizer", "ddp", "hf_trainer",
+                                                                    "learned_optimizer", "meta_training",
+                                                                    "train_loop"]  # (hf_trainer: test_transformers.py)
 
 
 def test_train_loop_learns_the_rate(capsys):

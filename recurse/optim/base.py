@@ -542,13 +542,14 @@ class Optimizer:
         checked = self.checked_values(values)
         owner = f"rc.{type(self).__name__}"
         for name, value in checked.items():
-            if name in self.learnable and value == 0.0:
+            if self.is_learned and name in self.learnable and value == 0.0:
                 raise ValueError(f"{owner}: {name} is learned (in log space) and cannot be set to 0")
         current_values = self.current_values() if any(name in self.learnable for name in checked) else {}
         raw = list(self.raw_floats()) if current_values else None
         for name, value in checked.items():
-            # (A scheduler writing back the value it read leaves a learned raw as it is, to the bit.)
-            if name in self.learnable and value != current_values[name]:
+            # (A scheduler writing back the value it read leaves a learned raw as it is, to the bit; a fixed lr
+            # of 0 has no raw, and a learned one cannot be 0.)
+            if name in self.learnable and value != current_values[name] and value != 0.0:
                 raw[self.learnable.index(name)] = self._constraints[name].to_raw(value)
             self.initial_values[name] = value
         if raw is not None and raw != self.raw_floats():

@@ -1,0 +1,6 @@
+"""Integrations with training frameworks. Each module imports its framework
+and is imported only by users of it: the core never imports them.
+
+- :mod:`recurse.integrations.transformers`: a Hugging Face ``TrainerCallback``
+  that logs the learned hyperparameters (needs the ``transformers`` extra).
+"""
