@@ -48,3 +48,9 @@ def test_a_run_resumed_from_a_trainer_checkpoint_ends_where_the_whole_run_ends(e
     assert resumed.optimizer.optimizer.step_count == 20
     for (name, mine), theirs in zip(resumed.model.named_parameters(), whole.model.parameters()):
         assert torch.equal(mine, theirs), name
+
+
+def test_the_example_runs_and_logs_the_learned_lr(example, capsys):
+    learned, loss = example.main(["--steps", "12"])
+    assert len(learned) >= 4 and learned[-1] != 1e-3 and loss < 5.0
+    assert "learned lr at each log" in capsys.readouterr().out
