@@ -52,5 +52,5 @@ def test_a_run_resumed_from_a_trainer_checkpoint_ends_where_the_whole_run_ends(e
 
 def test_the_example_runs_and_logs_the_learned_lr(example, capsys):
     learned, loss = example.main(["--steps", "12"])
-    assert len(learned) >= 4 and learned[-1] != 1e-3 and loss < 5.0
+    assert len(learned) >= 4 and learned[-1] != 1e-3 and loss < 5.4  # (ln 256 = 5.55 untrained)
     assert "learned lr at each log" in capsys.readouterr().out
