@@ -64,3 +64,12 @@ def test_the_wheel_carries_the_studies_and_runs_them_from_any_folder(installed_w
     assert "tied depth 2" in printed.stdout
     for name in ("summary.md", "tying.png", "config.json"):
         assert (study / name).stat().st_size > 0, name
+
+
+def test_the_core_imports_no_optional_extra():
+    """Integrations and peers are extras: ``import recurse`` loads none of them."""
+    extras = ["transformers", "accelerate", "pytorch_lightning", "lightning", "prodigyopt", "dadaptation",
+              "dog", "schedulefree", "mechanic_pytorch", "gdtuo"]
+    code = f"import sys, recurse; print([m for m in {extras!r} if m in sys.modules])"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert done.stdout.strip() == "[]"
