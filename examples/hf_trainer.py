@@ -64,7 +64,7 @@ def trainer_for(out: str, *, steps: int, schedule: str = "linear", save_steps: i
         output_dir=out, max_steps=steps, per_device_train_batch_size=8, lr_scheduler_type=schedule,
         warmup_steps=steps // 10 if schedule == "cosine" else 0, logging_steps=max(1, steps // 4),
         save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500, report_to="none",
-        use_cpu=True, seed=seed, disable_tqdm=True, dataloader_num_workers=0,
+        use_cpu=True, seed=seed, disable_tqdm=True, dataloader_num_workers=0, weight_decay=0.01,  # (rc.AdamW's)
         learning_rate=1e-3 if optimizer == "adamw 1e-3" else 5e-5)
     optimizers = (None, None)
     if optimizer == "tower":

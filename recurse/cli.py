@@ -76,6 +76,7 @@ def available_studies() -> list[str]:
 
 def _add_compare(commands) -> None:
     from recurse.baselines.comparison import DEFAULT_METHODS
+    from recurse.baselines.search import OPTIMIZERS
     from recurse.problems import TASKS
 
     compare = commands.add_parser(
@@ -85,7 +86,7 @@ def _add_compare(commands) -> None:
     compare.add_argument("--task", choices=sorted(TASKS), default="digits", help="task (default digits)")
     compare.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
                          help="fixed, depthN, grid, random, tpe (default: %(default)s)")
-    compare.add_argument("--optimizer", choices=["sgd", "adam", "newton"], default="sgd",
+    compare.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="sgd",
                          help="base optimizer (default sgd)")
     compare.add_argument("--knobs", nargs="+", default=["lr"], help="hyperparameters Optuna searches (default lr)")
     compare.add_argument("--budget", type=_positive_int, default=3200,
@@ -101,7 +102,7 @@ def _add_compare(commands) -> None:
 
 
 def _add_search(commands) -> None:
-    from recurse.baselines.search import PRUNERS, SAMPLERS
+    from recurse.baselines.search import OPTIMIZERS, PRUNERS, SAMPLERS
     from recurse.problems import TASKS
 
     search = commands.add_parser(
@@ -109,7 +110,7 @@ def _add_search(commands) -> None:
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     search.add_argument("--task", choices=sorted(TASKS), default="digits", help="task (default digits)")
-    search.add_argument("--optimizer", choices=["sgd", "adam", "newton"], default="sgd",
+    search.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="sgd",
                         help="optimizer (default sgd)")
     search.add_argument("--knobs", nargs="+", default=["lr"], help="hyperparameters to search (default lr)")
     search.add_argument("--sampler", choices=list(SAMPLERS), default="tpe", help="Optuna sampler (default tpe)")

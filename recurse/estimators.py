@@ -44,7 +44,6 @@ import torch
 from torch import Tensor
 
 from recurse.optim import _ops
-from recurse.constraints import positive
 from recurse.optim.base import Optimizer, SavedProduct, State, raw_dtype_for
 
 # Decayed keeps one model-sized tangent per learned value and takes one backward pass for each: beyond this many
@@ -217,10 +216,9 @@ def closed_form_update(optimizer, raw, targets, grads, state, lr_scales=None):
     if not optimizer.within_constraints(values):
         return None  # saturated: the tensor path gives the inf/NaN the guard rejects
     if lr_scales is not None:
-        scaled = optimizer.scaled(values, lr_scales)
-        if scaled is not values and optimizer.constraint("lr") is not positive:
+        if not optimizer.exact_at(lr_scales):
             return None
-        values = scaled
+        values = optimizer.scaled(values, lr_scales)
     result = optimizer.update_with_vjp(targets, grads, state, values)
     if result is None:
         return None
@@ -232,7 +230,7 @@ def closed_form_update(optimizer, raw, targets, grads, state, lr_scales=None):
 
 
 def has_closed_form(optimizer: Optimizer) -> bool:
-    return type(optimizer).update_with_vjp is not Optimizer.update_with_vjp
+    return optimizer.provides_closed_form()
 
 
 def vjp(optimizer: Optimizer, update: UpdateRecord, incoming: list[Tensor], *, retain_graph: bool) -> Tensor:

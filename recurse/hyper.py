@@ -187,8 +187,7 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
         self._check_params()
         plan.levels(optimizer)  # (the description as given is checked first: its errors name its levels)
         optimizer, rules = _level_zero_for(optimizer, self.param_groups)
-        self.param_groups = [ParamGroup(group, rule, index, learned=optimizer.is_learned,
-                                        current_values=_values_of_group(optimizer, rule, index, len(rules)))
+        self.param_groups = [ParamGroup(group, rule, index, learned=optimizer.is_learned, level_zero=optimizer)
                              for index, (group, rule) in enumerate(zip(self.param_groups, rules))]
         self.guard = guard
         self.record_history = record_history
@@ -280,7 +279,9 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
         """The hypergradient each learned level received at the last step,
         d loss / d value at the value the last update used, as
         ``{"<level>.<name>": value}`` (``last_hypergradients`` holds the same
-        w.r.t. the unconstrained ``raw`` vectors)."""
+        w.r.t. the unconstrained ``raw`` vectors). Under a schedule, a learned
+        lr's is d loss / d learned lr: the schedule's factor times d loss / d
+        the lr the step used."""
         result = {}
         for index, (level, gradient) in enumerate(zip(self.levels, self.last_hypergradients)):
             if gradient is None:
@@ -292,12 +293,11 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
 
     def learned_hyperparameters(self) -> dict[str, float]:
         """The learned values alone, as in :meth:`hyperparameters` (which
-        also holds every fixed knob): ``{"0.lr": ..., "1.lr": ...}``."""
-        return {key: value for key, value in self.hyperparameters().items() if key in self._learned_names()}
-
-    def _learned_names(self) -> set[str]:
-        return {f"{index}.{name}" for index, level in enumerate(self.levels) if level.optimizer.is_learned
-                for name in level.optimizer.learnable}
+        also holds every fixed knob): ``{"0.lr": ..., "1.lr": ...}`` (an
+        LSTM optimizer's weights as their summary, ``"0.weights.rms"``)."""
+        learned = {f"{index}.{name}" for index, level in enumerate(self.levels) if level.optimizer.is_learned
+                   for name in level.optimizer.tracked_names()}
+        return {key: value for key, value in self.hyperparameters().items() if key in learned}
 
     def history(self) -> dict[str, list[float]]:
         """Learned hyperparameters after each recorded step, ``{"0.lr": [...], ...}``."""
@@ -487,9 +487,9 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
         top = self.levels[top_index]
         if top.tied and hypergradients[top_index] is not None:
             optimizer = top.optimizer
-            new_raw, self_update = _advance(
+            new_raw, self_update = _advance(  # (a schedule scales the model's step, not this one)
                 optimizer, optimizer.raw, [optimizer.raw], [hypergradients[top_index]],
-                top.self_state, top.self_norm_state, learned=True,
+                top.self_state, top.self_norm_state, learned=True, scaled=False,
             )
             raws[top_index] = new_raw[0].detach()
         model_params = horizon_memory = None
@@ -601,6 +601,7 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
             ],
             "history": self._history,
             "param_groups": [group.entries() for group in self.param_groups],
+            "param_group_start_lrs": [group.start_lr for group in self.param_groups],
             "horizon": repr(self.horizon),
             "horizon_memory": self._horizon_memory,
         }
@@ -637,6 +638,12 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
                     f"{saved['raw'].numel()} learnable hyperparameters in the checkpoint, but {name} with "
                     f"{level.optimizer.raw.numel()} here"
                 )
+        for group, entries in zip(self.param_groups, saved_groups or ()):
+            try:
+                group.check(entries)
+            except (TypeError, ValueError) as error:
+                raise type(error)(f"rc.HyperOptimizer.load_state_dict: the checkpoint's {error}; build the same "
+                                  "param groups as the ones saved") from None
         # As torch.optim's load_state_dict casts state: every tensor goes to the parameters' device, a
         # floating one in the dtype of what it belongs to (level 0's: the parameters', where they share
         # one; the rest: the raws').
@@ -667,8 +674,9 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
             [tangent.to(device, raw_dtype_for(param.dtype)) for tangent, param in zip(tangents, self._params)]
             for tangents in memory]
         self._history = list(state_dict.get("history", []))
-        for group, entries in zip(self.param_groups, state_dict.get("param_groups", ())):
-            group.restore(entries)
+        starts = state_dict.get("param_group_start_lrs", [group.start_lr for group in self.param_groups])
+        for group, entries, start in zip(self.param_groups, state_dict.get("param_groups", ()), starts):
+            group.restore(entries, start)
 
     def __getstate__(self) -> dict[str, Any]:
         """As :class:`CopiesWhole`, each level's last update as its inputs
@@ -745,21 +753,20 @@ def _level_zero_for(optimizer: Optimizer, groups: list[dict[str, Any]]) -> tuple
     return level_zero, [rule for rule, _ in rules.values()]
 
 
-def _values_of_group(level_zero: Optimizer, rule: Optimizer, index: int, groups: int) -> Callable[[], dict]:
-    """Reads the values (learned ones included) of the rule that steps param
-    group ``index``: the rule's own for one group, else its share of level
-    0's PerGroup, where the learned values live."""
-    if groups == 1:
-        return rule.current_values
-
-    def values() -> dict[str, float]:
-        return {name: float(value) for name, value in level_zero.hyper_values()[f"group{index}"].items()}
-    return values
+# torch.optim's per-group options that are not knobs: torch applies them to one group, an rc rule to all.
+_RULE_OPTIONS = ("nesterov", "maximize", "amsgrad", "centered", "initial_accumulator_value", "foreach", "fused",
+                 "capturable", "differentiable", "decoupled_weight_decay")
 
 
 def _options_of(optimizer: Optimizer, group: dict[str, Any]) -> dict[str, Any]:
     """A param group's values for ``optimizer``'s knobs, by the rule's names
-    (its other keys stay plain entries of the group, as torch.optim keeps them)."""
+    (its other keys stay plain entries of the group, as torch.optim keeps
+    them; a torch.optim option that is not a knob is refused)."""
+    options = sorted(key for key in group if key in _RULE_OPTIONS)
+    if options:
+        raise ValueError(f"rc.HyperOptimizer: a param group sets {options}, which torch.optim takes per group but an "
+                         f"rc optimizer takes once, for every group (e.g. rc.SGD(0.1, nesterov=True)); a group "
+                         f"carries only the rule's knobs {sorted(optimizer.initial_values)}")
     values = {key: value for key, value in group.items() if key in optimizer.initial_values}
     if "betas" in group and all(name in optimizer.initial_values for name in ("beta1", "beta2")):
         betas = group["betas"]
@@ -788,8 +795,10 @@ def _build_levels(optimizer: Optimizer) -> list[_Level]:
     return levels
 
 
-def _advance(optimizer, raw, targets, grads, state, norm_state, *, learned, closure=None):
-    """One level's update of ``targets``, differentiable in ``raw`` when learned.
+def _advance(optimizer, raw, targets, grads, state, norm_state, *, learned, closure=None, scaled=True):
+    """One level's update of ``targets``, differentiable in ``raw`` when learned,
+    with a learned lr times the schedule's factor (``scaled``; see
+    :mod:`recurse.param_group`).
 
     Returns the new values and (new state, new normaliser state, last update).
     """
@@ -797,7 +806,7 @@ def _advance(optimizer, raw, targets, grads, state, norm_state, *, learned, clos
         grads, norm_state = optimizer.normalized(grads, norm_state)
     if state is None:
         state = optimizer.init(targets)
-    lr_scales = optimizer.lr_scales() if learned else None
+    lr_scales = optimizer.lr_scales() if learned and scaled else None
     if learned and closure is None:
         closed = closed_form_update(optimizer, raw, targets, grads, state, lr_scales)
         if closed is not None:

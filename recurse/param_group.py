@@ -26,7 +26,7 @@ Adam names them), and what a write does depends on the knob:
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable
+from typing import Any
 
 from recurse.optim.base import Optimizer
 
@@ -44,12 +44,11 @@ class ParamGroup(dict):
     """
 
     def __init__(self, group: dict[str, Any], rule: Optimizer, index: int, *, learned: bool,
-                 current_values: Callable[[], dict[str, float]]) -> None:
+                 level_zero: Optimizer) -> None:
         super().__init__({key: value for key, value in group.items() if not self._knobs_of(rule, key)})
         self.rule, self.index = rule, index
         self.learned = learned  # (a level above learns the rule's learnable knobs)
-        # The rule's values now, learned ones included (several groups' learned values live in level 0's PerGroup).
-        self.current_values = current_values
+        self.level_zero = level_zero  # (the rule itself, or the rc.PerGroup of several groups' rules)
         self.start_lr = rule.initial_values.get("lr")
         self.ignored_writes: set[str] = set()  # (learned knobs other than lr a write was refused for, warned once)
         if self._learns_lr:
@@ -72,6 +71,13 @@ class ParamGroup(dict):
         if key == "betas" and all(name in values for name in _BETAS):
             return _BETAS
         return (key,) if key in values else ()
+
+    def current_values(self) -> dict[str, float]:
+        """The rule's values now, learned ones included (several groups'
+        learned values live in level 0's rc.PerGroup)."""
+        if self.level_zero is self.rule:
+            return self.rule.current_values()
+        return self.level_zero.values_of(f"group{self.index}")
 
     @property
     def _learns_lr(self) -> bool:
@@ -100,7 +106,10 @@ class ParamGroup(dict):
 
     def write(self, values: dict[str, Any]) -> None:
         """Take ``values`` (the rule's names), all validated before any is set."""
-        checked = self.rule.checked_values(values)
+        try:
+            checked = self.rule.checked_values(values)
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"param group {self.index}: {error}") from None
         schedule = checked.get("lr") if self._learns_lr else None
         fixed = {name: value for name, value in checked.items() if not (self.learned and name in self.rule.learnable)}
         learned_now = self.current_values() if set(checked) - set(fixed) - {"lr"} else {}
@@ -124,13 +133,29 @@ class ParamGroup(dict):
                  if not (self.learned and name in self.rule.learnable)}
         return {**{key: value for key, value in self.items() if key != "params"}, **knobs}
 
-    def restore(self, entries: dict[str, Any]) -> None:
-        """Take back what :meth:`entries` gave (from a checkpoint)."""
-        knobs = {key: value for key, value in entries.items() if self._knobs_of(self.rule, key)}
+    def _knob_entries(self, entries: dict[str, Any]) -> dict[str, Any]:
+        """``entries``' knobs by the rule's names (``"betas"`` as the pair's two)."""
+        values = {}
         for key, value in entries.items():
-            if key not in knobs:
+            names = self._knobs_of(self.rule, key)
+            values.update(zip(names, value) if key == "betas" else ((key, value),) if names else ())
+        return values
+
+    def check(self, entries: dict[str, Any]) -> None:
+        """Raise, naming the value, where :meth:`restore` of ``entries`` would."""
+        try:
+            self.rule.checked_values(self._knob_entries(entries))
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"param group {self.index}: {error}") from None
+
+    def restore(self, entries: dict[str, Any], start_lr: float | None) -> None:
+        """Take back what :meth:`entries` gave (from a checkpoint), and the lr
+        the saved group started from (a learned lr's schedule is a factor on it)."""
+        self.start_lr = start_lr
+        for key, value in entries.items():
+            if not self._knobs_of(self.rule, key):
                 super().__setitem__(key, value)
-        self.write(knobs)
+        self.write(self._knob_entries(entries))
 
     def __contains__(self, key: object) -> bool:
         return super().__contains__(key) or (isinstance(key, str) and bool(self._knobs_of(self.rule, key)))

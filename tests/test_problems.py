@@ -58,7 +58,7 @@ def test_model_does_not_touch_the_global_rng():
 
 
 def test_unknown_task_name_lists_the_known_ones():
-    with pytest.raises(ValueError, match=r"unknown task 'cifar'; expected one of \['digits', 'linear'"):
+    with pytest.raises(ValueError, match=r"unknown task 'cifar'; expected one of \['char_lm', 'digits', 'digits_cnn'"):
         make_task("cifar")
 
 
@@ -85,3 +85,48 @@ def test_a_feature_constant_on_the_training_set_is_centred_not_blown_up():
     assert other_scaled[0, 1].item() == 1.0  # 6 - 5, not (6 - 5) / 1e-6
     task = Digits(seed=0)
     assert task.valid_inputs.abs().max().item() < 100
+
+
+@pytest.mark.parametrize("name,hidden,batch,steps", [("digits_cnn", 8, 64, 60), ("char_lm", 32, 16, 60)])
+def test_the_cnn_and_transformer_tasks_are_seeded_and_train_under_adam(name, hidden, batch, steps):
+    """Built twice, the same data and the same initial network; 60 AdamW
+    steps lower the validation loss well below its start."""
+    options = {"characters": 40_000} if name == "char_lm" else {}
+    task, again = rc.problems.make_task(name, **options), rc.problems.make_task(name, **options)
+    assert torch.equal(task.train_inputs, again.train_inputs) and torch.equal(task.valid_targets, again.valid_targets)
+    model = task.model(hidden, seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), again.model(hidden, seed=3).parameters()))
+    start = task.valid_loss(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-2)
+    batches = task.batches(batch, seed=0)
+    for _ in range(steps):
+        inputs, targets = next(batches)
+        opt.zero_grad()
+        task.loss(model, inputs, targets).backward()
+        opt.step()
+    assert task.valid_loss(model) < 0.7 * start
+    assert 0.0 <= task.valid_accuracy(model) <= 1.0
+
+
+def test_the_char_lm_is_causal():
+    """A character's prediction does not depend on the characters after it."""
+    task = rc.problems.make_task("char_lm", characters=20_000)
+    model = task.model(16, seed=0)
+    ids = task.train_inputs[:2].clone()
+    changed = ids.clone()
+    changed[:, 40:] = (changed[:, 40:] + 1) % 128
+    with torch.no_grad():
+        assert torch.equal(model(ids)[:, :40], model(changed)[:, :40])
+        assert not torch.equal(model(ids)[:, 40:], model(changed)[:, 40:])
+
+
+@pytest.mark.parametrize("name", ["digits_cnn", "char_lm"])
+def test_the_new_tasks_live_on_the_device_they_are_given(name):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    options = {"characters": 20_000} if name == "char_lm" else {}
+    task = rc.problems.make_task(name, device="cuda", **options)
+    model = task.model(16)
+    assert task.train_inputs.device.type == "cuda" and next(model.parameters()).device.type == "cuda"
+    inputs, targets = next(task.batches(8))
+    assert task.loss(model, inputs, targets).device.type == "cuda"

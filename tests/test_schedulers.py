@@ -183,3 +183,116 @@ def test_a_scheduler_cycling_learned_betas_is_warned_once_and_leaves_them_to_the
     learned = run.opt.hyperparameters()["0.group0.beta1"]
     assert run.opt.param_groups[0]["betas"][0] == learned
     assert run.opt.levels[0].optimizer.groups["group0"][0].initial_values["beta1"] == 0.9  # (the start, untouched)
+
+
+# --- several groups, and what the review of the schedule rule found ------------------------------------------------
+
+
+def two_groups(model):
+    return [{"params": model[0].parameters()}, {"params": model[2].parameters(), "lr": 3e-3}]
+
+
+def train(model, opt, steps=4):
+    inputs, targets = regression_data()
+    for _ in range(steps):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(inputs), targets).backward()
+        opt.step()
+
+
+def test_a_copy_or_pickle_of_several_groups_reads_and_learns_its_own_values():
+    import copy
+    import pickle
+
+    model = small_mlp()
+    opt = rc.HyperOptimizer(two_groups(model), rc.tower(rc.Adam(1e-2), depth=1))
+    train(model, opt)
+    for twin in (copy.deepcopy({"model": model, "opt": opt}), pickle.loads(pickle.dumps({"model": model, "opt": opt}))):
+        assert twin["opt"].group_lrs() == opt.group_lrs()
+        train(twin["model"], twin["opt"])
+        assert twin["opt"].group_lrs() != opt.group_lrs()
+        assert twin["opt"].group_lrs() == [twin["opt"].param_groups[i]["lr"] and
+                                           twin["opt"].learned_hyperparameters()[f"0.group{i}.lr"] for i in range(2)]
+
+
+def test_a_group_may_switch_a_knob_off_as_in_torch_optim():
+    """No weight decay on one group (as Trainer groups biases) is torch.optim.AdamW's
+    run at depth 0; under a tower, a group with momentum 0 does not learn
+    momentum, and a group at lr 0 is frozen."""
+    runs = []
+    for library in ("torch", "recurse"):
+        model = small_mlp()
+        groups = [{"params": model[0].parameters()}, {"params": model[2].parameters(), "weight_decay": 0.0}]
+        opt = torch.optim.AdamW(groups, lr=1e-2) if library == "torch" else rc.HyperOptimizer(groups, rc.AdamW(1e-2))
+        train(model, opt)
+        runs.append([param.detach().clone() for param in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+    model = small_mlp()
+    frozen = [param.detach().clone() for param in model[2].parameters()]
+    opt = rc.HyperOptimizer([{"params": model[0].parameters(), "momentum": 0.0},
+                             {"params": model[2].parameters(), "lr": 0.0}],
+                            rc.SGD(0.1, momentum=0.9, hyper=rc.SGD(1e-3, normalize="rms")))
+    train(model, opt)
+    assert sorted(opt.learned_hyperparameters()) == ["0.group0.lr", "0.group1.momentum"]
+    assert all(torch.equal(a, b) for a, b in zip(frozen, model[2].parameters()))
+
+
+def test_an_lr_that_rounds_to_zero_in_half_precision_is_a_step_near_none_not_an_error():
+    opt = rc.HyperOptimizer([torch.zeros(3, dtype=torch.float16, requires_grad=True)], rc.SGD(0.1))
+    opt.param_groups[0]["lr"] = 1e-9  # (the last steps of a cosine decay)
+    assert opt.group_lrs() == [1e-9]
+
+
+def test_a_checkpoint_of_other_groups_is_refused_before_anything_is_loaded():
+    model = small_mlp()
+    saved = rc.HyperOptimizer([{"params": model[0].parameters(), "weight_decay": 0.0},
+                               {"params": model[2].parameters()}], rc.AdamW(1e-2))
+    train(model, saved)
+    other = rc.HyperOptimizer([{"params": model[0].parameters()},
+                               {"params": model[2].parameters(), "weight_decay": 0.0}], rc.AdamW(1e-2))
+    with pytest.raises(ValueError, match=r"the checkpoint's param group 0: rc.AdamW: weight_decay cannot be switched "
+                                         r"off after construction"):
+        other.load_state_dict(saved.state_dict())
+    assert other.step_count == 0 and other.levels[0].state is None
+
+
+def test_a_schedule_is_a_factor_on_the_lr_the_checkpoint_started_from():
+    def tower(start):
+        return rc.HyperOptimizer(small_mlp().parameters(), rc.SGD(start, hyper=rc.SGD(1e-3, normalize="rms")))
+
+    saved = tower(1e-2)
+    saved.param_groups[0]["lr"] = 5e-3
+    loaded = tower(2e-2)
+    loaded.load_state_dict(saved.state_dict())
+    assert loaded.group_lrs() == saved.group_lrs() == [pytest.approx(5e-3, rel=1e-12)]
+
+
+def test_under_a_tied_tower_the_schedule_scales_the_model_step_only():
+    model = small_mlp()
+    opt = rc.HyperOptimizer(model.parameters(), rc.tower(rc.SGD(0.05), 2, tie=True))
+    opt.param_groups[0]["lr"] = 0.025
+    train(model, opt)
+    assert opt.levels[0].last_update.lr_scales == (0.5,)
+    assert opt.levels[-1].last_self_update.lr_scales is None
+
+
+def test_several_groups_take_the_closed_form_and_agree_with_autograd(monkeypatch):
+    """Two groups learning lr (Adam) and lr, momentum (SGD): the PerGroup's
+    closed form gives the hypergradients autograd gives, to 1e-12."""
+    from recurse.optim.per_group import PerGroup
+
+    for rule in (rc.Adam(1e-2, learn="lr"), rc.SGD(0.05, momentum=0.5)):
+        runs = []
+        for closed in (True, False):
+            monkeypatch.setattr(PerGroup, "provides_closed_form", lambda self, closed=closed: closed and all(
+                optimizer.provides_closed_form() for optimizer, _ in self.groups.values()))
+            model = small_mlp()
+            rule.hyper = rc.SGD(1e-2, normalize="rms")
+            opt = rc.HyperOptimizer(two_groups(model), rule)
+            opt.param_groups[1]["lr"] = 1e-3  # (and a schedule's factor on one group)
+            train(model, opt, steps=6)
+            assert (opt.levels[0].last_update.closed_form is not None) == closed
+            runs.append(opt.learned_hyperparameters())
+        assert runs[0].keys() == runs[1].keys()
+        assert all(runs[0][key] == pytest.approx(runs[1][key], rel=1e-12) for key in runs[0])

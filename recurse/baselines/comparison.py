@@ -3,7 +3,7 @@
     rows = rc.baselines.compare("digits", methods=["fixed", "depth1", "depth2", "unroll10", "grid", "random", "tpe"],
                                 optimizer="sgd", budget=3200, steps=200, seeds=[0, 1, 2], out="results/compare")
 
-Methods (all of one base ``optimizer``: "sgd", "adam", or "newton", damped
+Methods (all of one base ``optimizer``: "sgd", "adam", "adamw", or "newton", damped
 Newton with 10 CG iterations per step, whose Hessian-vector products are
 counted as two gradient evaluations each):
 
@@ -55,7 +55,7 @@ from recurse.problems import make_task
 from recurse.problems.supervised import SupervisedTask
 from recurse.reporting import cached, saved_figure, write_csv
 
-START = {"sgd": {"lr": 0.01}, "adam": {"lr": 1e-3}, "newton": {"lr": 1.0, "damping": 1.0}}
+START = {"sgd": {"lr": 0.01}, "adam": {"lr": 1e-3}, "adamw": {"lr": 1e-3}, "newton": {"lr": 1.0, "damping": 1.0}}
 HYPER_LR = (0.05, 0.01)  # level 1, levels >= 2
 UNROLL_META_LR = 0.1
 DEFAULT_METHODS = ("fixed", "depth1", "depth2", "unroll10", "grid", "random", "tpe")

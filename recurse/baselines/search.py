@@ -66,14 +66,19 @@ def _adam(lr: float = 1e-3, beta1: float = 0.9, **options) -> rc.Optimizer:
     return rc.Adam(lr, betas=(beta1, 0.999), **options)
 
 
+def _adamw(lr: float = 1e-3, weight_decay: float = 1e-2, **options) -> rc.Optimizer:
+    return rc.AdamW(lr, weight_decay=weight_decay, **options)
+
+
 def _newton(lr: float = 1.0, damping: float = 1.0, **options) -> rc.Optimizer:
     return rc.Newton(lr, damping=damping, method="cg", cg_iterations=10, **options)
 
 
-OPTIMIZERS: dict[str, Callable[..., rc.Optimizer]] = {"sgd": _sgd, "adam": _adam, "newton": _newton}
+OPTIMIZERS: dict[str, Callable[..., rc.Optimizer]] = {"sgd": _sgd, "adam": _adam, "adamw": _adamw, "newton": _newton}
 SEARCH_SPACES: dict[str, dict[str, Knob]] = {
     "sgd": {"lr": Knob("lr", 1e-3, 10.0), "momentum": Knob("momentum", 0.0, 0.99, log=False)},
     "adam": {"lr": Knob("lr", 1e-4, 1e-1), "beta1": Knob("beta1", 0.5, 0.99, log=False)},
+    "adamw": {"lr": Knob("lr", 1e-4, 1e-1), "weight_decay": Knob("weight_decay", 1e-4, 1e-1)},
     "newton": {"lr": Knob("lr", 1e-2, 1.0), "damping": Knob("damping", 1e-3, 10.0)},
 }
 SAMPLERS = ("grid", "random", "tpe")

@@ -173,22 +173,25 @@ class Optimizer:
         self.initial_values: dict[str, float] = {
             name: spec.validate(owner, values[name]) for name, spec in specs.items()
         }
-        self.learnable: tuple[str, ...] = self._select_learnable(owner, specs, learn)
         # Knobs named by learn= must get a level that learns them (recurse.plan refuses them otherwise).
         self.learn_given = learn is not None
-        self._learnable_constraints = [(name, self._constraints[name]) for name in self.learnable]
         self.hyper = _check_hyper(owner, hyper)
         self.normalizer = make_normalizer(normalize)
         self.tied_depth = 0
-        constraints = [self._constraints[name] for name in self.learnable]
+        self._set_learnable(self._select_learnable(owner, specs, learn), torch.float64, torch.device("cpu"))
+
+    def _set_learnable(self, names: tuple[str, ...], dtype: torch.dtype, device: torch.device) -> None:
+        """Learn ``names``, from their current values: ``learnable``, the
+        maps from raw to value, and ``raw`` (of ``dtype``, on ``device``)."""
+        self.learnable: tuple[str, ...] = names
+        self._learnable_constraints = [(name, self._constraints[name]) for name in names]
+        constraints = [self._constraints[name] for name in names]
         self._constraint_masks = [
-            (constraint, torch.tensor([c is constraint for c in constraints]))
+            (constraint, torch.tensor([c is constraint for c in constraints], device=device))
             for constraint in dict.fromkeys(constraints)
         ]
-        self.raw = torch.tensor(
-            [self._constraints[name].to_raw(self.initial_values[name]) for name in self.learnable],
-            dtype=torch.float64,
-        )
+        self.raw = torch.tensor([self._constraints[name].to_raw(self.initial_values[name]) for name in names],
+                                dtype=dtype, device=device)
 
     def _select_learnable(self, owner: str, specs: Mapping[str, Hyperparameter], learn) -> tuple[str, ...]:
         active = tuple(name for name in specs if self.initial_values[name] != 0.0 or not specs[name].can_be_off)
@@ -249,6 +252,11 @@ class Optimizer:
         walking a graph every step.
         """
         return None
+
+    def provides_closed_form(self) -> bool:
+        """Whether :meth:`update_with_vjp` is written (the engine then
+        steps this rule at float values and keeps no graph)."""
+        return type(self).update_with_vjp is not Optimizer.update_with_vjp
 
     def saved_vjp(self, saved: dict[str, Any], incoming: Sequence[Tensor]) -> Tensor | list[float]:
         """The vector-Jacobian product of :meth:`update_with_vjp` from what it
@@ -414,28 +422,33 @@ class Optimizer:
             return values
         return {**values, "lr": values["lr"] * scale}
 
+    def exact_at(self, scales: Sequence[float]) -> bool:
+        """Whether the closed form stays exact with a learned lr scaled by
+        ``scales``: its rows convert d / d value to d / d raw at the value
+        they see, which is right for an lr learned as its log (d(s e^r)/dr
+        = s e^r) but not in its own units (``parametrization``)."""
+        (scale,) = scales
+        return scale == 1.0 or "lr" not in self.learnable or self._constraints["lr"] is positive
+
     def start_from(self, values: Mapping[str, Any], *, owner: str) -> None:
         """Start from ``values`` (name -> value, validated) instead: what a
-        param group's own options do to the rule that steps it. A fixed knob
-        may take any valid value, 0 included (a decay term times 0 adds
-        nothing); a learned one must stay on, since it is learned in log or
-        logit space."""
+        param group's own options do to the rule that steps it, as in
+        torch.optim. Any valid value is taken, 0 included (momentum or
+        weight decay off in this group, an lr of 0: a frozen group); a knob
+        set to 0 is not learned, since knobs are learned in log or logit
+        space and 0 switches it off."""
         specs = {spec.name: spec for spec in self.hyperparameter_specs}
         checked = {}
         for name, value in values.items():
-            spec = specs[name]
-            value = Hyperparameter(name, spec.constraint, spec.can_be_off or name not in self.learnable).validate(
-                owner, value)
-            if name in self.learnable and value == 0.0:
-                raise ValueError(f"{owner}: {name}=0.0 would switch off a knob that {self!r} learns; leave it out "
-                                 "of learn= to use 0 in a group")
-            self._check_fits(name, value, self.params_dtype)
+            value = (_scheduled_lr(owner, value) if name == "lr"
+                     else Hyperparameter(name, specs[name].constraint, can_be_off=True).validate(owner, value))
+            self._check_fits(name, value, self.params_dtype, zero_rounding=name != "lr")
             checked[name] = value
         if not checked:  # (a rule whose raw is not its knobs, an LSTM's weights, has none to set)
             return
         self.initial_values.update(checked)
-        self.raw = torch.tensor([self._constraints[name].to_raw(self.initial_values[name]) for name in self.learnable],
-                                dtype=self.raw_dtype, device=self.raw_device)
+        off = {name for name, value in checked.items() if value == 0.0}
+        self._set_learnable(tuple(name for name in self.learnable if name not in off), self.raw_dtype, self.raw_device)
         self.values_changed()
 
     def values_changed(self) -> None:
@@ -453,11 +466,6 @@ class Optimizer:
         values = self.hyper_values(self.raw)
         for name in self.learnable:
             self.initial_values[name] = float(values[name])
-
-    def constraint(self, name: str) -> Constraint:
-        """The map from raw to value that ``name`` is learned through (its
-        spec's constraint, or the identity under ``parametrization=``)."""
-        return self._constraints[name]
 
     def spec(self, name: str) -> Hyperparameter:
         """The declaration of hyperparameter ``name``."""
@@ -521,14 +529,16 @@ class Optimizer:
                 if not (fixed_only and name in self.learnable):
                     self._check_fits(name, value, dtype)
 
-    def _check_fits(self, name: str, value: float, dtype: torch.dtype) -> None:
+    def _check_fits(self, name: str, value: float, dtype: torch.dtype, *, zero_rounding: bool = True) -> None:
+        """``zero_rounding=False``: a value that rounds to 0 in ``dtype`` is
+        allowed (an lr near the end of a decay to 0 is a step near none)."""
         info = torch.finfo(dtype)
         owner = f"rc.{type(self).__name__}"
         if not -info.max <= value <= info.max:
             raise ValueError(f"{owner}: {name} = {value!r} is beyond the largest {dtype} ({info.max:.6g}), the "
                              "dtype of the parameters it steps")
         spec = self.spec(name)
-        if (spec.constraint is positive and not spec.can_be_off and value != 0.0
+        if (zero_rounding and spec.constraint is positive and not spec.can_be_off and value != 0.0
                 and _ops.rounded([value], dtype)[0] == 0.0):
             raise ValueError(f"{owner}: {name} = {value!r} rounds to 0 in {dtype}, the dtype of the parameters it "
                              f"steps (its smallest positive number is {info.tiny * info.eps:.3g})")
@@ -571,7 +581,7 @@ class Optimizer:
                 change = "switched on" if current == 0.0 else "switched off"
                 raise ValueError(f"{owner}: {name} cannot be {change} after construction (it is {current!r}), "
                                  f"got {value!r}")
-            self._check_fits(name, value, self.params_dtype)
+            self._check_fits(name, value, self.params_dtype, zero_rounding=name != "lr")
             checked[name] = value
         return checked
 
@@ -646,6 +656,8 @@ def _scheduled_lr(owner: str, value: Any) -> float:
     """A learning rate a schedule wrote: a finite number >= 0 (0: no step)."""
     if isinstance(value, Tensor) and value.numel() == 1:
         value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (math.isfinite(value) and value >= 0):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{owner}: lr must be a real number, got {type(value).__name__} {value!r}")
+    if not (math.isfinite(value) and value >= 0):
         raise ValueError(f"{owner}: lr must be a finite number >= 0, got {value!r}")
     return float(value)

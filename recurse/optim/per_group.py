@@ -102,6 +102,62 @@ class PerGroup(Optimizer):
         return {name: optimizer.hyper_values(piece)
                 for (name, (optimizer, _)), piece in zip(self.groups.items(), self._pieces(raw))}
 
+    def values_of(self, name: str) -> dict[str, float]:
+        """Group ``name``'s optimizer's :meth:`current_values`, learned (from
+        its share of ``raw``) where the PerGroup is."""
+        pieces = self._pieces(self.raw if self.is_learned else None)
+        index = list(self.groups).index(name)
+        return self.groups[name][0].current_values(pieces[index])
+
+    def provides_closed_form(self) -> bool:
+        return all(optimizer.provides_closed_form() for optimizer, _ in self.groups.values())
+
+    def update_with_vjp(self, params, grads, state, values):
+        """Each group's closed form; the product is the groups' raw
+        gradients side by side (in ``raw``'s order), or None where a group
+        has none."""
+        new_params: list[Tensor | None] = [None] * len(params)
+        new_state, products = {}, []
+        for name, (optimizer, indices) in self.groups.items():
+            optimizer.hypergradient_on_host = self.hypergradient_on_host
+            result = optimizer.update_with_vjp([params[i] for i in indices], [grads[i] for i in indices],
+                                               state[name], values[name])
+            if result is None:
+                return None
+            stepped, new_state[name], product = result
+            products.append((product, indices))
+            for index, value in zip(indices, stepped):
+                new_params[index] = value
+        on_host = self.hypergradient_on_host
+
+        def vjp(incoming):
+            gradients = [product([incoming[i] for i in indices]) for product, indices in products]
+            if on_host:
+                return [value for gradient in gradients
+                        for value in (gradient if isinstance(gradient, list) else gradient.tolist())]
+            return torch.cat([self.as_raw_tensor(gradient).reshape(-1) for gradient in gradients])
+
+        return new_params, new_state, vjp
+
+    def _float_pieces(self, raw: list[float]) -> list[list[float]]:
+        pieces, start = [], 0
+        for optimizer, _ in self.groups.values():
+            size = optimizer.raw.numel()
+            pieces.append(raw[start:start + size])
+            start += size
+        return pieces
+
+    def values_from_raw(self, raw):
+        """``{group: that group's values_from_raw}`` from the PerGroup's raw floats."""
+        return {name: optimizer.values_from_raw(piece)
+                for (name, (optimizer, _)), piece in zip(self.groups.items(), self._float_pieces(list(raw)))}
+
+    def within_constraints(self, values) -> bool:
+        return all(optimizer.within_constraints(values[name]) for name, (optimizer, _) in self.groups.items())
+
+    def exact_at(self, scales) -> bool:
+        return all(optimizer.exact_at((scale,)) for (optimizer, _), scale in zip(self.groups.values(), scales))
+
     def lr_scales(self) -> tuple[float, ...]:
         return tuple(optimizer.lr_scale for optimizer, _ in self.groups.values())
 

@@ -52,14 +52,20 @@ class SupervisedTask:
         return self.train_inputs.dtype
 
     def model(self, hidden: int = 32, *, seed: int = 0) -> nn.Module:
-        """A one-hidden-layer tanh MLP, initialised from ``seed``."""
+        """The task's network (:meth:`network`) of width ``hidden``,
+        initialised from ``seed`` (the global generator is left as it was),
+        on the task's device and in its dtype."""
         generator_state = torch.random.get_rng_state()
         torch.manual_seed(seed)
         try:
-            model = nn.Sequential(nn.Linear(self.features, hidden), nn.Tanh(), nn.Linear(hidden, self.outputs))
+            model = self.network(hidden)
         finally:
             torch.random.set_rng_state(generator_state)
         return model.to(device=self.device, dtype=self.dtype)
+
+    def network(self, hidden: int) -> nn.Module:
+        """A one-hidden-layer tanh MLP (a task with another network overrides this)."""
+        return nn.Sequential(nn.Linear(self.features, hidden), nn.Tanh(), nn.Linear(hidden, self.outputs))
 
     def batches(self, batch_size: int | None, *, seed: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         """An endless stream of shuffled mini-batches (``None``: the full training set)."""
