@@ -4,7 +4,8 @@ Any optimizer can learn another optimizer's hyperparameters, which can be
 learned in turn, to any depth.
 """
 
-from recurse import baselines, checkpoint, constraints, distributed, estimators, exact, graph, problems, transforms
+from recurse import (baselines, checkpoint, constraints, defaults, distributed, estimators, exact, graph, problems,
+                     transforms)
 from recurse.baselines import compare
 from recurse.hyper import HyperOptimizer
 from recurse.learned import LSTMOptimizer
@@ -32,6 +33,7 @@ __all__ = [
     "Rollback",
     "UnrollResult",
     "constraints",
+    "defaults",
     "distributed",
     "estimators",
     "evaluate",

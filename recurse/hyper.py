@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
-from recurse import plan
+from recurse import defaults, plan
 from recurse.estimators import (MAX_TANGENTS, Horizon, OneStep, UpdateRecord, closed_form_update, has_closed_form,
                                 step_values, vjp)
 from recurse.optim import _ops
@@ -116,7 +116,8 @@ class CopiesWhole:
 
 
 class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
-    """A torch.optim.Optimizer that runs a tower of recurse optimizers.
+    """A torch.optim.Optimizer that runs a tower of recurse optimizers
+    (given none, the recommended one: :func:`recurse.defaults.tower`).
 
     >>> opt = rc.HyperOptimizer(model.parameters(), rc.Adam(1e-3, hyper=rc.SGD(1e-4)))
     >>> opt.zero_grad(); loss.backward(); opt.step()
@@ -159,12 +160,14 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
-        optimizer: Optimizer,
+        optimizer: Optimizer | None = None,
         *,
         guard: str = "skip",
         record_history: bool = False,
         horizon: Horizon | None = None,
     ) -> None:
+        if optimizer is None:
+            optimizer = defaults.tower()
         if not isinstance(optimizer, Optimizer):
             raise TypeError(
                 "rc.HyperOptimizer: optimizer must be an rc.Optimizer (for example rc.Adam(1e-3)), "

@@ -79,14 +79,7 @@ def main(argv=None):
 def _trained_model(task, build, steps, seed):
     """The MLP after ``steps`` mini-batch steps of the optimizer ``build()``."""
     model = task.model(HIDDEN, seed=seed)
-    opt = rc.HyperOptimizer(model.parameters(), build())
-    batches = task.batches(128, seed=seed)
-    for _ in range(steps):
-        inputs, targets = next(batches)
-        opt.zero_grad()
-        task.loss(model, inputs, targets).backward()
-        opt.step()
-    return model
+    return task.fit(model, rc.HyperOptimizer(model.parameters(), build()), steps=steps, batch_size=128, seed=seed)
 
 
 def _summary(rows, steps, seeds) -> str:

@@ -61,14 +61,8 @@ def run(method, schedule, steps, seed, device):
     model = task.model(hidden=64, seed=seed)
     opt = METHODS[method](model.parameters())
     scheduler = schedule(opt)
-    batches = task.batches(128, seed=seed)
-    for _ in range(steps):
-        inputs, targets = next(batches)
-        opt.zero_grad()
-        task.loss(model, inputs, targets).backward()
-        opt.step()
-        if scheduler is not None:
-            scheduler.step()
+    task.fit(model, opt, steps=steps, batch_size=128, seed=seed,
+             after_step=None if scheduler is None else lambda step: scheduler.step())
     if isinstance(opt, rc.HyperOptimizer):
         learned, used = opt.hyperparameters()["0.lr"], opt.group_lrs()[0]
     else:

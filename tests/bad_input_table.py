@@ -259,6 +259,8 @@ ROWS = [
     ("storage-url", "an Optuna storage URL that cannot be opened",
      lambda: rc.baselines.open_storage("nosuchdriver://x"), ValueError,
      r"cannot open Optuna storage 'nosuchdriver://x'"),
+    ("unknown-task", "an unknown task name", lambda: rc.problems.make_task("cifar"), ValueError,
+     r"unknown task 'cifar'; expected one of \['char_lm', 'digits', 'digits_cnn'"),
     ("cli-unknown-task", "an unknown task name on the command line",
      lambda: command_line("compare", "--task", "cifar"), CommandLineError, r"invalid choice: 'cifar'"),
     ("cli-unknown-method", "an unknown method name on the command line",

@@ -5,6 +5,8 @@ import importlib.util
 import math
 from pathlib import Path
 
+import pytest
+
 STUDIES = Path(__file__).parent.parent / "studies"
 
 
@@ -215,3 +217,32 @@ def test_rollback_quick_rolls_back_what_diverges_and_leaves_the_others_alone(tmp
     fixed = pairs["quadratic, SGD lr 1e3/L fixed"]  # each rollback halved the lr, and nothing else moved it
     assert fixed["yes"]["final_lr"] == fixed["no"]["final_lr"] * 0.5 ** fixed["yes"]["rollbacks"]
     assert (tmp_path / "summary.md").read_text().startswith("| run | steps | rc.Rollback |")
+
+
+def test_tuning_free_quick_compares_every_method_on_every_task_against_the_searches(tmp_path):
+    results, summary, sensitivity = load("tuning_free").main(["--quick", "--out", str(tmp_path)])
+    tasks = {row["task"] for row in results}
+    assert tasks == {"digits", "mnist1d", "digits_cnn", "char_lm"}
+    assert len(results) == 9 * len(tasks) and len(summary) == 9 and len(sensitivity) == len(tasks)
+    assert all(row["best_trial"] > 0 and row["over_best_trial"] == row["valid_loss"] / row["best_trial"]
+               for row in results)
+    assert all(row["spread"] >= 1.0 for row in sensitivity)
+    for name in ("results.csv", "summary.csv", "sensitivity.csv", "results.json", "summary.md", "curves.png",
+                 "learned_lr.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+
+
+def test_schedules_quick_shows_a_constant_schedule_changes_nothing(tmp_path):
+    rows = load("schedules").main(["--quick", "--out", str(tmp_path)])
+    by = {(row["schedule"], row["method"]): row for row in rows}
+    for method in ("depth 3 recipe", "tower depth 2", "Adam 1e-3"):
+        assert by[("constant (LambdaLR 1.0)", method)]["valid_loss"] == by[("none", method)]["valid_loss"]
+        assert by[("linear decay to 0", method)]["last_step_lr"] == 0.0
+    assert by[("linear decay to 0", "depth 3 recipe")]["learned_lr"] != 1e-3  # (learned under the decay)
+
+
+def test_a_missing_peer_names_the_extra_that_installs_it():
+    study = load("tuning_free")
+    with pytest.raises(ImportError, match=r"compares with no_such_peer, from the peers extra: pip install -e "
+                                          r"\"\.\[peers\]\""):
+        study._peer("no_such_peer", "Optimizer")

@@ -162,12 +162,13 @@ def run_search(task: SupervisedTask, *, optimizer: str = "sgd", knobs: Sequence[
                seed: int = 0, storage: str | optuna.storages.BaseStorage | None = None,
                study_name: str | None = None, pruner: str | None = None, eval_every: int | None = None,
                worker_trials: int | None = None, heartbeat_interval: int = 60,
-               grace_period: int | None = None) -> optuna.Study:
+               grace_period: int | None = None, hidden: int = 32) -> optuna.Study:
     """Search ``knobs`` of ``optimizer`` with an Optuna ``sampler`` until the
     study holds ``trials`` finished trials; return the study.
 
-    Each trial trains ``task`` for ``steps`` steps (model initialised and
-    batches drawn from ``seed``, the same for every trial) and returns its
+    Each trial trains ``task`` for ``steps`` steps (a model of width
+    ``hidden`` initialised and batches drawn from ``seed``, the same for
+    every trial) and returns its
     final validation loss. ``storage``: None keeps the study in memory; a URL
     opens (or resumes: ``load_if_exists``) a database study named
     ``study_name``. Rerunning an interrupted search resumes it; several
@@ -185,6 +186,8 @@ def run_search(task: SupervisedTask, *, optimizer: str = "sgd", knobs: Sequence[
     eval_every = eval_every or max(1, steps // 20)
     config = {"task": task.name, "optimizer": optimizer, "knobs": [knob.name for knob in space], "sampler": sampler,
               "steps": steps, "batch_size": batch_size}
+    if hidden != 32:  # (studies stored before the option keep their config)
+        config["hidden"] = hidden
     if sampler == "grid":  # the trial count sets the grid; other searches may be extended
         config["grid_trials"] = trials
     if isinstance(storage, str):
@@ -208,7 +211,7 @@ def run_search(task: SupervisedTask, *, optimizer: str = "sgd", knobs: Sequence[
 
         try:
             result = train(task, OPTIMIZERS[optimizer](**values), steps=steps, batch_size=batch_size, seed=seed,
-                           eval_every=eval_every, on_eval=report)
+                           eval_every=eval_every, on_eval=report, hidden=hidden)
         except Diverged as error:
             trial.set_user_attr(GRADIENT_EVALUATIONS, error.result.gradient_evaluations)
             trial.set_user_attr(FAIL_REASON, f"diverged: {error}")

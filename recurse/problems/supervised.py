@@ -6,7 +6,7 @@ Every task in ``rc.problems`` that trains a network shares this shape, so
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -79,6 +79,26 @@ class SupervisedTask:
             for start in range(0, count - batch_size + 1, batch_size):
                 index = order[start:start + batch_size]
                 yield self.train_inputs[index], self.train_targets[index]
+
+    def fit(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, steps: int, batch_size: int | None,
+            seed: int = 0, after_step: Callable[[int], None] | None = None) -> nn.Module:
+        """Train ``model`` with ``optimizer`` for ``steps`` steps on
+        :meth:`batches` (the usual zero_grad, backward, step), calling
+        ``after_step(step)`` after each (a scheduler's step, a record).
+
+        >>> task = rc.problems.make_task("regression")
+        >>> model = task.model(hidden=8)
+        >>> _ = task.fit(model, rc.HyperOptimizer(model.parameters(), rc.SGD(0.1)), steps=5, batch_size=32)
+        """
+        batches = self.batches(batch_size, seed=seed)
+        for step in range(1, steps + 1):
+            inputs, targets = next(batches)
+            optimizer.zero_grad()
+            self.loss(model, inputs, targets).backward()
+            optimizer.step()
+            if after_step is not None:
+                after_step(step)
+        return model
 
     def batch_at(self, batch_size: int | None, *, seed: int = 0):
         """``batch_at(k)``: the k-th mini-batch of :meth:`batches`, for

@@ -1,0 +1,252 @@
+"""Towers that need no tuning, against the optimizers users pick instead.
+
+On four tasks (rc.problems: the digits MLP, the mnist1d MLP, the digits CNN
+and the character-level transformer), with the same initial network and
+the same batches for every method (per seed), it trains:
+
+- recurse's defaults: ``rc.HyperOptimizer(params)`` (the recommended tower,
+  recurse.defaults) and ``rc.tower(rc.Adam(1e-3), depth=2)``;
+- untuned torch.optim Adam (lr 1e-3) and AdamW (lr 1e-3, weight decay 1e-2);
+- each peer at its documented defaults (the ``peers`` extra): Prodigy,
+  D-Adaptation Adam, LDoG, Schedule-Free AdamW, Mechanic over Adam;
+
+and, as the tuned reference at 16x one run's budget, two Optuna searches of
+16 trials (rc.baselines.run_search, seed 0): a grid over Adam's lr and TPE
+over AdamW's lr and weight decay. It reports:
+
+- ``results``: validation loss per task and method (mean over seeds), and
+  its ratio to the best Optuna trial's;
+- ``summary``: per method, the geometric mean of those ratios and the worst
+  task, and the time per step over torch.optim.Adam's;
+- ``sensitivity``: the recommended tower started from lr 1e-6, 1e-4, 1e-2
+  and 1, and the spread (worst over best) per task;
+- ``curves.png`` (validation loss against gradient evaluations) and
+  ``learned_lr.png`` (the recommended tower's level-0 lr against the step).
+
+    python studies/tuning_free.py [--quick] [--out DIR] [--tasks digits ...] [--design NAME]
+
+Writes ``results.csv``, ``summary.csv``, ``sensitivity.csv``, ``results.json``,
+``summary.md`` and the plots to DIR (default results/tuning_free/<quick|full>),
+and keeps the Optuna searches in DIR/searches.db: a rerun into the same
+folder (``--design`` another candidate for the recommended tower, with
+``--methods "recurse default"``) reads them back instead of searching again.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import statistics
+import time
+from typing import NamedTuple
+
+import torch
+
+import recurse as rc
+from recurse.baselines import run_search
+from recurse.reporting import progress, publish, saved_figure, study_folder, study_parser
+
+PEERS_EXTRA = 'pip install -e ".[peers]"'
+
+
+class Workload(NamedTuple):
+    """One task as the study trains it."""
+
+    task: str
+    hidden: int
+    batch: int
+    steps: int
+    options: tuple = ()
+
+    def make(self, device):
+        return rc.problems.make_task(self.task, device=device, **dict(self.options))
+
+
+WORKLOADS = {
+    "digits": Workload("digits", hidden=64, batch=128, steps=500),
+    "mnist1d": Workload("mnist1d", hidden=256, batch=128, steps=1000),
+    "digits_cnn": Workload("digits_cnn", hidden=16, batch=128, steps=500),
+    "char_lm": Workload("char_lm", hidden=64, batch=32, steps=400),
+}
+
+
+def _peer(module: str, name: str):
+    """A peer's optimizer class, or an error that names the missing extra."""
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ImportError:
+        raise ImportError(f"studies/tuning_free.py compares with {module}, from the peers extra: {PEERS_EXTRA}") from None
+
+
+def _mechanic_adam(params):
+    return _peer("mechanic_pytorch", "mechanize")(torch.optim.Adam)(params, lr=1e-3)
+
+
+# name -> params -> a torch.optim optimizer; each at the defaults its README documents.
+METHODS = {
+    "recurse default": lambda params: rc.HyperOptimizer(params),
+    "recurse tower(Adam(1e-3), depth=2)": lambda params: rc.HyperOptimizer(params, rc.tower(rc.Adam(1e-3), depth=2)),
+    "Adam 1e-3": lambda params: torch.optim.Adam(params, lr=1e-3),
+    "AdamW 1e-3": lambda params: torch.optim.AdamW(params, lr=1e-3),
+    "Prodigy": lambda params: _peer("prodigyopt", "Prodigy")(params, lr=1.0),
+    "D-Adaptation Adam": lambda params: _peer("dadaptation", "DAdaptAdam")(params, lr=1.0),
+    "LDoG": lambda params: _peer("dog", "LDoG")(params),
+    "Schedule-Free AdamW": lambda params: _peer("schedulefree", "AdamWScheduleFree")(params),
+    "Mechanic (Adam)": _mechanic_adam,
+}
+SENSITIVITY_LRS = (1e-6, 1e-4, 1e-2, 1.0)
+RMS = {"normalize": "rms"}
+
+# Candidate designs for the recommended tower (``--design``; "recurse default" and the sensitivity table run
+# it): lr -> params -> an rc.HyperOptimizer. "default" is what rc.HyperOptimizer(params) builds.
+DESIGNS = {
+    "default": lambda lr: lambda params: rc.HyperOptimizer(params, rc.defaults.tower(lr)),
+    "decayed horizon 0.99": lambda lr: lambda params: rc.HyperOptimizer(
+        params, rc.defaults.tower(lr), horizon=rc.estimators.Decayed(0.99)),
+    "faster levels 0.2/0.05": lambda lr: lambda params: rc.HyperOptimizer(params, rc.stack(
+        rc.AdamW(lr, learn="lr"), rc.SGD(0.2, **RMS), rc.SGD(0.05, **RMS))),
+    "one level 0.05": lambda lr: lambda params: rc.HyperOptimizer(params, rc.stack(
+        rc.AdamW(lr, learn="lr"), rc.SGD(0.05, **RMS))),
+}
+
+
+def train(workload, make_optimizer, seed, device, evals=10):
+    """Validation losses along the run (``evals`` points), seconds per step,
+    and the level-0 lr after each step where the optimizer learns one."""
+    task = workload.make(device)
+    model = task.model(workload.hidden, seed=seed)
+    opt = make_optimizer(model.parameters())
+    batches = task.batches(workload.batch, seed=seed)
+    switches = hasattr(opt, "eval") and hasattr(opt, "train")  # (Schedule-Free evaluates at its averaged point)
+    if switches:
+        opt.train()
+    curve, lrs, seconds = [], [], 0.0
+    every = max(1, workload.steps // evals)
+    for step in range(1, workload.steps + 1):
+        inputs, targets = next(batches)
+        start = time.perf_counter()
+        opt.zero_grad()
+        task.loss(model, inputs, targets).backward()
+        opt.step()
+        seconds += time.perf_counter() - start
+        if isinstance(opt, rc.HyperOptimizer):
+            lrs.append(opt.group_lrs()[0])
+        if step % every == 0 or step == workload.steps:
+            if switches:
+                opt.eval()
+            loss = task.valid_loss(model)
+            if switches:
+                opt.train()
+            curve.append((step, loss if math.isfinite(loss) else math.inf))
+    return curve, seconds / workload.steps, lrs
+
+
+def searched_best(workload, trials, device, storage):
+    """The best validation loss of the two Optuna searches (seed 0), kept in
+    ``storage``: a rerun into the same folder reads them back."""
+    task = workload.make(device)
+    best = math.inf
+    for optimizer, knobs, sampler in (("adam", ("lr",), "grid"), ("adamw", ("lr", "weight_decay"), "tpe")):
+        study = run_search(task, optimizer=optimizer, knobs=knobs, sampler=sampler, trials=trials,
+                           steps=workload.steps, batch_size=workload.batch, seed=0, hidden=workload.hidden,
+                           storage=storage, study_name=f"{task.name}-{workload.steps}-{optimizer}-{sampler}")
+        values = [trial.value for trial in study.trials if trial.value is not None and math.isfinite(trial.value)]
+        best = min([best, *values])
+    return best
+
+
+def geometric_mean(values):
+    return math.exp(statistics.fmean(math.log(value) for value in values))
+
+
+def main(argv=None):
+    parser = study_parser(__doc__, "an eighth of the steps, 1 seed, 4-trial searches (about a minute)")
+    parser.add_argument("--tasks", nargs="+", choices=sorted(WORKLOADS), default=sorted(WORKLOADS))
+    parser.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=list(METHODS))
+    parser.add_argument("--design", choices=sorted(DESIGNS), default="default",
+                        help="what 'recurse default' and the sensitivity table run (default: rc.HyperOptimizer(params))")
+    args = parser.parse_args(argv)
+    design = DESIGNS[args.design]
+    methods = {**METHODS, "recurse default": design(1e-3)}
+    out = study_folder(args, "tuning_free")
+    seeds, trials = ([0], 4) if args.quick else ([0, 1, 2], 16)
+    workloads = {name: WORKLOADS[name] for name in args.tasks}
+    if args.quick:
+        workloads = {name: Workload(w.task, w.hidden, w.batch, max(20, w.steps // 8), w.options)
+                     for name, w in workloads.items()}
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    results, curves, learned = [], {}, {}
+    for name, workload in progress(workloads.items(), args, "tasks"):
+        reference = searched_best(workload, trials, args.device, f"sqlite:///{out / 'searches.db'}")
+        for method in args.methods:
+            runs = [train(workload, methods[method], seed, args.device) for seed in seeds]
+            finals = [curve[-1][1] for curve, _, _ in runs]
+            loss = statistics.fmean(finals)
+            results.append({"task": name, "method": method, "valid_loss": loss,
+                            "valid_loss_std": statistics.stdev(finals) if len(finals) > 1 else 0.0,
+                            "over_best_trial": loss / reference, "best_trial": reference,
+                            "seconds_per_step": statistics.fmean(seconds for _, seconds, _ in runs)})
+            curves[(name, method)] = runs[0][0]
+            if method == "recurse default":
+                learned[name] = runs[0][2]
+        adam = next(row["seconds_per_step"] for row in results if row["task"] == name and row["method"] == "Adam 1e-3"
+                    ) if "Adam 1e-3" in args.methods else None
+        for row in results:
+            if row["task"] == name and adam:
+                row["time_over_adam"] = row["seconds_per_step"] / adam
+    sensitivity = []
+    for name, workload in progress(workloads.items(), args, "sensitivity"):
+        losses = {lr: statistics.fmean(train(workload, design(lr), seed, args.device)[0][-1][1] for seed in seeds)
+                  for lr in SENSITIVITY_LRS}
+        sensitivity.append({"task": name, **{f"lr {lr:g}": value for lr, value in losses.items()},
+                            "spread": max(losses.values()) / min(losses.values())})
+    summary = []
+    for method in args.methods:
+        ratios = {row["task"]: row["over_best_trial"] for row in results if row["method"] == method}
+        worst = max(ratios, key=ratios.get)
+        times = [row.get("time_over_adam", math.nan) for row in results if row["method"] == method]
+        summary.append({"method": method, "geometric_mean": geometric_mean(ratios.values()), "worst_task": worst,
+                        "worst_ratio": ratios[worst], "time_over_adam": geometric_mean(times)
+                        if all(math.isfinite(t) for t in times) else math.nan})
+    draw(out, curves, learned, workloads)
+    lines = ["Validation loss over the best of 2 Optuna searches (16x the budget of one run):", "",
+             "| method | " + " | ".join(workloads) + " | geometric mean | worst | time / Adam |",
+             "|---|" + "---|" * (len(workloads) + 3)]
+    for row in summary:
+        cells = [f"{next(r['over_best_trial'] for r in results if r['method'] == row['method'] and r['task'] == t):.2f}"
+                 for t in workloads]
+        lines.append(f"| {row['method']} | " + " | ".join(cells) + f" | {row['geometric_mean']:.2f} | "
+                     f"{row['worst_task']} {row['worst_ratio']:.2f} | {row['time_over_adam']:.2f} |")
+    lines += ["", "The recommended tower from other starting lrs (validation loss; spread = worst / best):", "",
+              "| task | " + " | ".join(f"lr {lr:g}" for lr in SENSITIVITY_LRS) + " | spread |",
+              "|---|" + "---|" * (len(SENSITIVITY_LRS) + 1)]
+    lines += [f"| {row['task']} | " + " | ".join(f"{row[f'lr {lr:g}']:.4f}" for lr in SENSITIVITY_LRS) +
+              f" | {row['spread']:.2f} |" for row in sensitivity]
+    publish(out, "\n".join(lines), {"results": results, "summary": summary, "sensitivity": sensitivity})
+    (out / "results.json").write_text(json.dumps({"results": results, "summary": summary,
+                                                  "sensitivity": sensitivity}, indent=1))
+    print(f"\nwrote {out}/results.csv, summary.csv, sensitivity.csv, results.json, summary.md, curves.png, "
+          "learned_lr.png")
+    return results, summary, sensitivity
+
+
+def draw(out, curves, learned, workloads):
+    with saved_figure(out / "curves.png", 1, len(workloads), figsize=(4.5 * len(workloads), 3.5)) as (_, axes):
+        for axis, name in zip(axes if len(workloads) > 1 else [axes], workloads):
+            for (task, method), curve in curves.items():
+                if task == name:
+                    axis.plot([step for step, _ in curve], [loss for _, loss in curve], label=method)
+            axis.set(title=name, xlabel="gradient evaluations", ylabel="validation loss", yscale="log")
+        (axes[0] if len(workloads) > 1 else axes).legend(fontsize=6)
+    with saved_figure(out / "learned_lr.png", 1, 1, figsize=(5, 3.5)) as (_, axis):
+        for name, lrs in learned.items():
+            axis.plot(range(1, len(lrs) + 1), lrs, label=name)
+        axis.set(xlabel="step", ylabel="level-0 lr (recommended tower)", yscale="log")
+        axis.legend(fontsize=7)
+
+
+if __name__ == "__main__":
+    main()
