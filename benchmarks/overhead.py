@@ -25,6 +25,8 @@ Beside them, rows that bound what one learned level can cost here:
   with a pointwise function of those three vectors.
 - Adam, lr only: depth 1 by hand (torch.optim's foreach Adam in place,
   keeping its direction for the hypergradient).
+- AdamW: torch.optim.AdamW at its defaults beside recurse's recommended
+  tower, ``rc.HyperOptimizer(params)`` (recurse.defaults).
 
 For these rows the level-cost column is their time over torch.optim's
 step, as a percentage of recurse's depth-0 step, so that it reads against
@@ -54,6 +56,7 @@ HAND_GUARDED = "depth 1 by hand, guarded as recurse is (out of place, checked, c
 INNER_PRODUCT_ONLY = "torch.optim + the inner product g_t . g_{t-1} alone (no level 1)"
 THREE_PRODUCTS_ONLY = "torch.optim + the inner products of g_t with m_{t-1}, v_{t-1}, g_{t-1} alone (no level 1)"
 COMPILED = "recurse depth 1, Adam(compile=True)"
+RECOMMENDED = "recurse's recommended tower, rc.HyperOptimizer(params) (depth 2)"
 BUILT_ON_TORCH_OPTIM = (HAND_WRITTEN, HAND_GUARDED, INNER_PRODUCT_ONLY, THREE_PRODUCTS_ONLY)
 
 
@@ -64,6 +67,8 @@ def make_model(device):
 
 def tower_of(family, depth, compile=False):
     """``compile``: level 0 (an Adam) computes its closed form through torch.compile."""
+    if family == "AdamW":
+        return rc.AdamW(1e-3)
     if family == "SGD":
         levels = [rc.SGD(0.05)] + [rc.SGD(1e-3, normalize="rms") for _ in range(depth)]
     elif family == "Adam":
@@ -230,7 +235,11 @@ def make_runner(name, family, depth, device, inputs, labels):
     elif name == THREE_PRODUCTS_ONLY:
         opt = AdamWithInnerProducts(model.parameters(), lr=1e-3)
     elif name == "torch.optim":
-        opt = torch.optim.SGD(model.parameters(), lr=0.05) if family == "SGD" else torch.optim.Adam(model.parameters(), lr=1e-3)
+        opt = (torch.optim.SGD(model.parameters(), lr=0.05) if family == "SGD"
+               else torch.optim.AdamW(model.parameters(), lr=1e-3) if family == "AdamW"
+               else torch.optim.Adam(model.parameters(), lr=1e-3))
+    elif name == RECOMMENDED:
+        opt = rc.HyperOptimizer(model.parameters())
     else:
         guard = "off" if name.endswith("guard off") else "skip"
         opt = rc.HyperOptimizer(model.parameters(), tower_of(family, depth, compile=name == COMPILED), guard=guard)
@@ -276,9 +285,11 @@ def main(argv=None):
           "marginal cost per level since the previous depth (%) |")
     print("|---|---|---|---|---|---|")
     checks = []
-    for family in ("SGD", "Adam", "Adam, lr only"):
+    for family in ("SGD", "Adam", "Adam, lr only", "AdamW"):
         methods = [("torch.optim", 0), ("recurse depth 0, guard off", 0)] + [(f"recurse depth {d}", d) for d in DEPTHS]
-        if family == "SGD":
+        if family == "AdamW":  # (the recommended tower against what users run untuned)
+            methods = methods[:3] + [(RECOMMENDED, 2)]
+        elif family == "SGD":
             methods[3:3] = [(INNER_PRODUCT_ONLY, 0), (HAND_WRITTEN, 1), (HAND_GUARDED, 1)]
         else:
             methods.insert(4, (COMPILED, 1))
@@ -313,7 +324,8 @@ def main(argv=None):
             print(f"| {family} | {name} | {medians[name]:.3f} | {medians[name] / baseline:.2f} | {per_level} | "
                   f"{marginal} |")
         # Each pair took the same steps on the same batch: they must have learned the same lr.
-        others = {"SGD": (HAND_WRITTEN, HAND_GUARDED), "Adam": (COMPILED,), "Adam, lr only": (HAND_WRITTEN, COMPILED)}
+        others = {"SGD": (HAND_WRITTEN, HAND_GUARDED), "Adam": (COMPILED,), "Adam, lr only": (HAND_WRITTEN, COMPILED),
+                  "AdamW": ()}
         for other in others[family]:
             ours, theirs = built["recurse depth 1"][1](), built[other][1]()
             checks.append(f"{family}: learned lr after {20 + args.repeats * args.steps} steps, recurse depth 1 "

@@ -104,10 +104,19 @@ DESIGNS = {
     "default": lambda lr: lambda params: rc.HyperOptimizer(params, rc.defaults.tower(lr)),
     "decayed horizon 0.99": lambda lr: lambda params: rc.HyperOptimizer(
         params, rc.defaults.tower(lr), horizon=rc.estimators.Decayed(0.99)),
+    "decayed horizon 0.9": lambda lr: lambda params: rc.HyperOptimizer(
+        params, rc.defaults.tower(lr), horizon=rc.estimators.Decayed(0.9)),
     "faster levels 0.2/0.05": lambda lr: lambda params: rc.HyperOptimizer(params, rc.stack(
         rc.AdamW(lr, learn="lr"), rc.SGD(0.2, **RMS), rc.SGD(0.05, **RMS))),
     "one level 0.05": lambda lr: lambda params: rc.HyperOptimizer(params, rc.stack(
         rc.AdamW(lr, learn="lr"), rc.SGD(0.05, **RMS))),
+    "Adam levels 0.05/0.01": lambda lr: lambda params: rc.HyperOptimizer(params, rc.stack(
+        rc.AdamW(lr, learn="lr"), rc.Adam(0.05, learn="lr"), rc.SGD(0.01, **RMS))),
+    "one Adam level 0.02": lambda lr: lambda params: rc.HyperOptimizer(params, rc.stack(
+        rc.AdamW(lr, learn="lr"), rc.Adam(0.02))),
+    "Adam levels 0.05/0.01, decayed horizon 0.9": lambda lr: lambda params: rc.HyperOptimizer(params, rc.stack(
+        rc.AdamW(lr, learn="lr"), rc.Adam(0.05, learn="lr"), rc.SGD(0.01, **RMS)),
+        horizon=rc.estimators.Decayed(0.9)),
 }
 
 
