@@ -6,8 +6,11 @@ recurse.param_group): the schedule shapes what the tower learns and never
 overwrites it. This study trains ``rc.problems.Digits()`` (MLP, hidden 64,
 batch 128) under each schedule with:
 
-- ``depth 3 recipe``: README's recipe, ``rc.stack(rc.Adam(1e-3, learn="lr"),
-  rc.SGD(0.05, normalize="rms"), rc.SGD(0.01, normalize="rms"))``;
+- ``recommended``: ``rc.HyperOptimizer(params)``, the recommended tower
+  (recurse.defaults: AdamW learning its lr under an Adam and an SGD level);
+- ``depth 3 recipe``: ``rc.stack(rc.Adam(1e-3, learn="lr"),
+  rc.SGD(0.05, normalize="rms"), rc.SGD(0.01, normalize="rms"))``, the
+  recipe README recommended before the defaults;
 - ``tower depth 2``: ``rc.tower(rc.Adam(1e-3), depth=2)`` at its defaults;
 - ``Adam 1e-3``: torch.optim.Adam at the towers' starting lr, the same schedule;
 
@@ -35,6 +38,7 @@ S = torch.optim.lr_scheduler
 RMS = {"normalize": "rms"}
 
 METHODS = {
+    "recommended": lambda params: rc.HyperOptimizer(params),
     "depth 3 recipe": lambda params: rc.HyperOptimizer(params, rc.stack(
         rc.Adam(1e-3, learn="lr"), rc.SGD(0.05, **RMS), rc.SGD(0.01, **RMS))),
     "tower depth 2": lambda params: rc.HyperOptimizer(params, rc.tower(rc.Adam(1e-3), depth=2)),
