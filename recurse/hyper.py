@@ -190,7 +190,7 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
         self._check_params()
         plan.levels(optimizer)  # (the description as given is checked first: its errors name its levels)
         optimizer, rules = _level_zero_for(optimizer, self.param_groups)
-        self.param_groups = [ParamGroup(group, rule, index, learned=optimizer.is_learned, level_zero=optimizer)
+        self.param_groups = [ParamGroup(group, rule, index, level_zero=optimizer)
                              for index, (group, rule) in enumerate(zip(self.param_groups, rules))]
         self.guard = guard
         self.record_history = record_history

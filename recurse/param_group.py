@@ -43,11 +43,9 @@ class ParamGroup(dict):
     (0.05, 0.05)
     """
 
-    def __init__(self, group: dict[str, Any], rule: Optimizer, index: int, *, learned: bool,
-                 level_zero: Optimizer) -> None:
+    def __init__(self, group: dict[str, Any], rule: Optimizer, index: int, *, level_zero: Optimizer) -> None:
         super().__init__({key: value for key, value in group.items() if not self._knobs_of(rule, key)})
         self.rule, self.index = rule, index
-        self.learned = learned  # (a level above learns the rule's learnable knobs)
         self.level_zero = level_zero  # (the rule itself, or the rc.PerGroup of several groups' rules)
         self.start_lr = rule.initial_values.get("lr")
         self.ignored_writes: set[str] = set()  # (learned knobs other than lr a write was refused for, warned once)
@@ -78,6 +76,11 @@ class ParamGroup(dict):
         if self.level_zero is self.rule:
             return self.rule.current_values()
         return self.level_zero.values_of(f"group{self.index}")
+
+    @property
+    def learned(self) -> bool:
+        """Whether a level above learns the rule's learnable knobs."""
+        return self.level_zero.is_learned
 
     @property
     def _learns_lr(self) -> bool:
@@ -112,9 +115,10 @@ class ParamGroup(dict):
             raise type(error)(f"param group {self.index}: {error}") from None
         schedule = checked.get("lr") if self._learns_lr else None
         fixed = {name: value for name, value in checked.items() if not (self.learned and name in self.rule.learnable)}
-        learned_now = self.current_values() if set(checked) - set(fixed) - {"lr"} else {}
+        tower_owned = set(checked) - set(fixed) - {"lr"}
+        now = self.current_values() if tower_owned else {}
         # (a write of what it reads, beta2 beside a cycled beta1, is no change to warn of)
-        ignored = sorted(name for name in set(checked) - set(fixed) - {"lr"} if checked[name] != learned_now[name])
+        ignored = sorted(name for name in tower_owned if checked[name] != now[name])
         self.rule.set_values(fixed)
         if schedule is not None:
             super().__setitem__("lr", schedule)
