@@ -134,10 +134,12 @@ def train(workload, make_optimizer, seed, device, evals=10):
     every = max(1, workload.steps // evals)
     for step in range(1, workload.steps + 1):
         inputs, targets = next(batches)
+        synchronize(device)  # (a GPU's queued work is timed with the step that queued it, for every method)
         start = time.perf_counter()
         opt.zero_grad()
         task.loss(model, inputs, targets).backward()
         opt.step()
+        synchronize(device)
         seconds += time.perf_counter() - start
         if isinstance(opt, rc.HyperOptimizer):
             lrs.append(opt.group_lrs()[0])
@@ -151,6 +153,11 @@ def train(workload, make_optimizer, seed, device, evals=10):
     return curve, seconds / workload.steps, lrs
 
 
+def synchronize(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
 def searched_best(workload, trials, device, storage):
     """The best validation loss of the two Optuna searches (seed 0), kept in
     ``storage``: a rerun into the same folder reads them back."""
@@ -160,7 +167,8 @@ def searched_best(workload, trials, device, storage):
         study = run_search(task, optimizer=optimizer, knobs=knobs, sampler=sampler, trials=trials,
                            steps=workload.steps, batch_size=workload.batch, seed=0, hidden=workload.hidden,
                            storage=storage, study_name=f"{task.name}-{workload.steps}-{optimizer}-{sampler}")
-        values = [trial.value for trial in study.trials if trial.value is not None and math.isfinite(trial.value)]
+        first = study.trials[:trials]  # (a stored study extended beyond ``trials`` is not a larger budget here)
+        values = [trial.value for trial in first if trial.value is not None and math.isfinite(trial.value)]
         best = min([best, *values])
     return best
 
@@ -221,7 +229,8 @@ def main(argv=None):
                         "worst_ratio": ratios[worst], "time_over_adam": geometric_mean(times)
                         if all(math.isfinite(t) for t in times) else math.nan})
     draw(out, curves, learned, workloads)
-    lines = ["Validation loss over the best of 2 Optuna searches (16x the budget of one run):", "",
+    lines = [f"Validation loss over the best of 2 Optuna searches ({trials}x the budget of one run); recurse "
+             f"default is the design {args.design!r}:", "",
              "| method | " + " | ".join(workloads) + " | geometric mean | worst | time / Adam |",
              "|---|" + "---|" * (len(workloads) + 3)]
     for row in summary:
@@ -235,7 +244,7 @@ def main(argv=None):
     lines += [f"| {row['task']} | " + " | ".join(f"{row[f'lr {lr:g}']:.4f}" for lr in SENSITIVITY_LRS) +
               f" | {row['spread']:.2f} |" for row in sensitivity]
     publish(out, "\n".join(lines), {"results": results, "summary": summary, "sensitivity": sensitivity})
-    (out / "results.json").write_text(json.dumps({"results": results, "summary": summary,
+    (out / "results.json").write_text(json.dumps({"design": args.design, "results": results, "summary": summary,
                                                   "sensitivity": sensitivity}, indent=1))
     print(f"\nwrote {out}/results.csv, summary.csv, sensitivity.csv, results.json, summary.md, curves.png, "
           "learned_lr.png")
