@@ -11,8 +11,8 @@ import pytest
 import sqlalchemy
 from postgres_cluster import postgres_cluster, server_binary
 
-from recurse.baselines.search import FAIL_REASON, SEARCH_SPACES
-from recurse.baselines.storage import RETRY_OF, open_storage
+from recurse.baselines.search import FAIL_REASON, SEARCH_SPACES, make_sampler, search_space
+from recurse.baselines.storage import open_storage, retried_trial_number
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 COMPLETE, FAIL, RUNNING = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL,
@@ -62,11 +62,34 @@ def test_a_killed_search_resumes_with_every_grid_cell_run_once(tmp_path):
     stale = [t for t in trials if t.state == FAIL]
     orphans = [t for t in trials if t.state == RUNNING]
     assert len(stale) + len(orphans) == 1
-    retried = [t.user_attrs[RETRY_OF] for t in completed if RETRY_OF in t.user_attrs]
+    retried = [retried_trial_number(t) for t in completed if retried_trial_number(t) is not None]
     if stale:
         assert FAIL_REASON not in stale[0].user_attrs and retried == [stale[0].number]
     else:
         assert retried == []
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_a_grid_trial_killed_before_its_first_suggest_reruns_its_own_cell(tmp_path):
+    # A worker can die after Optuna started a trial (the grid sampler chose its cell, a heartbeat went
+    # out) but before the objective asked for a parameter: the stale trial has no parameters, only its cell.
+    storage = open_storage(f"sqlite:///{tmp_path / 'optuna.db'}", heartbeat_interval=1, grace_period=1)
+    space = search_space("adam", "lr")
+    study = optuna.create_study(study_name="early", storage=storage, sampler=make_sampler("grid", space, 4, seed=0))
+    killed = study.ask()
+    storage.record_heartbeat(killed._trial_id)
+    time.sleep(2.5)  # past the grace period, on a database clock that counts whole seconds
+
+    def objective(trial):
+        return trial.suggest_float("lr", space[0].low, space[0].high, log=True)
+
+    study.optimize(objective, n_trials=4)  # Optuna fails the stale trial before the first new one
+    trials = study.get_trials()
+    assert trials[killed.number].state == FAIL and trials[killed.number].params == {}
+    completed = [t for t in trials if t.state == COMPLETE]
+    assert sorted(t.params["lr"] for t in completed) == sorted(space[0].grid(4))
+    rerun = [t for t in completed if retried_trial_number(t) == killed.number]
+    assert len(rerun) == 1 and rerun[0].system_attrs["grid_id"] == trials[killed.number].system_attrs["grid_id"]
 
 
 def test_two_workers_share_one_postgresql_study():

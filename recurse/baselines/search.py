@@ -22,7 +22,7 @@ import optuna
 from optuna.trial import TrialState
 
 import recurse as rc
-from recurse.baselines.storage import RETRY_OF, open_storage
+from recurse.baselines.storage import open_storage
 from recurse.baselines.training import Diverged, train
 from recurse.problems.supervised import SupervisedTask
 
@@ -248,6 +248,6 @@ def _check_same_config(study: optuna.Study, config: dict) -> None:
                          f"{changed}); use another study name or output folder")
 
 
-__all__ = ["FAIL_REASON", "GRADIENT_EVALUATIONS", "OPTIMIZERS", "PRUNERS", "RETRY_OF", "SAMPLERS", "SEARCH_SPACES",
+__all__ = ["FAIL_REASON", "GRADIENT_EVALUATIONS", "OPTIMIZERS", "PRUNERS", "SAMPLERS", "SEARCH_SPACES",
            "Knob", "finished_trials", "gradient_evaluations", "make_pruner", "make_sampler", "run_search",
            "search_space"]

@@ -3,9 +3,12 @@
 
 Heartbeats are on: a worker that dies mid-trial (killed, out of memory)
 leaves a RUNNING trial whose heartbeat stops. The next worker that starts a
-trial after ``grace_period`` seconds marks it FAIL and queues its parameters
-again (:func:`requeue_stale_trial`), so an interrupted study resumes with no
-trial lost and none counted twice.
+trial after ``grace_period`` seconds marks it FAIL and Optuna's
+``RetryFailedTrialCallback`` queues it again with its parameters and its
+sampler's system attributes (a grid sampler's cell, which is all a trial
+killed before its first ``suggest`` has), so an interrupted study resumes with
+no trial lost and none counted twice. ``retried_trial_number`` names the
+trial a rerun replaces.
 """
 
 from __future__ import annotations
@@ -15,8 +18,6 @@ from pathlib import Path
 
 import optuna
 from optuna.trial import FrozenTrial
-
-RETRY_OF = "retry_of"
 
 
 def sqlite_url(folder: Path) -> str:
@@ -29,9 +30,14 @@ def sqlite_url(folder: Path) -> str:
     return f"sqlite:///{Path(folder).resolve() / 'optuna.db'}"
 
 
-def requeue_stale_trial(study: optuna.Study, trial: FrozenTrial) -> None:
-    """Queue the parameters of a trial whose worker died, to be run again."""
-    study.enqueue_trial(trial.params, user_attrs={RETRY_OF: trial.number})
+def retried_trial_number(trial: FrozenTrial) -> int | None:
+    """The number of the stale trial that ``trial`` reruns, or None."""
+    return optuna.storages.RetryFailedTrialCallback.retried_trial_number(trial)
+
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    RETRY_STALE_TRIAL = optuna.storages.RetryFailedTrialCallback()
 
 
 def open_storage(url: str, *, heartbeat_interval: int = 60, grace_period: int | None = None
@@ -55,6 +61,6 @@ def open_storage(url: str, *, heartbeat_interval: int = 60, grace_period: int | 
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         try:
             return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-                                              heartbeat_stale_trial_callback=requeue_stale_trial)
+                                              heartbeat_stale_trial_callback=RETRY_STALE_TRIAL)
         except Exception as error:  # SQLAlchemy and drivers raise many types; the user needs the URL and cause
             raise ValueError(f"cannot open Optuna storage {url!r}: {type(error).__name__}: {error}") from error
