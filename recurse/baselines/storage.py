@@ -4,7 +4,7 @@
 Heartbeats are on: a worker that dies mid-trial (killed, out of memory)
 leaves a RUNNING trial whose heartbeat stops. The next worker that starts a
 trial after ``grace_period`` seconds marks it FAIL and Optuna's
-``RetryFailedTrialCallback`` queues it again with its parameters and its
+``RetryHeartbeatStaleTrialCallback`` queues it again with its parameters and its
 sampler's system attributes (a grid sampler's cell, which is all a trial
 killed before its first ``suggest`` has), so an interrupted study resumes with
 no trial lost and none counted twice. ``retried_trial_number`` names the
@@ -32,12 +32,12 @@ def sqlite_url(folder: Path) -> str:
 
 def retried_trial_number(trial: FrozenTrial) -> int | None:
     """The number of the stale trial that ``trial`` reruns, or None."""
-    return optuna.storages.RetryFailedTrialCallback.retried_trial_number(trial)
+    return optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
 
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-    RETRY_STALE_TRIAL = optuna.storages.RetryFailedTrialCallback()
+    RETRY_STALE_TRIAL = optuna.storages.RetryHeartbeatStaleTrialCallback()
 
 
 def open_storage(url: str, *, heartbeat_interval: int = 60, grace_period: int | None = None
