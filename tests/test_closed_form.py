@@ -252,13 +252,16 @@ def test_host_arithmetic_keeps_ieee_results_where_python_would_raise():
     assert _ops.clamp_min_all([float("nan"), -1.0, 2.0], 0.5)[1:] == [0.5, 2.0]
 
 
-def test_adam_learning_only_its_lr_keeps_the_ratio_alone_and_resumes_exactly():
-    """Its closed form saves r = m_t / den (a SavedProduct): the engine keeps no inputs and no gradient,
-    and a checkpoint, a deep copy and an in-place write to .grad all go on as the original run."""
+@pytest.mark.parametrize("level_zero", [lambda: rc.Adam(1e-2, learn="lr"), lambda: rc.AdamW(1e-2, learn="lr")],
+                         ids=["adam", "adamw-with-weight-decay"])
+def test_adam_learning_only_its_lr_keeps_one_direction_alone_and_resumes_exactly(level_zero):
+    """Its closed form saves u = m_t / den (+ (1 - beta1^t) weight_decay p, AdamW), a SavedProduct: the
+    engine keeps no inputs and no gradient, and a checkpoint, a deep copy and an in-place write to .grad
+    all go on as the original run."""
     inputs, targets = regression_data()
 
     def build(model):
-        return rc.HyperOptimizer(model.parameters(), rc.Adam(1e-2, learn="lr", hyper=rc.SGD(1e-3, normalize="rms")))
+        return rc.HyperOptimizer(model.parameters(), rc.stack(level_zero(), rc.SGD(1e-3, normalize="rms")))
 
     model = small_mlp()
     opt = build(model)
@@ -266,7 +269,8 @@ def test_adam_learning_only_its_lr_keeps_the_ratio_alone_and_resumes_exactly():
         train_step(model, opt, inputs, targets)
     record = opt.levels[0].last_update
     assert record.params is None and record.grads is None and record.state is None and opt._kept_grads is None
-    assert set(record.saved) == {"ratios", "bias_correction1", "values"}
+    assert set(record.saved) == {"direction", "bias_correction1", "values"}
+    assert not opt.levels[0].optimizer.update_depends_on_params()  # (so the engine copies no parameters)
     resumed_model = small_mlp()
     resumed_model.load_state_dict(model.state_dict())
     resumed = build(resumed_model)

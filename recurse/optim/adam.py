@@ -121,21 +121,19 @@ class Adam(Optimizer):
             "exp_avg_sq": _ops.zeros_like_all(params),
         }
 
-    def update_depends_on_params(self):
-        return self.initial_values["weight_decay"] != 0.0
-
     def update(self, params, grads, state, hyper, *, closure=None):
         new_params, new_state, _ = self._step(params, grads, state, hyper)
         return new_params, new_state
 
-    def _step(self, params, grads, state, hyper, *, keep_ratio=False):
+    def _step(self, params, grads, state, hyper, *, keep_direction=False):
         """The update, and its intermediates: the lists d_t (the gradient
         with L2 weight decay), sqrt(v_t) and denominators sqrt(v_t) / sqrt(1 - beta2^t) + eps,
         and the scalars 1 - beta1^t, sqrt(1 - beta2^t) and lr / (1 - beta1^t).
-        ``keep_ratio``: the update is taken as p - step * r with the list
-        r = m_t / den computed first (rather than torch.optim's addcdiv,
-        which may round differently in the last bit), and r comes back
-        after the denominators (None otherwise)."""
+        ``keep_direction``: the update is taken as p - step * u with the list
+        u = m_t / den (+ (1 - beta1^t) weight_decay p, AdamW) computed first,
+        which is -(1 - beta1^t) d p_t / d lr (rather than torch.optim's
+        decay then addcdiv, which may round differently in the last bit),
+        and u comes back after the denominators (None otherwise)."""
         lr, beta1, beta2, eps = hyper["lr"], hyper["beta1"], hyper["beta2"], hyper["eps"]
         weight_decay = hyper["weight_decay"]
         has_weight_decay = self.initial_values["weight_decay"] != 0.0
@@ -144,23 +142,25 @@ class Adam(Optimizer):
         bias_correction2_sqrt = (1 - beta2**step) ** 0.5
         step_size = lr / bias_correction1
         params, grads = list(params), list(grads)
-        if has_weight_decay:
-            if self.decoupled_weight_decay:
-                params = _ops.scale_all(params, 1 - lr * weight_decay)
-            else:
-                grads = _ops.add_scaled_all(grads, params, weight_decay)
+        decoupled = has_weight_decay and self.decoupled_weight_decay
+        if has_weight_decay and not decoupled:
+            grads = _ops.add_scaled_all(grads, params, weight_decay)
         exp_avgs = _ops.lerp_all(state["exp_avg"], grads, 1 - beta1)
         exp_avg_sqs = _ops.addcmul_all(_ops.scale_all(state["exp_avg_sq"], beta2), grads, grads, 1 - beta2)
         roots = _ops.sqrt_all(exp_avg_sqs)
         denoms = _ops.shift_all(_ops.divide_all(roots, bias_correction2_sqrt), eps)
-        ratios = None
-        if keep_ratio:
-            ratios = _ops.divide_each(exp_avgs, denoms)
-            new_params = _ops.add_scaled_all(params, ratios, -step_size)
+        directions = None
+        if keep_direction:
+            directions = _ops.divide_each(exp_avgs, denoms)
+            if decoupled:  # p - lr weight_decay p - step r = p - step (r + b weight_decay p)
+                directions = _ops.add_scaled_all(directions, params, bias_correction1 * weight_decay)
+            new_params = _ops.add_scaled_all(params, directions, -step_size)
         else:
+            if decoupled:
+                params = _ops.scale_all(params, 1 - lr * weight_decay)
             new_params = _ops.addcdiv_all(params, exp_avgs, denoms, -step_size)
         new_state = {"step": step, "exp_avg": exp_avgs, "exp_avg_sq": exp_avg_sqs}
-        return new_params, new_state, (grads, roots, denoms, ratios, bias_correction1, bias_correction2_sqrt,
+        return new_params, new_state, (grads, roots, denoms, directions, bias_correction1, bias_correction2_sqrt,
                                        step_size)
 
     def update_with_vjp(self, params, grads, state, values):
@@ -176,17 +176,18 @@ class Adam(Optimizer):
 
         where a term divided by s is 0 at s = 0 (as :func:`recurse.optim._ops.sqrt` defines it).
 
-        Where lr is the only row and it needs only <w, m_t> (Adam, or AdamW
-        without weight decay), the step keeps r = m_t / den instead: the
-        next hypergradient is then one inner product <incoming, r>, rather
-        than dividing the incoming vector by den first (three more passes
-        over the parameters, when they are no longer in cache).
+        Where lr is the only learned knob, the step keeps the one list
+        u = r + b weight_decay p (u = r for Adam, or without weight decay),
+        so that d p_t / d lr = -u / b: the next hypergradient is then one
+        inner product <incoming, u>, rather than dividing the incoming
+        vector by den first (three more passes over the parameters, when
+        they are no longer in cache), and the engine keeps no copy of p.
         """
-        by_ratio = self._product_names == ("w.m",) and not self.compile
-        new_params, new_state, (decayed, roots, denoms, ratios, bias_correction1, c, step_size) = \
-            self._step(params, grads, state, values, keep_ratio=by_ratio)
-        if by_ratio:  # (keeps only r until the next step: the engine then keeps no inputs either)
-            saved = {"ratios": ratios, "bias_correction1": bias_correction1, "values": values}
+        by_direction = self._keeps_direction()
+        new_params, new_state, (decayed, roots, denoms, directions, bias_correction1, c, step_size) = \
+            self._step(params, grads, state, values, keep_direction=by_direction)
+        if by_direction:  # (keeps only u until the next step: the engine then keeps no inputs either)
+            saved = {"direction": directions, "bias_correction1": bias_correction1, "values": values}
             return new_params, new_state, SavedProduct(saved, self.saved_vjp)
         else:
             products_of = self._products_of(denoms, new_state["exp_avg"], roots, decayed, state["exp_avg"],
@@ -231,9 +232,21 @@ class Adam(Optimizer):
 
         return new_params, new_state, vjp
 
+    def _keeps_direction(self) -> bool:
+        """Whether the closed form saves d p_t / d lr as one list: lr is the only learned knob, learned as its
+        log (so that the closed form holds under any schedule, see :meth:`exact_at`), and no compile."""
+        return (self.learnable == ("lr",) and self._constraints["lr"] is positive and not self.compile
+                and self._product_names in (("w.m",), ("w.m", "c.p")))
+
+    def update_depends_on_params(self):
+        # Where the closed form saves u = r + b weight_decay p itself, it keeps no reference to p.
+        return self.initial_values["weight_decay"] != 0.0 and not (
+            self.decoupled_weight_decay and self.is_learned and self._keeps_direction())
+
     def saved_vjp(self, saved, incoming):
-        """d p_t / d lr = -r / b, from the saved r = m_t / den and b = 1 - beta1^t (lr the only row)."""
-        (product,) = self.host_scalars(_ops.inner_products([(list(incoming), saved["ratios"])]))
+        """d p_t / d lr = -u / b, from the saved u = m_t / den + b weight_decay p (AdamW; m_t / den for
+        Adam) and b = 1 - beta1^t (lr the only row)."""
+        (product,) = self.host_scalars(_ops.inner_products([(list(incoming), saved["direction"])]))
         return self.raw_gradient([(-1.0 / saved["bias_correction1"], product)], saved["values"])
 
     def _products_of(self, denoms, exp_avgs, roots, decayed, previous_avgs, previous_sqs, params):
