@@ -10,7 +10,7 @@ from recurse.baselines import compare
 from recurse.hyper import HyperOptimizer
 from recurse.learned import LSTMOptimizer
 from recurse.meta import MetaTrainer
-from recurse.optim import SGD, Adagrad, Adam, AdamW, Hyperparameter, Newton, Optimizer, PerGroup, RMSprop
+from recurse.optim import SGD, Adagrad, Adam, AdamW, Hyperparameter, Newton, Optimizer, PerGroup, RMSprop, Rprop
 from recurse.rollback import Rollback
 from recurse.tower import stack, tower
 from recurse.unroll import UnrollResult, evaluate, evaluate_torch, model_objective, unroll, unroll_torch
@@ -30,6 +30,7 @@ __all__ = [
     "Optimizer",
     "PerGroup",
     "RMSprop",
+    "Rprop",
     "Rollback",
     "UnrollResult",
     "constraints",

@@ -117,6 +117,10 @@ DESIGNS = {
     "Adam levels 0.05/0.01, decayed horizon 0.9": lambda lr: lambda params: rc.HyperOptimizer(params, rc.stack(
         rc.AdamW(lr, learn="lr"), rc.Adam(0.05, learn="lr"), rc.SGD(0.01, **RMS)),
         horizon=rc.estimators.Decayed(0.9)),
+    "Rprop top": lambda lr: lambda params: rc.HyperOptimizer(params, rc.stack(
+        rc.AdamW(lr, learn="lr"), rc.Rprop())),
+    "Adam level, Rprop top": lambda lr: lambda params: rc.HyperOptimizer(params, rc.stack(
+        rc.AdamW(lr, learn="lr"), rc.Adam(0.05, learn="lr"), rc.Rprop())),
 }
 
 

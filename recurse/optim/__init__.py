@@ -6,6 +6,7 @@ from recurse.optim.base import Hyperparameter, Optimizer
 from recurse.optim.newton import Newton
 from recurse.optim.per_group import PerGroup
 from recurse.optim.rmsprop import RMSprop
+from recurse.optim.rprop import Rprop
 from recurse.optim.sgd import SGD
 
-__all__ = ["Adagrad", "Adam", "AdamW", "Hyperparameter", "Newton", "Optimizer", "PerGroup", "RMSprop", "SGD"]
+__all__ = ["Adagrad", "Adam", "AdamW", "Hyperparameter", "Newton", "Optimizer", "PerGroup", "RMSprop", "Rprop", "SGD"]
