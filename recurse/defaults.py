@@ -20,7 +20,14 @@ full table of designs is in docs/results.md):
   0.9: 1.26) helps the transformer and the MLPs but overshoots on the CNN;
 - learning only the lr keeps a step's cost near torch.optim's (each further
   knob adds inner products over the parameters); AdamW at torch.optim's
-  defaults is what users run untuned.
+  defaults is what users run untuned;
+- no level above can undo a first step that wrecks the network (a
+  hypergradient needs two steps, and Adam's first moves every coordinate
+  by about lr: from lr 1 the CNN ended at chance, 2.36), so
+  ``rc.HyperOptimizer`` starts a learned lr lower where its first step
+  would move the parameters by more than ``FIRST_STEP_LIMIT`` of their
+  norm (a step's size where the tuned lrs of the study's tasks start is
+  0.01-0.4 of it; the limit binds from lr 1, not from the default start).
 
 >>> rc.defaults.tower()
 rc.AdamW(lr=0.001, ..., hyper=rc.Adam(lr=0.05, ..., hyper=rc.SGD(lr=0.01, ...)))
@@ -33,9 +40,11 @@ from recurse.optim.base import Optimizer
 from recurse.optim.sgd import SGD
 from recurse.tower import stack
 
-LEVEL_1_LR, LEVEL_2_LR = 0.05, 0.01
+START_LR, LEVEL_1_LR, LEVEL_2_LR = 1e-3, 0.05, 0.01
+# The largest first step of a learned lr, as a fraction of the parameters' norm (see rc.HyperOptimizer).
+FIRST_STEP_LIMIT = 0.1
 
 
-def tower(lr: float = 1e-3) -> Optimizer:
+def tower(lr: float = START_LR) -> Optimizer:
     """The recommended tower, with level 0 starting at ``lr``."""
     return stack(AdamW(lr, learn="lr"), Adam(LEVEL_1_LR, learn="lr"), SGD(LEVEL_2_LR, normalize="rms"))

@@ -45,7 +45,7 @@ from recurse import defaults, plan
 from recurse.estimators import (MAX_TANGENTS, Horizon, OneStep, UpdateRecord, closed_form_update, has_closed_form,
                                 step_values, vjp)
 from recurse.optim import _ops
-from recurse.optim.base import Optimizer, State, place_next_to, raw_dtype_for
+from recurse.optim.base import Optimizer, State, finite_float, place_next_to, raw_dtype_for
 from recurse.optim.per_group import PerGroup
 from recurse.param_group import ParamGroup
 
@@ -136,6 +136,18 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
     an :mod:`recurse.estimators` horizon: ``OneStep()`` (default, the last
     update) or ``Decayed(mu)`` (a decayed sum of every past update).
 
+    ``first_step_limit``: where level 0 learns its lr, the largest first
+    step, as a fraction of the parameters' norm. If the first update at the
+    starting lr would move the parameters further, ||p_1 - p_0|| >
+    limit * ||p_0||, the learned lrs start lower by the factor that makes it
+    exactly that far (every built-in's first step is proportional to its
+    lr), and the tower learns on from there: no level above can undo a first
+    step that wrecks the network (Adam's first step moves every coordinate
+    by about lr), since a hypergradient needs two. Default
+    ``recurse.defaults.FIRST_STEP_LIMIT`` (0.1); None never limits. It
+    leaves a fixed lr alone (the user's, as in torch.optim), and parameters
+    that are all 0 (no scale to compare with).
+
     Param groups carry their own values, as torch.optim's do: a group's
     keys that name a knob of level 0 (``"lr"``, ``"betas"``, ...) are its
     starting values, and with several groups each is stepped by its own
@@ -165,7 +177,13 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
         guard: str = "skip",
         record_history: bool = False,
         horizon: Horizon | None = None,
+        first_step_limit: float | None = defaults.FIRST_STEP_LIMIT,
     ) -> None:
+        if first_step_limit is not None:
+            first_step_limit = finite_float("rc.HyperOptimizer", "first_step_limit", first_step_limit)
+            if first_step_limit <= 0:
+                raise ValueError(f"rc.HyperOptimizer: first_step_limit must be a number > 0 or None, "
+                                 f"got {first_step_limit!r}")
         if optimizer is None:
             optimizer = defaults.tower()
         if not isinstance(optimizer, Optimizer):
@@ -193,6 +211,7 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
         self.param_groups = [ParamGroup(group, rule, index, level_zero=optimizer)
                              for index, (group, rule) in enumerate(zip(self.param_groups, rules))]
         self.guard = guard
+        self.first_step_limit = first_step_limit
         self.record_history = record_history
         self.levels = _build_levels(optimizer)
         self.horizon = horizon
@@ -372,6 +391,10 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
             points[0] = self.levels[0].optimizer.raw
         hypergradients, level_grads = self._hypergradients(grads)
         proposal = self._propose(level_grads, hypergradients, closure)
+        if self.step_count == 0 and self.first_step_limit is not None and proposal.model_params is not None:
+            lowered = self._lowered_start(proposal.model_params)
+            if lowered is not None:
+                proposal = self._propose(level_grads, hypergradients, closure, start={0: lowered})
         proposal.hypergradients, proposal.points = hypergradients, points
         if self.guard != "off":
             proposed = [raw for raw in proposal.raws.values() if isinstance(raw, Tensor)] + (proposal.model_params or [])
@@ -482,8 +505,34 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
             return gradient if isinstance(gradient, list) else gradient.tolist()
         return [self.levels[index - 1].optimizer.as_raw_tensor(gradient)]
 
-    def _propose(self, level_grads, hypergradients, closure) -> _Proposal:
-        raws: dict[int, Tensor] = {}
+    def _lowered_start(self, proposed: list[Tensor]) -> Tensor | list[float] | None:
+        """Level 0's raw with its learned lrs lowered so that the first step
+        ``proposed`` moves the parameters by ``first_step_limit`` of their
+        norm; None where it moves them less (or there is nothing to lower)."""
+        optimizer = self.levels[0].optimizer
+        entries = optimizer.log_lr_entries() if optimizer.is_learned else []
+        if not entries:
+            return None
+        size = math.sqrt(sum(float(p.detach().double().square().sum()) for p in self._params))
+        change = math.sqrt(sum(float((new.double() - p.detach().double()).square().sum())
+                               for new, p in zip(proposed, self._params)))
+        limit = self.first_step_limit * size
+        if not (size > 0 and math.isfinite(change) and change > limit):  # (a non-finite step: the guard's)
+            return None
+        raw = list(optimizer.raw_floats())
+        for index in entries:
+            raw[index] += math.log(limit / change)
+        log.info("rc.HyperOptimizer: the first step at the starting lr would move the parameters by %.3g of "
+                 "their norm (first_step_limit %g); the learned lr starts %.3g times lower", change / size,
+                 self.first_step_limit, change / limit)
+        if has_closed_form(optimizer):  # (what _propose reads for level 0: floats for a closed form)
+            return _ops.rounded(raw, optimizer.raw_dtype)
+        return optimizer.as_raw_tensor(raw)
+
+    def _propose(self, level_grads, hypergradients, closure, start=None) -> _Proposal:
+        """The step every level would take. ``start``: level index -> the raw
+        it steps from instead of its own (the first step's lowered lr)."""
+        raws: dict[int, Tensor | list[float]] = dict(start or {})
         level_updates: dict[int, tuple[State, State | None, UpdateRecord | None]] = {}
         self_update = None
         top_index = len(self.levels) - 1

@@ -157,7 +157,9 @@ def test_a_linear_model_with_lr_far_too_large_recovers_on_each_device(device):
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 1).to(device)
     inputs, targets = torch.randn(8, 4, device=device), torch.randn(8, 1, device=device)
-    opt = rc.HyperOptimizer(model.parameters(), rc.SGD(10.0, hyper=rc.SGD(1e-3, normalize="rms")))
+    # (first_step_limit=None: the run must diverge for the rollback to act)
+    opt = rc.HyperOptimizer(model.parameters(), rc.SGD(10.0, hyper=rc.SGD(1e-3, normalize="rms")),
+                            first_step_limit=None)
     watcher = rc.Rollback(model, opt, every=5)
     first, last = fit_watched(model, opt, watcher, inputs, targets, steps=60)
     assert watcher.rollbacks >= 1 and last < 0.5 * first

@@ -32,7 +32,9 @@ def sqlite_url(folder: Path) -> str:
 
 def retried_trial_number(trial: FrozenTrial) -> int | None:
     """The number of the stale trial that ``trial`` reruns, or None."""
-    return optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
 
 
 with warnings.catch_warnings():

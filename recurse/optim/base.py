@@ -483,6 +483,12 @@ class Optimizer:
         """A name for each entry of ``raw``: the learnable hyperparameters, in order."""
         return list(self.learnable)
 
+    def log_lr_entries(self) -> list[int]:
+        """The positions in ``raw`` of learned lrs learned as their log (a
+        step's size is then ``exp(raw)``: adding log f multiplies it by f)."""
+        return [index for index, (name, constraint) in enumerate(self._learnable_constraints)
+                if name == "lr" and constraint is positive]
+
     def tracked_names(self) -> tuple[str, ...]:
         """Names of the learned quantities recorded in histories: one per
         learnable hyperparameter (an optimizer whose meta-parameters are a

@@ -180,6 +180,13 @@ class PerGroup(Optimizer):
                 for (name, (optimizer, _)), piece in zip(self.groups.items(), self._pieces(raw))
                 for key, value in optimizer.current_values(piece).items()}
 
+    def log_lr_entries(self) -> list[int]:
+        entries, offset = [], 0
+        for optimizer, _ in self.groups.values():
+            entries += [offset + index for index in optimizer.log_lr_entries()]
+            offset += optimizer.raw.numel()
+        return entries
+
     def raw_labels(self) -> list[str]:
         return [f"{name}.{label}" for name, (optimizer, _) in self.groups.items() for label in optimizer.raw_labels()]
 
