@@ -123,6 +123,10 @@ DESIGNS = {
     "Adam levels 0.05/0.01, decayed horizon 0.9": lambda lr: lambda params: rc.HyperOptimizer(params, rc.stack(
         rc.AdamW(lr, learn="lr"), rc.Adam(0.05, learn="lr"), rc.SGD(0.01, **RMS)),
         horizon=rc.estimators.Decayed(0.9)),
+    "Adam level betas (0.99, 0.999)": lambda lr: lambda params: rc.HyperOptimizer(params, rc.stack(
+        rc.AdamW(lr, learn="lr"), rc.Adam(0.05, betas=(0.99, 0.999), learn="lr"), rc.SGD(0.01, **RMS))),
+    "Adam level 0.1": lambda lr: lambda params: rc.HyperOptimizer(params, rc.stack(
+        rc.AdamW(lr, learn="lr"), rc.Adam(0.1, learn="lr"), rc.SGD(0.01, **RMS))),
     "no first step limit": lambda lr: lambda params: rc.HyperOptimizer(params, rc.defaults.tower(lr),
                                                                        first_step_limit=None),
     "Rprop top": lambda lr: lambda params: rc.HyperOptimizer(params, rc.stack(
