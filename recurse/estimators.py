@@ -29,6 +29,19 @@ be given to any number of optimizers.
 
     opt = rc.HyperOptimizer(model.parameters(), rc.Adam(1e-3, learn="lr", hyper=rc.SGD(0.05, normalize="rms")),
                             horizon=rc.estimators.Decayed(0.99))
+
+Independently, a *hypergradient loss* says which loss the incoming vector
+g_{t+1} is the gradient of, for level 0's knobs:
+
+- :class:`TrainingLoss` (the default): the training batch's, the very
+  gradient the model steps with (free).
+- :class:`HeldOut`: a held-out loss the user's closure computes (OHO, Im et
+  al. 2021): the knobs then follow what the model does on data it does not
+  train on, where training and validation loss disagree (overfitting), at
+  the cost of one more forward and backward pass each ``every`` steps.
+
+    opt = rc.HyperOptimizer(model.parameters(), hypergradient_loss=rc.estimators.HeldOut(
+        lambda: loss_fn(model(held_inputs), held_targets), every=10))
 """
 
 from __future__ import annotations
@@ -38,7 +51,7 @@ import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
-__all__ = ["Decayed", "Horizon", "OneStep"]
+__all__ = ["Decayed", "HeldOut", "Horizon", "OneStep", "TrainingLoss"]
 
 import torch
 from torch import Tensor
@@ -171,6 +184,67 @@ class Decayed(Horizon):
             return None
         incoming = [vector.to(tangent.dtype) for vector, tangent in zip(incoming, memory[0])]
         return _ops.inner_products([(incoming, tangent) for tangent in memory]).reshape(-1)
+
+
+class TrainingLoss:
+    """g_{t+1} is the training gradient the model steps with (the default).
+
+    >>> rc.estimators.TrainingLoss()
+    TrainingLoss()
+    """
+
+    def incoming(self, params: list[Tensor], grads: list[Tensor], step: int) -> list[Tensor] | None:
+        """The vector level 0's hypergradient is taken with at committed step
+        ``step`` (None: level 0's knobs take no hyper-step this step)."""
+        return grads
+
+    def __repr__(self) -> str:
+        return "TrainingLoss()"
+
+
+@dataclass(frozen=True)
+class HeldOut(TrainingLoss):
+    """g_{t+1} = d L_held(p_{t+1}) / d p, with L_held what ``closure()``
+    returns: the held-out loss at the current parameters, computed from the
+    model with grad enabled, *without* calling backward (its gradient is
+    taken with ``torch.autograd.grad``, so the model's ``.grad`` stays the
+    training gradient). Taken at the steps whose count is a multiple of
+    ``every``; on the others level 0's knobs take no hyper-step (and the
+    levels above none either). A parameter the held-out loss does not reach
+    gets 0. Under DDP every rank must evaluate the same held-out batch, or
+    the ranks learn different values.
+
+    >>> rc.estimators.HeldOut(lambda: torch.tensor(0.0), every=10).every
+    10
+    """
+
+    closure: Callable[[], Tensor]
+    every: int = 1
+
+    def __post_init__(self) -> None:
+        if not callable(self.closure):
+            raise TypeError(f"rc.estimators.HeldOut: closure must be callable, got {type(self.closure).__name__}")
+        every = self.every
+        if isinstance(every, bool) or not isinstance(every, numbers.Integral) or every < 1:
+            raise ValueError(f"rc.estimators.HeldOut: every must be an integer >= 1, got {every!r}")
+
+    def incoming(self, params, grads, step):
+        if step % self.every:
+            return None
+        with torch.enable_grad():
+            loss = self.closure()
+        if not isinstance(loss, Tensor) or loss.numel() != 1:
+            found = f"shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else type(loss).__name__
+            raise ValueError(f"rc.estimators.HeldOut: the closure must return the scalar held-out loss, got {found}")
+        if not loss.requires_grad:
+            raise ValueError("rc.estimators.HeldOut: the held-out loss needs no grad, so it does not depend on the "
+                             "parameters; compute it from the model inside the closure, with grad enabled")
+        with torch.enable_grad():  # (the engine steps under no_grad, where even a reshape drops the graph)
+            gradients = torch.autograd.grad(loss.reshape(()), params, allow_unused=True)
+        return [torch.zeros_like(p) if g is None else g for p, g in zip(params, gradients)]
+
+    def __repr__(self) -> str:
+        return f"HeldOut(every={self.every})"
 
 
 def update_tangents(optimizer: Optimizer, update: UpdateRecord) -> Tangents:

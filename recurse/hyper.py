@@ -42,8 +42,8 @@ from torch import Tensor
 from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
 from recurse import defaults, plan
-from recurse.estimators import (MAX_TANGENTS, Horizon, OneStep, UpdateRecord, closed_form_update, has_closed_form,
-                                step_values, vjp)
+from recurse.estimators import (MAX_TANGENTS, Horizon, OneStep, TrainingLoss, UpdateRecord, closed_form_update,
+                                has_closed_form, step_values, vjp)
 from recurse.optim import _ops
 from recurse.optim.base import Optimizer, State, finite_float, place_next_to, raw_dtype_for
 from recurse.optim.per_group import PerGroup
@@ -136,6 +136,11 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
     an :mod:`recurse.estimators` horizon: ``OneStep()`` (default, the last
     update) or ``Decayed(mu)`` (a decayed sum of every past update).
 
+    ``hypergradient_loss``: which loss's gradient level 0's hypergradient
+    is taken with: ``rc.estimators.TrainingLoss()`` (default, the training
+    gradient) or ``rc.estimators.HeldOut(closure, every=k)`` (a held-out
+    loss, every k steps).
+
     ``first_step_limit``: where level 0 learns its lr, the largest first
     step, as a fraction of the parameters' norm. If the first update at the
     starting lr would move the parameters further, ||p_1 - p_0|| >
@@ -177,8 +182,14 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
         guard: str = "skip",
         record_history: bool = False,
         horizon: Horizon | None = None,
+        hypergradient_loss: TrainingLoss | None = None,
         first_step_limit: float | None = defaults.FIRST_STEP_LIMIT,
     ) -> None:
+        hypergradient_loss = TrainingLoss() if hypergradient_loss is None else hypergradient_loss
+        if not isinstance(hypergradient_loss, TrainingLoss):
+            raise TypeError("rc.HyperOptimizer: hypergradient_loss must be rc.estimators.TrainingLoss() or "
+                            "rc.estimators.HeldOut(closure), got "
+                            f"{type(hypergradient_loss).__module__}.{type(hypergradient_loss).__qualname__}")
         if first_step_limit is not None:
             first_step_limit = finite_float("rc.HyperOptimizer", "first_step_limit", first_step_limit)
             if first_step_limit <= 0:
@@ -215,6 +226,7 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
         self.record_history = record_history
         self.levels = _build_levels(optimizer)
         self.horizon = horizon
+        self.hypergradient_loss = hypergradient_loss
         self._keeps_last_update = horizon.keeps_last_update  # (read every step)
         if not self._keeps_last_update:
             _check_horizon(horizon, self.levels[0])
@@ -478,9 +490,12 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
             incoming = level_grads[index]
             if incoming is None or not optimizer.is_learned:
                 hypergradient = None
-            elif index == 0:  # level 0's knobs: as far back as the horizon looks
-                hypergradient = self.horizon.hypergradient(optimizer, level.last_update, self._horizon_memory,
-                                                           incoming)
+            elif index == 0:  # level 0's knobs: the gradient of the hypergradient loss, as far back as the horizon looks
+                kept = level.last_update if self._keeps_last_update else self._horizon_memory
+                vector = None if kept is None else self.hypergradient_loss.incoming(self._params, incoming,
+                                                                                    self.step_count)
+                hypergradient = None if vector is None else self.horizon.hypergradient(
+                    optimizer, level.last_update, self._horizon_memory, vector)
             else:
                 hypergradient = None if level.last_update is None else vjp(optimizer, level.last_update, incoming,
                                                                           retain_graph=False)

@@ -104,6 +104,36 @@ METHODS = {
 SENSITIVITY_LRS = (1e-6, 1e-4, 1e-2, 1.0)
 RMS = {"normalize": "rms"}
 
+def hold_out(task, fraction, batch, seed):
+    """Move a random ``fraction`` of ``task``'s training set out of it, and
+    return an endless stream of mini-batches of that part."""
+    count = task.train_inputs.shape[0]
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(10_000 + seed)).to(task.device)
+    held, kept = order[:int(fraction * count)], order[int(fraction * count):]
+    held_inputs, held_targets = task.train_inputs[held], task.train_targets[held]
+    task.train_inputs, task.train_targets = task.train_inputs[kept], task.train_targets[kept]
+    generator = torch.Generator().manual_seed(20_000 + seed)
+
+    def stream():  # (the split above is done now, before the training batches are drawn)
+        while True:
+            index = torch.randint(0, held.numel(), (min(batch, held.numel()),), generator=generator).to(task.device)
+            yield held_inputs[index], held_targets[index]
+
+    return stream()
+
+
+def _held_out_design(fraction, every):
+    """The recommended tower, its level-0 hypergradient taken on a held-out ``fraction`` of the training set
+    every ``every`` steps (rc.estimators.HeldOut); the model trains on the rest."""
+    def design(lr):
+        def make(params, held_loss):
+            return rc.HyperOptimizer(params, rc.defaults.tower(lr),
+                                     hypergradient_loss=rc.estimators.HeldOut(held_loss, every=every))
+        make.held_out = {"fraction": fraction}
+        return make
+    return design
+
+
 # Candidate designs for the recommended tower (``--design``; "recurse default" and the sensitivity table run
 # it): lr -> params -> an rc.HyperOptimizer. "default" is what rc.HyperOptimizer(params) builds.
 DESIGNS = {
@@ -127,6 +157,8 @@ DESIGNS = {
         rc.AdamW(lr, learn="lr"), rc.Adam(0.05, betas=(0.99, 0.999), learn="lr"), rc.SGD(0.01, **RMS))),
     "Adam level 0.1": lambda lr: lambda params: rc.HyperOptimizer(params, rc.stack(
         rc.AdamW(lr, learn="lr"), rc.Adam(0.1, learn="lr"), rc.SGD(0.01, **RMS))),
+    "held-out 15%, every step": _held_out_design(0.15, 1),
+    "held-out 15%, every 4 steps": _held_out_design(0.15, 4),
     "no first step limit": lambda lr: lambda params: rc.HyperOptimizer(params, rc.defaults.tower(lr),
                                                                        first_step_limit=None),
     "Rprop top": lambda lr: lambda params: rc.HyperOptimizer(params, rc.stack(
@@ -141,7 +173,12 @@ def train(workload, make_optimizer, seed, device, evals=10):
     and the level-0 lr after each step where the optimizer learns one."""
     task = workload.make(device)
     model = task.model(workload.hidden, seed=seed)
-    opt = make_optimizer(model.parameters())
+    held_out = getattr(make_optimizer, "held_out", None)
+    if held_out is None:
+        opt = make_optimizer(model.parameters())
+    else:  # the method trains on the rest of the training set and takes a hypergradient on this part
+        held_batches = hold_out(task, held_out["fraction"], workload.batch, seed)
+        opt = make_optimizer(model.parameters(), lambda: task.loss(model, *next(held_batches)))
     batches = task.batches(workload.batch, seed=seed)
     switches = hasattr(opt, "eval") and hasattr(opt, "train")  # (Schedule-Free evaluates at its averaged point)
     if switches:

@@ -50,6 +50,17 @@ def _closure_step(value):
     return opt.step(lambda: value)
 
 
+def _held_out_steps(held):
+    """Two steps under a held-out hypergradient loss (the first hypergradient is taken at the second)."""
+    params = _model_params()
+    opt = rc.HyperOptimizer(params, rc.Adam(0.1, learn="lr", hyper=rc.SGD(0.01)),
+                            hypergradient_loss=rc.estimators.HeldOut(lambda: held(params)))
+    for _ in range(2):
+        for param in params:
+            param.grad = torch.ones_like(param)
+        opt.step()
+
+
 def _graph(steps, **options):
     params = _model_params()
     return rc.graph.build({"weight": params[:1], "bias": params[1:]}, {"a": "A", "b": "B"}, steps, **options)
@@ -184,6 +195,18 @@ ROWS = [
      r"the closure returned None; it must return the loss"),
     ("closure-non-scalar", "a closure whose loss is not a scalar", lambda: _closure_step(torch.ones(3)), ValueError,
      r"the closure must return the scalar loss, got shape \(3,\)"),
+    ("held-out-non-scalar", "a held-out closure that returns a non-scalar",
+     lambda: _held_out_steps(lambda params: params[0] * 2), ValueError,
+     r"HeldOut: the closure must return the scalar held-out loss, got shape \(2, 4\)"),
+    ("held-out-no-grad", "a held-out closure whose loss needs no grad",
+     lambda: _held_out_steps(lambda params: torch.tensor(1.0)), ValueError,
+     r"HeldOut: the held-out loss needs no grad, so it does not depend on the parameters"),
+    ("held-out-every", "a held-out cadence that is not a positive integer",
+     lambda: rc.estimators.HeldOut(lambda: torch.tensor(1.0), every=0), ValueError,
+     r"every must be an integer >= 1, got 0"),
+    ("hypergradient-loss-type", "a hypergradient loss that is not one",
+     lambda: rc.HyperOptimizer(_model_params(), hypergradient_loss=lambda: 0.0), TypeError,
+     r"hypergradient_loss must be rc.estimators.TrainingLoss\(\) or rc.estimators.HeldOut\(closure\)"),
     ("unroll-non-scalar", "an unroll objective that is not a scalar",
      lambda: rc.unroll(lambda p, k: p[0] * 2, [torch.zeros(2)], rc.SGD(0.1), steps=2), ValueError,
      r"the objective must return a scalar tensor, got \(2,\) at inner step 0"),
