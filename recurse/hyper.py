@@ -566,7 +566,9 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
             if index == 0:
                 targets = list(self._params)  # (it differentiates the loss at the very parameters: Newton)
                 if optimizer.is_learned and not optimizer.needs_loss_graph:
-                    if optimizer.update_depends_on_params():
+                    if optimizer.update_depends_on_params() and (
+                            closure is not None or not has_closed_form(optimizer)
+                            or optimizer.closed_form_keeps_params()):
                         # Kept by the last update, and the model changes in place.
                         targets = [p.clone() for p in targets]
                     elif not has_closed_form(optimizer):  # autograd differentiates the update: no edge to the model
@@ -881,6 +883,8 @@ def _advance(optimizer, raw, targets, grads, state, norm_state, *, learned, clos
             return new_values, (new_state, norm_state, last_update)
         if _ops.on_host(targets):  # a saturated value (see _closed_form_update): a non-finite step
             return [math.nan] * len(targets), (state, norm_state, None)
+        if optimizer.update_depends_on_params() and not optimizer.closed_form_keeps_params():
+            targets = [target.clone() for target in targets]  # (not copied for the closed form that declined)
     raw = optimizer.as_raw_tensor(raw)
     hyper_leaf = raw.detach().requires_grad_() if learned else None
     with torch.enable_grad() if learned or closure is not None else _NO_CONTEXT:

@@ -271,7 +271,7 @@ def test_adam_learning_only_its_lr_keeps_one_direction_alone_and_resumes_exactly
     record = opt.levels[0].last_update
     assert record.params is None and record.grads is None and record.state is None and opt._kept_grads is None
     assert set(record.saved) == {"direction", "bias_correction1", "values"}
-    assert not opt.levels[0].optimizer.update_depends_on_params()  # (so the engine copies no parameters)
+    assert not opt.levels[0].optimizer.closed_form_keeps_params()  # (so the engine copies no parameters)
     resumed_model = small_mlp()
     resumed_model.load_state_dict(model.state_dict())
     resumed = build(resumed_model)
@@ -286,3 +286,38 @@ def test_adam_learning_only_its_lr_keeps_one_direction_alone_and_resumes_exactly
     model.zero_grad(set_to_none=False)
     train_step(model, opt, inputs, targets)
     assert not opt.copies_gradients
+
+
+@pytest.mark.parametrize("guard", ["skip", "off"])
+def test_adamw_learning_only_its_lr_under_a_closure_takes_autograd_on_a_copy(guard):
+    """Where the closed form is not taken (step(closure); also a value beyond its dtype), autograd
+    differentiates p (1 - lr wd) on a copy of the parameters, which the engine did not make for the
+    closed form: the next step neither crashes on the in-place update nor reads the new parameters."""
+    inputs, targets = regression_data()
+
+    def build(model):
+        return rc.HyperOptimizer(model.parameters(), rc.stack(rc.AdamW(1e-2, learn="lr"), rc.SGD(1e-3)),
+                                 guard=guard)
+
+    def closure_step(model, opt):
+        def closure():
+            opt.zero_grad()
+            loss = torch.nn.functional.mse_loss(model(inputs), targets)
+            loss.backward()
+            return loss
+        return opt.step(closure).item()
+
+    model = small_mlp()
+    opt = build(model)
+    for _ in range(3):
+        closure_step(model, opt)
+    plain_model = small_mlp()
+    plain = build(plain_model)
+    for _ in range(3):
+        train_step(plain_model, plain, inputs, targets)
+    assert opt.hypergradients()["0.lr"] == pytest.approx(plain.hypergradients()["0.lr"], rel=1e-12)
+    resumed_model = copy.deepcopy(model)
+    resumed = build(resumed_model)
+    resumed.load_state_dict(copy.deepcopy(opt.state_dict()))
+    for _ in range(2):
+        assert closure_step(model, opt) == closure_step(resumed_model, resumed)

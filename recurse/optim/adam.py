@@ -239,9 +239,11 @@ class Adam(Optimizer):
                 and self._product_names in (("w.m",), ("w.m", "c.p")))
 
     def update_depends_on_params(self):
-        # Where the closed form saves u = r + b weight_decay p itself, it keeps no reference to p.
-        return self.initial_values["weight_decay"] != 0.0 and not (
-            self.decoupled_weight_decay and self.is_learned and self._keeps_direction())
+        return self.initial_values["weight_decay"] != 0.0
+
+    def closed_form_keeps_params(self):
+        # Where the closed form saves u = r (+ b weight_decay p) itself, it keeps no reference to p.
+        return self.update_depends_on_params() and not self._keeps_direction()
 
     def saved_vjp(self, saved, incoming):
         """d p_t / d lr = -u / b, from the saved u = m_t / den + b weight_decay p (AdamW; m_t / den for

@@ -328,6 +328,14 @@ class Optimizer:
         """
         return True
 
+    def closed_form_keeps_params(self) -> bool:
+        """Whether what :meth:`update_with_vjp` keeps for the next
+        hypergradient refers to the parameters it was given (so the engine
+        must copy them, since the model changes in place). The default is
+        :meth:`update_depends_on_params`; a closed form that saves what it
+        needs from them (Adam learning only lr) says False."""
+        return self.update_depends_on_params()
+
     def step(
         self,
         params: Sequence[Tensor],
