@@ -45,6 +45,7 @@ from recurse import defaults, plan
 from recurse.estimators import (MAX_TANGENTS, Horizon, OneStep, TrainingLoss, UpdateRecord, closed_form_update,
                                 has_closed_form, step_values, vjp)
 from recurse.optim import _ops
+from recurse.constraints import positive
 from recurse.optim.base import Optimizer, State, finite_float, place_next_to, raw_dtype_for
 from recurse.optim.per_group import PerGroup
 from recurse.param_group import ParamGroup
@@ -99,6 +100,7 @@ class _Proposal:
     horizon_memory: Any = None  # (what level 0's horizon keeps, when it keeps more than the last update)
     hypergradients: list = field(default_factory=list)  # (what last_hypergradients shows once committed)
     points: list = field(default_factory=list)  # (the raws those hypergradients were taken at)
+    first_step_measured: bool = False  # (the first-step limit has looked at a step that moves the parameters)
 
 
 class CopiesWhole:
@@ -148,10 +150,13 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
     exactly that far (every built-in's first step is proportional to its
     lr), and the tower learns on from there: no level above can undo a first
     step that wrecks the network (Adam's first step moves every coordinate
-    by about lr), since a hypergradient needs two. Default
-    ``recurse.defaults.FIRST_STEP_LIMIT`` (0.1); None never limits. It
-    leaves a fixed lr alone (the user's, as in torch.optim), and parameters
-    that are all 0 (no scale to compare with).
+    by about lr), since a hypergradient needs two. The step is measured at
+    the schedule's full factor (a warm-up's first steps are scaled down; one
+    that starts at 0 moves nothing, and the first step that moves the
+    parameters is measured). A warning says by how much the lr was lowered.
+    Default ``recurse.defaults.FIRST_STEP_LIMIT`` (0.1); None never limits.
+    It leaves a fixed lr alone (the user's, as in torch.optim), and
+    parameters that are all 0 (no scale to compare with).
 
     Param groups carry their own values, as torch.optim's do: a group's
     keys that name a knob of level 0 (``"lr"``, ``"betas"``, ...) are its
@@ -234,6 +239,7 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
         self._dtypes = frozenset(param.dtype for param in self._params)  # (they may mix)
         place_next_to([level.optimizer for level in self.levels], self._params)
         self.step_count = 0
+        self._first_step_pending = True  # (until the first-step limit has measured a step that moves them)
         self.nonfinite_steps = 0
         self._history: list[list[Tensor]] = []
         self._last_hypergradients: list[Tensor | list[float] | None] = [None] * len(self.levels)
@@ -403,10 +409,11 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
             points[0] = self.levels[0].optimizer.raw
         hypergradients, level_grads = self._hypergradients(grads)
         proposal = self._propose(level_grads, hypergradients, closure)
-        if self.step_count == 0 and self.first_step_limit is not None and proposal.model_params is not None:
-            lowered = self._lowered_start(proposal.model_params)
+        if self._first_step_pending and self.first_step_limit is not None and proposal.model_params is not None:
+            measured, lowered = self._lowered_start(proposal.model_params)
             if lowered is not None:
                 proposal = self._propose(level_grads, hypergradients, closure, start={0: lowered})
+            proposal.first_step_measured = measured
         proposal.hypergradients, proposal.points = hypergradients, points
         if self.guard != "off":
             proposed = [raw for raw in proposal.raws.values() if isinstance(raw, Tensor)] + (proposal.model_params or [])
@@ -520,34 +527,39 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
             return gradient if isinstance(gradient, list) else gradient.tolist()
         return [self.levels[index - 1].optimizer.as_raw_tensor(gradient)]
 
-    def _lowered_start(self, proposed: list[Tensor]) -> Tensor | list[float] | None:
-        """Level 0's raw with its learned lrs lowered so that the first step
-        ``proposed`` moves the parameters by ``first_step_limit`` of their
-        norm; None where it moves them less (or there is nothing to lower)."""
+    def _lowered_start(self, proposed: list[Tensor]) -> tuple[bool, list[float] | None]:
+        """Whether the first step ``proposed`` could be measured (a learned lr
+        and a step that moves the parameters: under a warm-up from 0 the
+        first steps do not), and level 0's raw with its learned lrs lowered
+        so that this step, at the schedule's full factor, moves the
+        parameters by ``first_step_limit`` of their norm; None where it
+        moves them less (or there is nothing to lower)."""
         optimizer = self.levels[0].optimizer
-        entries = optimizer.log_lr_entries() if optimizer.is_learned else []
-        if not entries:
-            return None
+        entries = optimizer.learned_lr_entries() if optimizer.is_learned else []
+        scale = max(optimizer.lr_scales())
+        if not entries or scale <= 0:
+            return not entries, None
         size = math.sqrt(sum(float(p.detach().double().square().sum()) for p in self._params))
         change = math.sqrt(sum(float((new.double() - p.detach().double()).square().sum())
-                               for new, p in zip(proposed, self._params)))
+                               for new, p in zip(proposed, self._params))) / scale
         limit = self.first_step_limit * size
         if not (size > 0 and math.isfinite(change) and change > limit):  # (a non-finite step: the guard's)
-            return None
-        raw = list(optimizer.raw_floats())
-        for index in entries:
-            raw[index] += math.log(limit / change)
-        log.info("rc.HyperOptimizer: the first step at the starting lr would move the parameters by %.3g of "
-                 "their norm (first_step_limit %g); the learned lr starts %.3g times lower", change / size,
-                 self.first_step_limit, change / limit)
-        if has_closed_form(optimizer):  # (what _propose reads for level 0: floats for a closed form)
-            return _ops.rounded(raw, optimizer.raw_dtype)
-        return optimizer.as_raw_tensor(raw)
+            return change > 0 or size == 0, None
+        raw, factor = list(optimizer.raw_floats()), limit / change
+        for index, constraint in entries:
+            raw[index] = raw[index] + math.log(factor) if constraint is positive else raw[index] * factor
+        log.warning("rc.HyperOptimizer: the first step at the starting lr would move the parameters by %.3g of "
+                    "their norm (first_step_limit %g); the learned lr starts %.3g times lower "
+                    "(first_step_limit=None keeps it)", change / size, self.first_step_limit, 1 / factor)
+        return True, _ops.rounded(raw, optimizer.raw_dtype)
 
     def _propose(self, level_grads, hypergradients, closure, start=None) -> _Proposal:
         """The step every level would take. ``start``: level index -> the raw
-        it steps from instead of its own (the first step's lowered lr)."""
-        raws: dict[int, Tensor | list[float]] = dict(start or {})
+        (floats) it holds before this step instead of its own (the first
+        step's lowered lr): what the level above steps, and, where no level
+        above steps it, what it steps with and keeps."""
+        start = start or {}
+        raws: dict[int, Tensor | list[float]] = {}
         level_updates: dict[int, tuple[State, State | None, UpdateRecord | None]] = {}
         self_update = None
         top_index = len(self.levels) - 1
@@ -577,11 +589,19 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
                 below = self.levels[index - 1].optimizer
                 if level_grads[index] is None:
                     continue
-                targets = list(below.raw_floats()) if level.host else [below.raw]
+                below_raw = start.get(index - 1)
+                if below_raw is None:
+                    targets = list(below.raw_floats()) if level.host else [below.raw]
+                else:
+                    targets = list(below_raw) if level.host else [below.as_raw_tensor(below_raw)]
             target_grads = level_grads[index]
             raw = raws.get(index)
+            if raw is None and index in start:  # (no level above stepped it: it keeps the start)
+                raws[index] = raw = start[index]
             if raw is None:  # a closed form reads floats; autograd needs the tensor
                 raw = optimizer.raw_floats() if optimizer.is_learned and has_closed_form(optimizer) else optimizer.raw
+            elif isinstance(raw, list) and not (optimizer.is_learned and has_closed_form(optimizer)):
+                raw = optimizer.as_raw_tensor(raw)
             new_values, (state, norm_state, last_update) = _advance(
                 optimizer, raw, targets, target_grads, level.state, level.norm_state,
                 learned=optimizer.is_learned, closure=closure if index == 0 else None,
@@ -623,6 +643,8 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
         self._kept_grads = self._pending_kept_grads if kept is not None and kept.grads is not None else None
         self._pending_kept_grads = None
         self.step_count += 1
+        if proposal.first_step_measured:
+            self._first_step_pending = False
         if self.record_history:
             self._history.append(_learned_values(self.levels))
 
@@ -652,6 +674,7 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
         self._forget_overwritten_gradients()  # a resumed run must skip what this one will
         return {
             "step_count": self.step_count,
+            "first_step_pending": self._first_step_pending,
             "nonfinite_steps": self.nonfinite_steps,
             "copies_gradients": self.copies_gradients,
             "levels": [
@@ -735,6 +758,7 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
             level.last_update = last_update(saved["last_update"], dtype)
             level.last_self_update = last_update(saved["last_self_update"], raw_dtype)
         self.step_count = state_dict["step_count"]
+        self._first_step_pending = state_dict.get("first_step_pending", self.step_count == 0)
         self.nonfinite_steps = state_dict["nonfinite_steps"]
         self.copies_gradients = state_dict.get("copies_gradients", False)
         self._kept_grads = None  # the loaded last update holds its own gradients
@@ -823,8 +847,8 @@ def _level_zero_for(optimizer: Optimizer, groups: list[dict[str, Any]]) -> tuple
 
 
 # torch.optim's per-group options that are not knobs: torch applies them to one group, an rc rule to all.
-_RULE_OPTIONS = ("nesterov", "maximize", "amsgrad", "centered", "initial_accumulator_value", "foreach", "fused",
-                 "capturable", "differentiable", "decoupled_weight_decay")
+_RULE_OPTIONS = ("nesterov", "maximize", "amsgrad", "centered", "initial_accumulator_value", "etas", "step_sizes",
+                 "foreach", "fused", "capturable", "differentiable", "decoupled_weight_decay")
 
 
 def _options_of(optimizer: Optimizer, group: dict[str, Any]) -> dict[str, Any]:

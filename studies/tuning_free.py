@@ -50,7 +50,7 @@ from typing import NamedTuple
 import torch
 
 import recurse as rc
-from recurse.baselines import run_search
+from recurse.baselines import OPTIMIZERS, run_search
 from recurse.reporting import progress, publish, saved_figure, study_folder, study_parser
 
 PEERS_EXTRA = 'pip install -e ".[peers]"'
@@ -226,12 +226,14 @@ def searched_best(workload, trials, device, storage):
         for trial in first:
             if trial.value is not None and math.isfinite(trial.value) and trial.value < best:
                 best, make = trial.value, _trial_optimizer(optimizer, trial.params)
+    if make is None:
+        raise RuntimeError(f"tuning_free: every trial of the searches on {task.name} diverged; no reference")
     return best, make
 
 
 def _trial_optimizer(name, params):
-    kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[name]
-    return lambda model_params: kind(model_params, **params)
+    """What the trial trained with: rc.baselines' ``name`` at the trial's parameters, at depth 0."""
+    return lambda model_params: rc.HyperOptimizer(model_params, OPTIMIZERS[name](**params))
 
 
 def geometric_mean(values):
@@ -296,7 +298,8 @@ def main(argv=None):
         times = [row.get("time_over_adam", math.nan) for row in results if row["method"] == method]
         summary.append({"method": method, "geometric_mean": geometric_mean(ratios.values()), "worst_task": worst,
                         "worst_ratio": ratios[worst], "geometric_mean_over_rerun": geometric_mean(reruns.values()),
-                        "worst_over_rerun": max(reruns.values()), "time_over_adam": geometric_mean(times)
+                        "worst_task_over_rerun": max(reruns, key=reruns.get), "worst_over_rerun": max(reruns.values()),
+                        "time_over_adam": geometric_mean(times)
                         if all(math.isfinite(t) for t in times) else math.nan})
     draw(out, curves, learned, workloads)
     lines = [f"Validation loss over the best of 2 Optuna searches ({trials}x the budget of one run); recurse "
@@ -315,7 +318,7 @@ def main(argv=None):
         cells = [f"{next(r['over_best_rerun'] for r in results if r['method'] == row['method'] and r['task'] == t):.2f}"
                  for t in workloads]
         lines.append(f"| {row['method']} | " + " | ".join(cells) + f" | {row['geometric_mean_over_rerun']:.2f} | "
-                     f"{row['worst_over_rerun']:.2f} |")
+                     f"{row['worst_task_over_rerun']} {row['worst_over_rerun']:.2f} |")
     lines.append("| (best trial: seed 0, mean over seeds) | " + " | ".join(
         f"{next(r['best_trial'] for r in results if r['task'] == t):.4f}, "
         f"{next(r['best_rerun'] for r in results if r['task'] == t):.4f}" for t in workloads) + " | | |")
@@ -325,11 +328,14 @@ def main(argv=None):
     lines += [f"| {row['task']} | " + " | ".join(f"{row[f'lr {lr:g}']:.4f}" for lr in SENSITIVITY_LRS) +
               f" | {row['spread']:.2f} |" for row in sensitivity]
     tables = {"results": results, "summary": summary, "sensitivity": sensitivity}
+    if not sensitivity:
+        (out / "sensitivity.csv").unlink(missing_ok=True)  # (not an earlier run's beside this one's results)
     publish(out, "\n".join(lines), {name: rows for name, rows in tables.items() if rows})
-    (out / "results.json").write_text(json.dumps({"design": args.design, "results": results, "summary": summary,
+    (out / "results.json").write_text(json.dumps({"design": args.design, "start_lr": args.start_lr,
+                                                  "results": results, "summary": summary,
                                                   "sensitivity": sensitivity}, indent=1))
-    print(f"\nwrote {out}/results.csv, summary.csv, sensitivity.csv, results.json, summary.md, curves.png, "
-          "learned_lr.png")
+    written = ", ".join(f"{name}.csv" for name, rows in tables.items() if rows)
+    print(f"\nwrote {out}/{written}, results.json, summary.md, curves.png, learned_lr.png")
     return results, summary, sensitivity
 
 

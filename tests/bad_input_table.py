@@ -104,6 +104,8 @@ ROWS = [
      ValueError, r"initial_accumulator_value must be >= 0"),
     ("rprop-learned-lr", "learning Rprop's lr (only its first step size)",
      lambda: rc.Rprop(learn="lr", hyper=rc.SGD(0.1)), ValueError, r"rc.Rprop: its lr is only the first step size"),
+    ("rprop-hyper", "a level above Rprop", lambda: rc.Rprop(hyper=rc.SGD(0.1)), ValueError,
+     r"rc.Rprop: nothing above it can learn its lr"),
     ("rprop-etas", "Rprop etas that do not shrink and grow", lambda: rc.Rprop(etas=(1.2, 0.5)), ValueError,
      r"etas must satisfy 0 < eta_minus < 1 < eta_plus, got \(1.2, 0.5\)"),
     ("rprop-step-sizes", "Rprop step sizes out of order", lambda: rc.Rprop(step_sizes=(1.0, 0.1)), ValueError,

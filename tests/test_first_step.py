@@ -101,3 +101,29 @@ def test_after_the_first_step_it_never_acts_again_and_a_resumed_run_does_not_eit
         losses = {train_step(m, o, inputs, targets) for m, o in ((model, opt), (resumed_model, resumed),
                                                                  (unlimited_model, unlimited))}
         assert len(losses) == 1
+
+
+def test_under_a_warm_up_from_0_the_first_step_that_moves_is_limited_at_the_schedules_full_factor():
+    inputs, targets = regression_data()
+    model = small_mlp()
+    opt = rc.HyperOptimizer(model.parameters(), rc.stack(rc.Adam(1.0, learn="lr"), rc.SGD(0.01, normalize="rms")),
+                            first_step_limit=0.1)
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, step / 5))
+    before = [p.detach().clone() for p in model.parameters()]
+    train_step(model, opt, inputs, targets)  # factor 0: nothing moves, nothing to measure
+    schedule.step()
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+    assert opt.learned_hyperparameters()["0.lr"] == 1.0
+    train_step(model, opt, inputs, targets)  # factor 0.2: limited as if it were 1
+    schedule.step()
+    step = norm([p.detach() - q for p, q in zip(model.parameters(), before)])
+    assert step == pytest.approx(0.2 * 0.1 * norm(before), rel=1e-9)
+    assert opt.learned_hyperparameters()["0.lr"] < 0.5
+
+
+def test_an_lr_learned_in_its_own_units_is_limited_too():
+    make = lambda: rc.stack(rc.SGD(50.0, learn="lr", parametrization={"lr": "identity"}),  # noqa: E731
+                            rc.SGD(0.01))
+    before, limited, opt = first_step(make(), first_step_limit=0.1)
+    assert norm([a - b for a, b in zip(limited, before)]) == pytest.approx(0.1 * norm(before), rel=1e-9)
+    assert opt.learned_hyperparameters()["0.lr"] < 50.0

@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy
 from postgres_cluster import postgres_cluster, server_binary
 
-from recurse.baselines.search import FAIL_REASON, SEARCH_SPACES, make_sampler, search_space
+from recurse.baselines.search import FAIL_REASON, SEARCH_SPACES, gradient_evaluations, make_sampler, search_space
 from recurse.baselines.storage import open_storage, retried_trial_number
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -77,6 +77,7 @@ def test_a_grid_trial_killed_before_its_first_suggest_reruns_its_own_cell(tmp_pa
     space = search_space("adam", "lr")
     study = optuna.create_study(study_name="early", storage=storage, sampler=make_sampler("grid", space, 4, seed=0))
     killed = study.ask()
+    killed.set_user_attr("gradient_evaluations", 700)  # (spent before the kill: counted once, on this trial)
     storage.record_heartbeat(killed._trial_id)
     time.sleep(2.5)  # past the grace period, on a database clock that counts whole seconds
 
@@ -90,6 +91,7 @@ def test_a_grid_trial_killed_before_its_first_suggest_reruns_its_own_cell(tmp_pa
     assert sorted(t.params["lr"] for t in completed) == sorted(space[0].grid(4))
     rerun = [t for t in completed if retried_trial_number(t) == killed.number]
     assert len(rerun) == 1 and rerun[0].system_attrs["grid_id"] == trials[killed.number].system_attrs["grid_id"]
+    assert "gradient_evaluations" not in rerun[0].user_attrs and gradient_evaluations(study) == 700
 
 
 def test_two_workers_share_one_postgresql_study():

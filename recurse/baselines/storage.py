@@ -13,6 +13,7 @@ trial a rerun replaces.
 
 from __future__ import annotations
 
+import copy
 import warnings
 from pathlib import Path
 
@@ -39,7 +40,17 @@ def retried_trial_number(trial: FrozenTrial) -> int | None:
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-    RETRY_STALE_TRIAL = optuna.storages.RetryHeartbeatStaleTrialCallback()
+    _RETRY = optuna.storages.RetryHeartbeatStaleTrialCallback()
+
+
+def requeue_stale_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Queue ``trial`` (stale: its worker died) to run again, through Optuna's
+    RetryHeartbeatStaleTrialCallback, without its user attributes: they are
+    the killed run's partial results (the gradient evaluations it had spent
+    stay counted once, on the stale trial, not again on the rerun)."""
+    fresh = copy.copy(trial)
+    fresh.user_attrs = {}
+    _RETRY(study, fresh)
 
 
 def open_storage(url: str, *, heartbeat_interval: int = 60, grace_period: int | None = None
@@ -63,6 +74,6 @@ def open_storage(url: str, *, heartbeat_interval: int = 60, grace_period: int | 
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         try:
             return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-                                              heartbeat_stale_trial_callback=RETRY_STALE_TRIAL)
+                                              heartbeat_stale_trial_callback=requeue_stale_trial)
         except Exception as error:  # SQLAlchemy and drivers raise many types; the user needs the URL and cause
             raise ValueError(f"cannot open Optuna storage {url!r}: {type(error).__name__}: {error}") from error

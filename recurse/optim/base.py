@@ -491,11 +491,12 @@ class Optimizer:
         """A name for each entry of ``raw``: the learnable hyperparameters, in order."""
         return list(self.learnable)
 
-    def log_lr_entries(self) -> list[int]:
-        """The positions in ``raw`` of learned lrs learned as their log (a
-        step's size is then ``exp(raw)``: adding log f multiplies it by f)."""
-        return [index for index, (name, constraint) in enumerate(self._learnable_constraints)
-                if name == "lr" and constraint is positive]
+    def learned_lr_entries(self) -> list[tuple[int, Constraint]]:
+        """``(position in raw, constraint)`` of each learned lr: learned as its
+        log (``positive``: adding log f to raw multiplies the lr by f) or in
+        its own units (``identity``: multiplying raw by f does)."""
+        return [(index, constraint) for index, (name, constraint) in enumerate(self._learnable_constraints)
+                if name == "lr"]
 
     def tracked_names(self) -> tuple[str, ...]:
         """Names of the learned quantities recorded in histories: one per

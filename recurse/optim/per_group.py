@@ -180,10 +180,10 @@ class PerGroup(Optimizer):
                 for (name, (optimizer, _)), piece in zip(self.groups.items(), self._pieces(raw))
                 for key, value in optimizer.current_values(piece).items()}
 
-    def log_lr_entries(self) -> list[int]:
+    def learned_lr_entries(self):
         entries, offset = [], 0
         for optimizer, _ in self.groups.values():
-            entries += [offset + index for index in optimizer.log_lr_entries()]
+            entries += [(offset + index, constraint) for index, constraint in optimizer.learned_lr_entries()]
             offset += optimizer.raw.numel()
         return entries
 
