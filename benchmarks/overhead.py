@@ -56,7 +56,7 @@ HAND_GUARDED = "depth 1 by hand, guarded as recurse is (out of place, checked, c
 INNER_PRODUCT_ONLY = "torch.optim + the inner product g_t . g_{t-1} alone (no level 1)"
 THREE_PRODUCTS_ONLY = "torch.optim + the inner products of g_t with m_{t-1}, v_{t-1}, g_{t-1} alone (no level 1)"
 COMPILED = "recurse depth 1, Adam(compile=True)"
-RECOMMENDED = "recurse's recommended tower, rc.HyperOptimizer(params) (depth 2)"
+RECOMMENDED = "recurse's recommended tower, rc.HyperOptimizer(params)"
 BUILT_ON_TORCH_OPTIM = (HAND_WRITTEN, HAND_GUARDED, INNER_PRODUCT_ONLY, THREE_PRODUCTS_ONLY)
 
 

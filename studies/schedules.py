@@ -7,7 +7,7 @@ overwrites it. This study trains ``rc.problems.Digits()`` (MLP, hidden 64,
 batch 128) under each schedule with:
 
 - ``recommended``: ``rc.HyperOptimizer(params)``, the recommended tower
-  (recurse.defaults: AdamW learning its lr under an Adam and an SGD level);
+  (recurse.defaults: AdamW learning its lr under an Adam level);
 - ``depth 3 recipe``: ``rc.stack(rc.Adam(1e-3, learn="lr"),
   rc.SGD(0.05, normalize="rms"), rc.SGD(0.01, normalize="rms"))``, the
   recipe README recommended before the defaults;

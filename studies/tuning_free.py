@@ -155,6 +155,8 @@ DESIGNS = {
         horizon=rc.estimators.Decayed(0.9)),
     "Adam level betas (0.99, 0.999)": lambda lr: lambda params: rc.HyperOptimizer(params, rc.stack(
         rc.AdamW(lr, learn="lr"), rc.Adam(0.05, betas=(0.99, 0.999), learn="lr"), rc.SGD(0.01, **RMS))),
+    "one Adam level 0.05": lambda lr: lambda params: rc.HyperOptimizer(params, rc.stack(
+        rc.AdamW(lr, learn="lr"), rc.Adam(0.05))),
     "Adam level 0.1": lambda lr: lambda params: rc.HyperOptimizer(params, rc.stack(
         rc.AdamW(lr, learn="lr"), rc.Adam(0.1, learn="lr"), rc.SGD(0.01, **RMS))),
     "held-out 15%, every step": _held_out_design(0.15, 1),

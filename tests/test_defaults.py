@@ -10,9 +10,9 @@ import recurse as rc
 
 def test_no_tower_means_the_recommended_one():
     opt = rc.HyperOptimizer(torch.nn.Linear(3, 1).parameters())
-    assert [type(level.optimizer) for level in opt.levels] == [rc.AdamW, rc.Adam, rc.SGD]
-    assert opt.levels[0].optimizer.learnable == ("lr",) and opt.levels[1].optimizer.learnable == ("lr",)
-    assert sorted(opt.learned_hyperparameters()) == ["0.lr", "1.lr"]
+    assert [type(level.optimizer) for level in opt.levels] == [rc.AdamW, rc.Adam]
+    assert opt.levels[0].optimizer.learnable == ("lr",) and not opt.levels[1].optimizer.is_learned
+    assert sorted(opt.learned_hyperparameters()) == ["0.lr"] and opt.first_step_limit == 0.1
     assert opt.learned_hyperparameters()["0.lr"] == pytest.approx(1e-3)
 
 
