@@ -231,15 +231,15 @@ class HeldOut(TrainingLoss):
     def incoming(self, params, grads, step):
         if step % self.every:
             return None
-        with torch.enable_grad():
-            loss = self.closure()
-        if not isinstance(loss, Tensor) or loss.numel() != 1:
-            found = f"shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else type(loss).__name__
-            raise ValueError(f"rc.estimators.HeldOut: the closure must return the scalar held-out loss, got {found}")
-        if not loss.requires_grad:
-            raise ValueError("rc.estimators.HeldOut: the held-out loss needs no grad, so it does not depend on the "
-                             "parameters; compute it from the model inside the closure, with grad enabled")
         with torch.enable_grad():  # (the engine steps under no_grad, where even a reshape drops the graph)
+            loss = self.closure()
+            if not isinstance(loss, Tensor) or loss.numel() != 1:
+                found = f"shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else type(loss).__name__
+                raise ValueError(f"rc.estimators.HeldOut: the closure must return the scalar held-out loss, "
+                                 f"got {found}")
+            if not loss.requires_grad:
+                raise ValueError("rc.estimators.HeldOut: the held-out loss needs no grad, so it does not depend on "
+                                 "the parameters; compute it from the model inside the closure, with grad enabled")
             gradients = torch.autograd.grad(loss.reshape(()), params, allow_unused=True)
         return [torch.zeros_like(p) if g is None else g for p, g in zip(params, gradients)]
 

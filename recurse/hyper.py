@@ -497,7 +497,7 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
             incoming = level_grads[index]
             if incoming is None or not optimizer.is_learned:
                 hypergradient = None
-            elif index == 0:  # level 0's knobs: the gradient of the hypergradient loss, as far back as the horizon looks
+            elif index == 0:  # level 0's knobs: the hypergradient loss's gradient, as far back as the horizon looks
                 kept = level.last_update if self._keeps_last_update else self._horizon_memory
                 vector = None if kept is None else self.hypergradient_loss.incoming(self._params, incoming,
                                                                                     self.step_count)
@@ -539,9 +539,12 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
         scale = max(optimizer.lr_scales())
         if not entries or scale <= 0:
             return not entries, None
-        size = math.sqrt(sum(float(p.detach().double().square().sum()) for p in self._params))
-        change = math.sqrt(sum(float((new.double() - p.detach().double()).square().sum())
-                               for new, p in zip(proposed, self._params))) / scale
+        # (in float64, read in one go: a half-precision sum of squares overflows)
+        old = [p.detach().double() for p in self._params]
+        squares = [[p.square().sum() for p in old],
+                   [(new.double() - p).square().sum() for new, p in zip(proposed, old)]]
+        size_squared, change_squared = torch.stack([torch.stack(row).sum() for row in squares]).tolist()
+        size, change = math.sqrt(size_squared), math.sqrt(change_squared) / scale
         limit = self.first_step_limit * size
         if not (size > 0 and math.isfinite(change) and change > limit):  # (a non-finite step: the guard's)
             return change > 0 or size == 0, None

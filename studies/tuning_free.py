@@ -51,6 +51,7 @@ import torch
 
 import recurse as rc
 from recurse.baselines import OPTIMIZERS, run_search
+from recurse.problems.supervised import split
 from recurse.reporting import progress, publish, saved_figure, study_folder, study_parser
 
 PEERS_EXTRA = 'pip install -e ".[peers]"'
@@ -107,16 +108,13 @@ RMS = {"normalize": "rms"}
 def hold_out(task, fraction, batch, seed):
     """Move a random ``fraction`` of ``task``'s training set out of it, and
     return an endless stream of mini-batches of that part."""
-    count = task.train_inputs.shape[0]
-    order = torch.randperm(count, generator=torch.Generator().manual_seed(10_000 + seed)).to(task.device)
-    held, kept = order[:int(fraction * count)], order[int(fraction * count):]
-    held_inputs, held_targets = task.train_inputs[held], task.train_targets[held]
-    task.train_inputs, task.train_targets = task.train_inputs[kept], task.train_targets[kept]
-    generator = torch.Generator().manual_seed(20_000 + seed)
+    task.train_inputs, task.train_targets, held_inputs, held_targets = split(
+        task.train_inputs, task.train_targets, fraction, 10_000 + seed)
+    count, generator = held_inputs.shape[0], torch.Generator().manual_seed(20_000 + seed)
 
     def stream():  # (the split above is done now, before the training batches are drawn)
         while True:
-            index = torch.randint(0, held.numel(), (min(batch, held.numel()),), generator=generator).to(task.device)
+            index = torch.randint(0, count, (min(batch, count),), generator=generator).to(task.device)
             yield held_inputs[index], held_targets[index]
 
     return stream()
@@ -238,10 +236,6 @@ def _trial_optimizer(name, params):
     return lambda model_params: rc.HyperOptimizer(model_params, OPTIMIZERS[name](**params))
 
 
-def geometric_mean(values):
-    return math.exp(statistics.fmean(math.log(value) for value in values))
-
-
 def main(argv=None):
     parser = study_parser(__doc__, "an eighth of the steps, 1 seed, 4-trial searches (about a minute)")
     parser.add_argument("--tasks", nargs="+", choices=sorted(WORKLOADS), default=sorted(WORKLOADS))
@@ -298,27 +292,28 @@ def main(argv=None):
         reruns = {row["task"]: row["over_best_rerun"] for row in results if row["method"] == method}
         worst = max(ratios, key=ratios.get)
         times = [row.get("time_over_adam", math.nan) for row in results if row["method"] == method]
-        summary.append({"method": method, "geometric_mean": geometric_mean(ratios.values()), "worst_task": worst,
-                        "worst_ratio": ratios[worst], "geometric_mean_over_rerun": geometric_mean(reruns.values()),
+        finite_times = all(math.isfinite(t) for t in times)
+        summary.append({"method": method, "geometric_mean": statistics.geometric_mean(ratios.values()),
+                        "worst_task": worst, "worst_ratio": ratios[worst],
+                        "geometric_mean_over_rerun": statistics.geometric_mean(reruns.values()),
                         "worst_task_over_rerun": max(reruns, key=reruns.get), "worst_over_rerun": max(reruns.values()),
-                        "time_over_adam": geometric_mean(times)
-                        if all(math.isfinite(t) for t in times) else math.nan})
+                        "time_over_adam": statistics.geometric_mean(times) if finite_times else math.nan})
     draw(out, curves, learned, workloads)
     lines = [f"Validation loss over the best of 2 Optuna searches ({trials}x the budget of one run); recurse "
              f"default is the design {args.design!r}:", "",
              "| method | " + " | ".join(workloads) + " | geometric mean | worst | time / Adam |",
              "|---|" + "---|" * (len(workloads) + 3)]
+    by_run = {(row["method"], row["task"]): row for row in results}
     for row in summary:
-        cells = [f"{next(r['over_best_trial'] for r in results if r['method'] == row['method'] and r['task'] == t):.2f}"
-                 for t in workloads]
+        cells = [f"{by_run[row['method'], t]['over_best_trial']:.2f}" for t in workloads]
         lines.append(f"| {row['method']} | " + " | ".join(cells) + f" | {row['geometric_mean']:.2f} | "
                      f"{row['worst_task']} {row['worst_ratio']:.2f} | {row['time_over_adam']:.2f} |")
     lines += ["", f"The same over the best trial's configuration re-run on the methods' {len(seeds)} seed(s) "
               "(its seed-0 loss, and the mean over the seeds):", "",
-              "| method | " + " | ".join(workloads) + " | geometric mean | worst |", "|---|" + "---|" * (len(workloads) + 2)]
+              "| method | " + " | ".join(workloads) + " | geometric mean | worst |",
+              "|---|" + "---|" * (len(workloads) + 2)]
     for row in summary:
-        cells = [f"{next(r['over_best_rerun'] for r in results if r['method'] == row['method'] and r['task'] == t):.2f}"
-                 for t in workloads]
+        cells = [f"{by_run[row['method'], t]['over_best_rerun']:.2f}" for t in workloads]
         lines.append(f"| {row['method']} | " + " | ".join(cells) + f" | {row['geometric_mean_over_rerun']:.2f} | "
                      f"{row['worst_task_over_rerun']} {row['worst_over_rerun']:.2f} |")
     lines.append("| (best trial: seed 0, mean over seeds) | " + " | ".join(

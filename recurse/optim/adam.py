@@ -235,8 +235,7 @@ class Adam(Optimizer):
     def _keeps_direction(self) -> bool:
         """Whether the closed form saves d p_t / d lr as one list: lr is the only learned knob, learned as its
         log (so that the closed form holds under any schedule, see :meth:`exact_at`), and no compile."""
-        return (self.learnable == ("lr",) and self._constraints["lr"] is positive and not self.compile
-                and self._product_names in (("w.m",), ("w.m", "c.p")))
+        return self.learnable == ("lr",) and self._constraints["lr"] is positive and not self.compile
 
     def update_depends_on_params(self):
         return self.initial_values["weight_decay"] != 0.0
