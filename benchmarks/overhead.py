@@ -268,8 +268,24 @@ def time_steps(step, steps, device):
     return (time.perf_counter() - start) / steps * 1e3
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def interleaved_medians(runners, args, device, *, warm_up):
+    """{name: median ms/step} of each step function in ``runners`` over
+    ``args.repeats`` rounds of ``args.steps`` steps, the methods taking turns
+    within each round, after ``warm_up`` steps of each."""
+    for run in runners.values():
+        time_steps(run, warm_up, device)
+    samples = {name: [] for name in runners}
+    for _ in range(args.repeats):
+        for name, run in runners.items():
+            samples[name].append(time_steps(run, args.steps, device))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def timing_setup(description, argv):
+    """The options every timing benchmark here takes (--steps, --repeats,
+    --device), and one random batch of 256 MNIST-sized inputs with labels
+    on that device; prints the versions and the thread count."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
@@ -278,8 +294,12 @@ def main(argv=None):
     generator = torch.Generator().manual_seed(0)
     inputs = torch.randn(256, 784, generator=generator).to(device)
     labels = torch.randint(0, 10, (256,), generator=generator).to(device)
-
     print(f"recurse {rc.__version__}, torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}")
+    return args, device, inputs, labels
+
+
+def main(argv=None):
+    args, device, inputs, labels = timing_setup(__doc__, argv)
     print(f"MLP 784-128-10, batch 256; median of {args.repeats} rounds x {args.steps} steps, methods interleaved\n")
     print("| family | method | ms/step | ratio to torch.optim | mean cost per level (% of depth-0 step) | "
           "marginal cost per level since the previous depth (%) |")
@@ -298,14 +318,7 @@ def main(argv=None):
             if family == "Adam, lr only":
                 methods.insert(3, (HAND_WRITTEN, 1))
         built = {name: make_runner(name, family, depth, device, inputs, labels) for name, depth in methods}
-        runners = {name: run for name, (run, _) in built.items()}
-        for run in runners.values():
-            time_steps(run, 20, device)  # warm-up
-        samples = {name: [] for name in runners}
-        for _ in range(args.repeats):
-            for name, run in runners.items():
-                samples[name].append(time_steps(run, args.steps, device))
-        medians = {name: statistics.median(values) for name, values in samples.items()}
+        medians = interleaved_medians({name: run for name, (run, _) in built.items()}, args, device, warm_up=20)
         baseline, depth0 = medians["torch.optim"], medians["recurse depth 0"]
         previous = None
         for name, depth in methods:

@@ -195,7 +195,8 @@ class TrainingLoss:
 
     def incoming(self, params: list[Tensor], grads: list[Tensor], step: int) -> list[Tensor] | None:
         """The vector level 0's hypergradient is taken with at committed step
-        ``step`` (None: level 0's knobs take no hyper-step this step)."""
+        ``step`` (None: level 0's knobs take no hyper-step this step), one
+        entry per parameter (None for one without a gradient: 0)."""
         return grads
 
     def __repr__(self) -> str:
@@ -240,8 +241,9 @@ class HeldOut(TrainingLoss):
             if not loss.requires_grad:
                 raise ValueError("rc.estimators.HeldOut: the held-out loss needs no grad, so it does not depend on "
                                  "the parameters; compute it from the model inside the closure, with grad enabled")
-            gradients = torch.autograd.grad(loss.reshape(()), params, allow_unused=True)
-        return [torch.zeros_like(p) if g is None else g for p, g in zip(params, gradients)]
+            trainable = [p for p in params if p.requires_grad]  # (a frozen layer: 0, as for an unused one)
+            gradients = iter(torch.autograd.grad(loss.reshape(()), trainable, allow_unused=True))
+        return [next(gradients) if p.requires_grad else None for p in params]
 
     def __repr__(self) -> str:
         return f"HeldOut(every={self.every})"

@@ -535,14 +535,21 @@ class GraphOptimizer(CopiesWhole, torch.optim.Optimizer):
             self._gradients_from(loss)
         # Every node's step is computed before any is taken: all or nothing, and a Newton node's
         # Hessian-vector products read the loss's graph at the parameters it was built at.
+        # A node none of whose parameters has a gradient (a branch this loss did not use) is skipped, as
+        # torch.optim skips such parameters; where no node has one, backward was forgotten.
+        stepping = {name: optimizer for name, optimizer in self.optimizers.items()
+                    if name in self._needs_loss or any(param.grad is not None for param in optimizer._params)}
+        if not stepping:
+            raise RuntimeError("rc.graph.GraphOptimizer.step: no parameter has a .grad; call loss.backward() "
+                               "before step()")
         with torch.no_grad():
             attempts = {name: optimizer._attempt((lambda: loss) if name in self._needs_loss else None)[1]
-                        for name, optimizer in self.optimizers.items()}
+                        for name, optimizer in stepping.items()}
             rejected = {name: what for name, what in attempts.items() if isinstance(what, str)}
             if rejected:
                 self._reject(rejected)
             else:
-                for name, optimizer in self.optimizers.items():
+                for name, optimizer in stepping.items():
                     optimizer._commit(attempts[name])
         return loss
 

@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
-from recurse import defaults, plan
+from recurse import defaults, partial, plan
 from recurse.estimators import (MAX_TANGENTS, Horizon, OneStep, TrainingLoss, UpdateRecord, closed_form_update,
                                 has_closed_form, step_values, vjp)
 from recurse.optim import _ops
@@ -49,6 +49,7 @@ from recurse.constraints import positive
 from recurse.optim.base import Optimizer, State, finite_float, place_next_to, raw_dtype_for
 from recurse.optim.per_group import PerGroup
 from recurse.param_group import ParamGroup
+from recurse.partial import Cohort, PartialUpdate
 
 log = logging.getLogger("recurse")
 
@@ -84,7 +85,8 @@ class _Level:
         deep-copied apart from the tensors they hold)."""
         level = copy.copy(self)
         level.last_update, level.last_self_update = (
-            None if update is None else UpdateRecord(**update.to_dict())
+            None if update is None else update.with_inputs_only() if isinstance(update, PartialUpdate)
+            else UpdateRecord(**update.to_dict())
             for update in (self.last_update, self.last_self_update))
         return level
 
@@ -273,10 +275,6 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
                     f"rc.HyperOptimizer: parameter {index} is on {param.device} but parameter 0 is on "
                     f"{first.device}; all parameters must share one device"
                 )
-            if not param.requires_grad:
-                raise ValueError(f"rc.HyperOptimizer: parameter {index} (shape {tuple(param.shape)}) does not require "
-                                 "grad; pass only the trainable ones, e.g. "
-                                 "[p for p in model.parameters() if p.requires_grad]")
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if getattr(self, "_ready", False):
@@ -416,10 +414,11 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
             proposal.first_step_measured = measured
         proposal.hypergradients, proposal.points = hypergradients, points
         if self.guard != "off":
-            proposed = [raw for raw in proposal.raws.values() if isinstance(raw, Tensor)] + (proposal.model_params or [])
+            proposed = [raw for raw in proposal.raws.values() if isinstance(raw, Tensor)] + [
+                value for value in proposal.model_params or () if value is not None]
             host_values = [value for raw in proposal.raws.values() if isinstance(raw, list) for value in raw]
             if not (all(map(math.isfinite, host_values)) and self._finite(proposed)):
-                return loss, "gradient" if not self._finite(grads) else "update"
+                return loss, "gradient" if not self._finite([g for g in grads if g is not None]) else "update"
         return loss, proposal
 
     _step_with_hooks = torch.optim.Optimizer.profile_hook_step(_step)
@@ -430,22 +429,25 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
         fill_gradients("rc.HyperOptimizer.step", loss, self._params)
         return lambda: loss
 
-    def _model_grads(self) -> list[Tensor]:
+    def _model_grads(self) -> list[Tensor | None]:
+        """Each parameter's gradient; None where it has none (a frozen layer,
+        a branch this loss did not use): that parameter is skipped this step,
+        as torch.optim skips it (see :mod:`recurse.partial`)."""
         originals = [param.grad for param in self._params]
+        missing = 0
         for index, grad in enumerate(originals):
             if grad is None:
-                raise RuntimeError(
-                    f"rc.HyperOptimizer.step: parameter {index} (shape {tuple(self._params[index].shape)}) has no "
-                    ".grad; call loss.backward() before step(), or leave unused parameters out of the optimizer"
-                )
-            if grad.is_sparse:
+                missing += 1
+            elif grad.is_sparse:
                 raise RuntimeError(f"rc.HyperOptimizer.step: parameter {index} has a sparse gradient; not supported")
-        grads = [grad.detach() if grad.requires_grad else grad for grad in originals]
+        if missing == len(originals):
+            raise RuntimeError("rc.HyperOptimizer.step: no parameter has a .grad; call loss.backward() before step()")
+        grads = [grad if grad is None or not grad.requires_grad else grad.detach() for grad in originals]
         if self.levels[0].optimizer.is_learned and self._keeps_last_update:
             if self.copies_gradients:
-                grads = [grad.clone() for grad in grads]
+                grads = [None if grad is None else grad.clone() for grad in grads]
             else:
-                self._pending_kept_grads = [(grad, grad._version) for grad in originals]
+                self._pending_kept_grads = [(grad, grad._version) for grad in originals if grad is not None]
         return grads
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -501,8 +503,17 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
                 kept = level.last_update if self._keeps_last_update else self._horizon_memory
                 vector = None if kept is None else self.hypergradient_loss.incoming(self._params, incoming,
                                                                                     self.step_count)
-                hypergradient = None if vector is None else self.horizon.hypergradient(
-                    optimizer, level.last_update, self._horizon_memory, vector)
+                if vector is not None and any(part is None for part in vector):  # (no gradient: the loss ignores it)
+                    vector = [torch.zeros_like(p) if part is None else part for p, part in zip(self._params, vector)]
+                if vector is not None and optimizer.maximizes:  # (the tower minimises what level 0 does: -loss)
+                    vector = _ops.negated_all(vector)
+                if vector is None:
+                    hypergradient = None
+                elif isinstance(level.last_update, PartialUpdate):
+                    hypergradient = level.last_update.hypergradient(optimizer, vector)
+                else:
+                    hypergradient = self.horizon.hypergradient(optimizer, level.last_update, self._horizon_memory,
+                                                               vector)
             else:
                 hypergradient = None if level.last_update is None else vjp(optimizer, level.last_update, incoming,
                                                                           retain_graph=False)
@@ -540,9 +551,8 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
         if not entries or scale <= 0:
             return not entries, None
         # (in float64, read in one go: a half-precision sum of squares overflows)
-        old = [p.detach().double() for p in self._params]
-        squares = [[p.square().sum() for p in old],
-                   [(new.double() - p).square().sum() for new, p in zip(proposed, old)]]
+        pairs = [(new, p.detach().double()) for new, p in zip(proposed, self._params) if new is not None]
+        squares = [[p.square().sum() for _, p in pairs], [(new.double() - p).square().sum() for new, p in pairs]]
         size_squared, change_squared = torch.stack([torch.stack(row).sum() for row in squares]).tolist()
         size, change = math.sqrt(size_squared), math.sqrt(change_squared) / scale
         limit = self.first_step_limit * size
@@ -605,10 +615,14 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
                 raw = optimizer.raw_floats() if optimizer.is_learned and has_closed_form(optimizer) else optimizer.raw
             elif isinstance(raw, list) and not (optimizer.is_learned and has_closed_form(optimizer)):
                 raw = optimizer.as_raw_tensor(raw)
-            new_values, (state, norm_state, last_update) = _advance(
-                optimizer, raw, targets, target_grads, level.state, level.norm_state,
-                learned=optimizer.is_learned, closure=closure if index == 0 else None,
-            )
+            if index == 0 and (isinstance(level.state, list) or any(grad is None for grad in target_grads)):
+                new_values, (state, norm_state, last_update) = self._advance_present(
+                    optimizer, raw, targets, target_grads, level)
+            else:
+                new_values, (state, norm_state, last_update) = _advance(
+                    optimizer, raw, targets, target_grads, level.state, level.norm_state,
+                    learned=optimizer.is_learned, closure=closure if index == 0 else None,
+                )
             if index == 0 and last_update is not None:
                 if self._keeps_last_update:  # (what the closed form saved, where that is enough)
                     last_update = last_update.without_inputs()
@@ -617,17 +631,69 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
                     last_update = None
             level_updates[index] = (state, norm_state, last_update)
             if index == 0:
-                model_params = [value.detach() if value.requires_grad else value for value in new_values]
+                model_params = [value.detach() if value is not None and value.requires_grad else value
+                                for value in new_values]
             elif level.host:
                 raws[index - 1] = _ops.rounded(new_values, below.raw_dtype)
             else:
                 raws[index - 1] = new_values[0].detach()
         return _Proposal(model_params, raws, level_updates, self_update, horizon_memory)
 
+    def _advance_present(self, optimizer, raw, targets, grads, level):
+        """Level 0's update where some parameters have no gradient, or took
+        different numbers of steps: the present ones, batched by the steps
+        they took, one call of the rule per batch (see :mod:`recurse.partial`).
+        Returns what :func:`_advance` does, with None for a skipped
+        parameter's new value, the cohorts as the state, and a
+        :class:`recurse.partial.PartialUpdate` as the last update."""
+        present = {index for index, grad in enumerate(grads) if grad is not None}
+        if len(present) < len(grads):
+            missing = min(set(range(len(grads))) - present)
+            shape = tuple(self._params[missing].shape)
+            if not optimizer.skips_parameters():
+                raise RuntimeError(f"rc.HyperOptimizer.step: parameter {missing} (shape {shape}) has no .grad, and "
+                                   f"{optimizer!r} steps every parameter at every step (it declares no "
+                                   "per_parameter_state); give every parameter a gradient, or leave that one out")
+            if not self._keeps_last_update:
+                raise RuntimeError(f"rc.HyperOptimizer.step: parameter {missing} (shape {shape}) has no .grad, and "
+                                   f"horizon={self.horizon!r} follows every parameter at every step; use the "
+                                   "default OneStep() horizon to skip parameters")
+        norm_state = level.norm_state
+        if optimizer.normalizer is not None:  # (the gradient of the present parameters, as one vector)
+            order = sorted(present)
+            normalized, norm_state = optimizer.normalized([grads[i] for i in order], norm_state)
+            grads = list(grads)
+            for index, grad in zip(order, normalized):
+                grads[index] = grad
+        cohorts = level.state if isinstance(level.state, list) else [
+            Cohort(list(range(len(targets))), optimizer.init(targets) if level.state is None else level.state, 0)]
+        stepped, cohorts = partial.batches(optimizer, cohorts, present)
+        new_values: list[Tensor | None] = [None] * len(targets)
+        records = []
+        for batch in stepped:
+            values, (state, _, record) = _advance(
+                optimizer.for_positions(batch.positions), raw, [targets[i] for i in batch.positions],
+                [grads[i] for i in batch.positions], batch.state, None, learned=optimizer.is_learned, normalize=False)
+            for index, value in zip(batch.positions, values):
+                new_values[index] = value
+            cohorts.append(Cohort(batch.positions, state, batch.steps + 1))
+            if record is not None:
+                records.append((batch.positions, record))
+        last_update = PartialUpdate(records) if optimizer.is_learned else None
+        if len(cohorts) == 1:  # (every parameter took as many steps again: one state, the whole list's)
+            cohorts = cohorts[0].state
+        if len(records) == 1 and len(records[0][0]) == len(targets):
+            last_update = records[0][1]
+        return new_values, (cohorts, norm_state, last_update)
+
     def _commit(self, proposal: _Proposal) -> None:
         self._last_hypergradients, self._hypergradient_points = proposal.hypergradients, proposal.points
-        if proposal.model_params is not None:
-            _ops.copy_all(self._params, proposal.model_params)  # (under no_grad: see _step)
+        if proposal.model_params is not None:  # (under no_grad: see _step)
+            stepped = [(param, value) for param, value in zip(self._params, proposal.model_params) if value is not None]
+            if len(stepped) == len(self._params):
+                _ops.copy_all(self._params, proposal.model_params)
+            else:
+                _ops.copy_all([param for param, _ in stepped], [value for _, value in stepped])
         for index, raw in proposal.raws.items():
             if isinstance(raw, list):
                 self.levels[index].optimizer.set_raw_floats(raw, rounded=True)
@@ -683,11 +749,17 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
             "levels": [
                 {
                     "optimizer": type(level.optimizer).__name__,
+                    "flags": level.optimizer.flags(),
                     "values": dict(level.optimizer.initial_values),
                     "raw": level.optimizer.raw,
-                    "state": level.state,
+                    "state": None if isinstance(level.state, list) else level.state,
+                    # (level 0 where its parameters took different numbers of steps: see recurse.partial)
+                    "cohorts": [cohort.to_dict() for cohort in level.state] if isinstance(level.state, list) else None,
                     "norm_state": level.norm_state,
-                    "last_update": None if level.last_update is None else level.last_update.to_dict(),
+                    "last_update": (None if level.last_update is None or isinstance(level.last_update, PartialUpdate)
+                                    else level.last_update.to_dict()),
+                    "partial_update": (level.last_update.to_dict()["records"]
+                                       if isinstance(level.last_update, PartialUpdate) else None),
                     "self_state": level.self_state,
                     "self_norm_state": level.self_norm_state,
                     "last_self_update": None if level.last_self_update is None else level.last_self_update.to_dict(),
@@ -727,6 +799,10 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
                 raise ValueError(f"rc.HyperOptimizer.load_state_dict: level {index} has {switched} "
                                  f"{'off' if level.optimizer.initial_values[switched[0]] == 0.0 else 'on'} here but "
                                  "not in the checkpoint; build the same tower as the one saved")
+            flags = level.optimizer.flags()
+            if saved["optimizer"] == name and saved.get("flags", flags) != flags:
+                raise ValueError(f"rc.HyperOptimizer.load_state_dict: level {index} is {name} with {flags} here but "
+                                 f"{saved['flags']} in the checkpoint; build the same tower as the one saved")
             if saved["optimizer"] != name or saved["raw"].shape != level.optimizer.raw.shape:
                 raise ValueError(
                     f"rc.HyperOptimizer.load_state_dict: level {index} is {saved['optimizer']} with "
@@ -756,9 +832,15 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
             level.optimizer.raw = saved["raw"].to(device, raw_dtype)
             level.optimizer.initial_values.update(saved.get("values", {}))  # (a scheduler may have set them)
             level.state, level.norm_state = _moved(saved["state"], device, dtype), _moved(saved["norm_state"], device, dtype)
+            if saved.get("cohorts") is not None:
+                level.state = [Cohort(list(cohort["positions"]), _moved(cohort["state"], device, dtype), cohort["steps"])
+                               for cohort in saved["cohorts"]]
             level.self_state = _moved(saved["self_state"], device, raw_dtype)
             level.self_norm_state = _moved(saved["self_norm_state"], device, raw_dtype)
             level.last_update = last_update(saved["last_update"], dtype)
+            if saved.get("partial_update") is not None:
+                level.last_update = PartialUpdate([(list(positions), last_update(record, dtype))
+                                                   for positions, record in saved["partial_update"]])
             level.last_self_update = last_update(saved["last_self_update"], raw_dtype)
         self.step_count = state_dict["step_count"]
         self._first_step_pending = state_dict.get("first_step_pending", self.step_count == 0)
@@ -891,14 +973,16 @@ def _build_levels(optimizer: Optimizer) -> list[_Level]:
     return levels
 
 
-def _advance(optimizer, raw, targets, grads, state, norm_state, *, learned, closure=None, scaled=True):
+def _advance(optimizer, raw, targets, grads, state, norm_state, *, learned, closure=None, scaled=True,
+             normalize=True):
     """One level's update of ``targets``, differentiable in ``raw`` when learned,
     with a learned lr times the schedule's factor (``scaled``; see
-    :mod:`recurse.param_group`).
+    :mod:`recurse.param_group`), of ``grads`` through the optimizer's
+    normaliser (``normalize``; False: normalised already).
 
     Returns the new values and (new state, new normaliser state, last update).
     """
-    if optimizer.normalizer is not None:
+    if normalize and optimizer.normalizer is not None:
         grads, norm_state = optimizer.normalized(grads, norm_state)
     if state is None:
         state = optimizer.init(targets)

@@ -13,7 +13,7 @@ naming the level, what cannot run: an optimizer that appears twice (only a
 tied one, ``rc.tower(opt, depth, tie=True)``, steps itself), ``hyper=`` over
 a level with nothing to learn, and knobs marked ``learn=`` with no level
 above to learn them (which would otherwise train at their starting values,
-silently).
+silently), and ``maximize=True`` above level 0.
 """
 
 from __future__ import annotations
@@ -49,6 +49,10 @@ def levels(optimizer: Optimizer, *, owner: str = "rc.HyperOptimizer") -> list[Op
                 f"{owner}: level {index} ({current!r}) marks {list(current.learnable)} as learned (learn=), but no "
                 "optimizer above learns them; give it one (hyper=rc.SGD(0.05, normalize='rms'), or rc.stack) or "
                 "drop learn=")
+        if index > 0 and current.maximizes:
+            raise ValueError(f"{owner}: level {index} ({current!r}) has maximize=True, which would make the "
+                             "hyperparameters below it worse; give maximize=True to level 0 alone (the levels above "
+                             "then learn to maximise its objective too)")
         chain.append(current)
         current = None if tied else current.hyper
     return chain

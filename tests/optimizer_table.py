@@ -22,6 +22,12 @@ class Case:
     # finite-difference noise (e.g. eps that actually matters)
     hyper_level: Callable[..., rc.Optimizer] = field(default=lambda **o: rc.SGD(1e-2, **o))
 
+    @property
+    def sign(self) -> float:
+        """What a test trains on is sign * loss: -loss where the optimizer
+        maximizes (maximize=True), so that it still descends the loss."""
+        return -1.0 if self.make().maximizes else 1.0
+
 
 CASES = [
     Case("sgd", lambda **o: rc.SGD(0.05, **o), lambda p: torch.optim.SGD(p, lr=0.05), lambda **o: rc.SGD(1e-2, **o)),
@@ -36,6 +42,12 @@ CASES = [
         lambda **o: rc.SGD(0.05, momentum=0.8, nesterov=True, **o),
         lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.8, nesterov=True),
         lambda **o: rc.SGD(1e-2, momentum=0.5, nesterov=True, **o),
+    ),
+    Case(
+        "sgd-momentum-wd-maximize",
+        lambda **o: rc.SGD(0.05, momentum=0.9, weight_decay=1e-2, maximize=True, **o),
+        lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=1e-2, maximize=True),
+        lambda **o: rc.SGD(1e-2, momentum=0.5, **o),
     ),
     Case(
         "adam",
@@ -55,6 +67,17 @@ CASES = [
         lambda **o: rc.Adam(1e-2, eps=0.1, **o),
     ),
     Case(
+        "adam-wd-amsgrad",
+        lambda **o: rc.Adam(1e-2, betas=(0.8, 0.99), eps=1e-3, weight_decay=1e-2, amsgrad=True, **o),
+        lambda p: torch.optim.Adam(p, lr=1e-2, betas=(0.8, 0.99), eps=1e-3, weight_decay=1e-2, amsgrad=True),
+    ),
+    Case(
+        "adamw-amsgrad-maximize",
+        lambda **o: rc.AdamW(1e-2, eps=1e-3, weight_decay=0.1, amsgrad=True, maximize=True, **o),
+        lambda p: torch.optim.AdamW(p, lr=1e-2, eps=1e-3, weight_decay=0.1, amsgrad=True, maximize=True),
+        lambda **o: rc.Adam(1e-2, eps=0.1, **o),
+    ),
+    Case(
         "rmsprop",
         lambda **o: rc.RMSprop(1e-2, eps=1e-3, **o),
         lambda p: torch.optim.RMSprop(p, lr=1e-2, eps=1e-3),
@@ -65,6 +88,18 @@ CASES = [
         lambda **o: rc.RMSprop(1e-2, alpha=0.9, eps=1e-3, momentum=0.5, weight_decay=1e-2, centered=True, **o),
         lambda p: torch.optim.RMSprop(p, lr=1e-2, alpha=0.9, eps=1e-3, momentum=0.5, weight_decay=1e-2, centered=True),
         lambda **o: rc.RMSprop(5e-2, eps=0.1, momentum=0.5, centered=True, **o),
+    ),
+    Case(
+        "rmsprop-centered-momentum-maximize",
+        lambda **o: rc.RMSprop(1e-2, alpha=0.9, eps=1e-3, momentum=0.5, centered=True, maximize=True, **o),
+        lambda p: torch.optim.RMSprop(p, lr=1e-2, alpha=0.9, eps=1e-3, momentum=0.5, centered=True, maximize=True),
+        lambda **o: rc.RMSprop(5e-2, eps=0.1, momentum=0.5, centered=True, **o),
+    ),
+    Case(
+        "adagrad-wd-maximize",
+        lambda **o: rc.Adagrad(5e-2, weight_decay=1e-2, eps=1e-3, maximize=True, **o),
+        lambda p: torch.optim.Adagrad(p, lr=5e-2, weight_decay=1e-2, eps=1e-3, maximize=True),
+        lambda **o: rc.Adagrad(5e-2, eps=0.1, **o),
     ),
     Case(
         "adagrad",
@@ -96,9 +131,9 @@ def regression_data(seed: int = 1, count: int = 32, dtype=torch.float64):
     return inputs, targets
 
 
-def train_step(model, optimizer, inputs, targets, *, set_to_none: bool = True) -> float:
+def train_step(model, optimizer, inputs, targets, *, set_to_none: bool = True, sign: float = 1.0) -> float:
     optimizer.zero_grad(set_to_none=set_to_none)
-    loss = torch.nn.functional.mse_loss(model(inputs), targets)
+    loss = sign * torch.nn.functional.mse_loss(model(inputs), targets)
     loss.backward()
     optimizer.step()
     return loss.item()

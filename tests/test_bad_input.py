@@ -39,11 +39,13 @@ def unchanged(model, opt, before):
     )
 
 
-def test_step_without_backward_names_the_parameter_and_updates_nothing():
+def test_step_without_backward_says_so_and_updates_nothing():
+    """(A parameter without a gradient is skipped, as torch.optim skips it;
+    where none has one, backward was forgotten.)"""
     model = small_mlp()
     opt = rc.HyperOptimizer(model.parameters(), rc.SGD(0.1, hyper=rc.SGD(0.01)))
     before = snapshot(model, opt)
-    with pytest.raises(RuntimeError, match=r"parameter 0 \(shape \(6, 4\)\) has no .grad"):
+    with pytest.raises(RuntimeError, match=r"no parameter has a .grad; call loss.backward\(\) before step\(\)"):
         opt.step()
     assert unchanged(model, opt, before)
 

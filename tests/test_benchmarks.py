@@ -142,3 +142,11 @@ def test_the_memory_benchmark_counts_the_buffers_each_optimizer_holds():
     assert held["rc Adam depth 0"] == pytest.approx(held["torch.optim.Adam"], abs=0.15)
     assert held["rc Adam lr only depth 1"] - held["rc Adam depth 0"] == pytest.approx(1.0, abs=0.3)
     assert held["rc Adam lr only depth 1, Decayed(0.99)"] - held["rc Adam depth 0"] == pytest.approx(1.0, abs=0.3)
+
+
+def test_the_drop_in_benchmark_times_every_row_against_its_group_s_torch_optim(capsys):
+    rows = load("drop_in").main(["--steps", "2", "--repeats", "1"])
+    groups = {group for group, *_ in rows}
+    assert "amsgrad" in groups and "second head used alternate steps" in groups
+    assert all(ms > 0 for _, _, ms, _ in rows)
+    assert "| amsgrad | torch.optim Adam(amsgrad=True) |" in capsys.readouterr().out

@@ -26,6 +26,11 @@ CONFIGURATIONS = {
     "adamw": lambda: rc.AdamW(1e-2, eps=1e-3, weight_decay=0.1),
     "adamw-lr-only": lambda: rc.AdamW(1e-2, weight_decay=0.1, learn="lr"),
     "adamw-weight-decay-only": lambda: rc.AdamW(1e-2, weight_decay=0.1, learn="weight_decay"),  # (no temporaries)
+    "sgd-momentum-wd-maximize": lambda: rc.SGD(0.05, momentum=0.9, weight_decay=1e-2, maximize=True),
+    "adam-amsgrad-lr-beta1-eps": lambda: rc.Adam(1e-2, eps=1e-3, amsgrad=True, learn=("lr", "beta1", "eps")),
+    "adam-amsgrad-maximize-lr-only": lambda: rc.Adam(1e-2, amsgrad=True, maximize=True, learn="lr"),
+    "adamw-amsgrad-lr-weight-decay": lambda: rc.AdamW(1e-2, weight_decay=0.1, amsgrad=True,
+                                                      learn=("lr", "weight_decay")),
     "sgd-momentum-identity": lambda: rc.SGD(0.05, momentum=0.9, parametrization={"lr": "identity", "momentum": "identity"}),
     "adam-identity-lr-beta1": lambda: rc.Adam(1e-2, eps=1e-3, parametrization={"lr": "identity", "beta1": "identity"}),
 }

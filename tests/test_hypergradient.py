@@ -44,9 +44,10 @@ def stack_of(case, depth):
 
 
 def run_steps(model, opt, inputs, targets, count):
+    sign = -1.0 if opt.levels[0].optimizer.maximizes else 1.0  # (see test_hypergradients_match_...)
     for _ in range(count):
         opt.zero_grad()
-        full_batch_loss(model, inputs, targets).backward()
+        (sign * full_batch_loss(model, inputs, targets)).backward()
         opt.step()
 
 
@@ -73,7 +74,9 @@ def test_hypergradients_match_central_finite_differences(case, depth):
     step T-1 and measuring the loss after that step gives d L_T / d h_k,
     which the engine reports at step T. Hyper levels are built without
     weight decay, so a level's update of the raw vector below it is
-    additive and shifting that vector before the step shifts it after."""
+    additive and shifting that vector before the step shifts it after.
+    Where level 0 maximizes (maximize=True), it is trained on -L, and the
+    tower minimises what level 0 maximises, so reports d L_T / d h_k too."""
     inputs, targets = regression_data()
     model = small_mlp()
     opt = rc.HyperOptimizer(model.parameters(), stack_of(case, depth))
@@ -156,7 +159,7 @@ def test_a_loop_that_zeroes_grads_in_place_learns_the_same_as_one_that_sets_them
     for set_to_none in (True, False):
         model = small_mlp()
         opt = rc.HyperOptimizer(model.parameters(), case.make(hyper=rc.Adam(1e-2, hyper=rc.SGD(1e-3))))
-        losses = [train_step(model, opt, inputs, targets, set_to_none=set_to_none) for _ in range(6)]
+        losses = [train_step(model, opt, inputs, targets, set_to_none=set_to_none, sign=case.sign) for _ in range(6)]
         runs.append((losses, opt.hyperparameters()))
     assert runs[0] == runs[1]
 

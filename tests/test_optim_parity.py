@@ -31,10 +31,10 @@ def test_pure_step_matches_torch_optim_for_200_steps(case, seed):
     state = optimizer.init(params)
     for _ in range(200):
         reference.zero_grad()
-        loss(reference_params).backward()
+        (case.sign * loss(reference_params)).backward()
         reference.step()
         leaves = [p.requires_grad_() for p in params]
-        grads = torch.autograd.grad(loss(leaves), leaves)
+        grads = torch.autograd.grad(case.sign * loss(leaves), leaves)
         params, state = optimizer.step([p.detach() for p in leaves], grads, state)
     for initial, ours, theirs in zip(start, params, reference_params):
         change_ours, change_theirs = ours - initial, theirs.detach() - initial
@@ -52,7 +52,7 @@ def test_depth_zero_hyperoptimizer_is_bit_identical_to_torch_optim(case, set_to_
     ours = rc.HyperOptimizer(ours_model.parameters(), case.make())
     theirs = case.reference(list(theirs_model.parameters()))
     for _ in range(50):
-        ours_loss = train_step(ours_model, ours, inputs, targets, set_to_none=set_to_none)
-        assert ours_loss == train_step(theirs_model, theirs, inputs, targets, set_to_none=set_to_none)
+        ours_loss = train_step(ours_model, ours, inputs, targets, set_to_none=set_to_none, sign=case.sign)
+        assert ours_loss == train_step(theirs_model, theirs, inputs, targets, set_to_none=set_to_none, sign=case.sign)
     for p, q in zip(ours_model.parameters(), theirs_model.parameters()):
         assert torch.equal(p, q)

@@ -192,6 +192,13 @@ def scale_all(xs: Vector, factor: Scalar) -> Vector:
     return torch._foreach_mul(xs, factor)
 
 
+def negated_all(xs: Vector) -> Vector:
+    """[-x] (a sign flip: exact, as torch.optim's ``maximize`` takes it)."""
+    if on_host(xs) or _per_tensor(1.0, xs):
+        return [-x for x in xs]
+    return torch._foreach_neg(xs)
+
+
 def divide_all(xs: Vector, divisor: Scalar) -> Vector:
     """[x / divisor]."""
     if on_host(xs):
@@ -258,6 +265,15 @@ def multiply_each(xs: Vector, ys: Vector) -> Vector:
     if on_host(xs) or _per_tensor(1.0, xs, ys):
         return [x * y for x, y in zip(xs, ys)]
     return torch._foreach_mul(xs, ys)
+
+
+def maximum_each(xs: Vector, ys: Vector) -> Vector:
+    """[max(x, y)] (NaN where either is NaN, as torch.maximum)."""
+    if on_host(xs):
+        return [math.nan if math.isnan(x) or math.isnan(y) else max(x, y) for x, y in zip(xs, ys)]
+    if _per_tensor(1.0, xs, ys):
+        return [torch.maximum(x, y) for x, y in zip(xs, ys)]
+    return torch._foreach_maximum(xs, ys)
 
 
 def clamp_min_all(xs: Vector, floor: float) -> Vector:

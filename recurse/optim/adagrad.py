@@ -6,19 +6,21 @@ import torch
 
 from recurse.constraints import positive
 from recurse.optim import _ops
-from recurse.optim.base import Hyperparameter, Optimizer, finite_float
+from recurse.optim.base import Hyperparameter, Optimizer, finite_float, flag
 
 
 class Adagrad(Optimizer):
     """torch.optim.Adagrad.
 
-        d_t = g_t + weight_decay * p_{t-1}
+        d_t = g_t + weight_decay * p_{t-1}      (-g_t with maximize=True)
         s_t = s_{t-1} + d_t^2              (s_0 = initial_accumulator_value)
         p_t = p_{t-1} - lr / (1 + (t - 1) * lr_decay) * d_t / (sqrt(s_t) + eps)
 
     >>> opt = rc.Adagrad(1e-1, hyper=rc.SGD(1e-3))
     """
 
+    flag_names = ("maximize",)
+    per_parameter_state = ("sum",)
     hyperparameter_specs = (
         Hyperparameter("lr", positive),
         Hyperparameter("lr_decay", positive, can_be_off=True),
@@ -26,8 +28,10 @@ class Adagrad(Optimizer):
         Hyperparameter("eps", positive),
     )
 
-    def __init__(self, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10, **options):
+    def __init__(self, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10, *,
+                 maximize=False, **options):
         super().__init__(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, eps=eps, **options)
+        self.maximize = flag("rc.Adagrad", "maximize", maximize)
         self.initial_accumulator_value = finite_float(
             "rc.Adagrad", "initial_accumulator_value", initial_accumulator_value
         )
@@ -45,6 +49,8 @@ class Adagrad(Optimizer):
         has_weight_decay = self.initial_values["weight_decay"] != 0.0
         decayed_lr = hyper["lr"] / (1 + (step - 1) * hyper["lr_decay"])
         new_params, sums = [], []
+        if self.maximize:
+            grads = _ops.negated_all(list(grads))
         for param, grad, square_sum in zip(params, grads, state["sum"]):
             if has_weight_decay:
                 grad = _ops.add_scaled(grad, param, hyper["weight_decay"])

@@ -8,7 +8,7 @@ import torch
 
 from recurse.constraints import positive, unit_interval
 from recurse.optim import _ops
-from recurse.optim.base import Hyperparameter, Optimizer, SavedProduct
+from recurse.optim.base import Hyperparameter, Optimizer, SavedProduct, flag
 
 log = logging.getLogger("recurse")
 
@@ -56,10 +56,17 @@ def _fused_products(*arguments):
 class Adam(Optimizer):
     """torch.optim.Adam (L2 weight decay added to the gradient).
 
-        d_t = g_t + weight_decay * p_{t-1}
+        d_t = g_t + weight_decay * p_{t-1}      (-g_t with maximize=True)
         m_t = beta1 * m_{t-1} + (1 - beta1) * d_t
         v_t = beta2 * v_{t-1} + (1 - beta2) * d_t^2
         p_t = p_{t-1} - lr / (1 - beta1^t) * m_t / (sqrt(v_t) / sqrt(1 - beta2^t) + eps)
+
+    ``amsgrad=True`` divides by the running maximum of v instead,
+    vmax_t = max(vmax_{t-1}, v_t) (vmax_0 = 0), as torch.optim's amsgrad.
+    Its closed-form hypergradient covers lr, eps, beta1 and AdamW's weight
+    decay (which do not act through the maximum); where beta2 or Adam's L2
+    weight decay is learned, autograd differentiates the update, through
+    the branch the maximum took.
 
     ``compile=True``: a learned Adam level computes the inner products of
     its closed-form hypergradient with ``torch.compile``, fused into a loop
@@ -75,6 +82,8 @@ class Adam(Optimizer):
 
     decoupled_weight_decay = False
     host_floats = True
+    flag_names = ("amsgrad", "maximize")
+    per_parameter_state = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
     hyperparameter_specs = (
         Hyperparameter("lr", positive),
         Hyperparameter("beta1", unit_interval, can_be_off=True),
@@ -83,13 +92,15 @@ class Adam(Optimizer):
         Hyperparameter("weight_decay", positive, can_be_off=True),
     )
 
-    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *, compile=False, **options):
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *, amsgrad=False, maximize=False,
+                 compile=False, **options):
         owner = f"rc.{type(self).__name__}"
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ValueError(f"{owner}: betas must be a pair (beta1, beta2), got {betas!r}")
         if not isinstance(compile, bool):
             raise TypeError(f"{owner}: compile must be True or False, got {compile!r}")
         super().__init__(lr=lr, beta1=betas[0], beta2=betas[1], eps=eps, weight_decay=weight_decay, **options)
+        self.amsgrad, self.maximize = flag(owner, "amsgrad", amsgrad), flag(owner, "maximize", maximize)
         self.compile = compile
         self.values_changed()
 
@@ -115,11 +126,15 @@ class Adam(Optimizer):
         return tuple(names)
 
     def init(self, params):
-        return {
-            "step": 0,
-            "exp_avg": _ops.zeros_like_all(params),
-            "exp_avg_sq": _ops.zeros_like_all(params),
-        }
+        state = {"step": 0, "exp_avg": _ops.zeros_like_all(params), "exp_avg_sq": _ops.zeros_like_all(params)}
+        if self.amsgrad:
+            state["max_exp_avg_sq"] = _ops.zeros_like_all(params)
+        return state
+
+    def provides_closed_form(self) -> bool:
+        # (amsgrad: beta2 and L2 weight decay act through the running maximum, which the rows do not follow)
+        return not (self.amsgrad and ("beta2" in self.learnable or (
+            "weight_decay" in self.learnable and not self.decoupled_weight_decay)))
 
     def update(self, params, grads, state, hyper, *, closure=None):
         new_params, new_state, _ = self._step(params, grads, state, hyper)
@@ -127,7 +142,8 @@ class Adam(Optimizer):
 
     def _step(self, params, grads, state, hyper, *, keep_direction=False):
         """The update, and its intermediates: the lists d_t (the gradient
-        with L2 weight decay), sqrt(v_t) and denominators sqrt(v_t) / sqrt(1 - beta2^t) + eps,
+        with L2 weight decay), sqrt(v_t) (amsgrad: sqrt(vmax_t)) and
+        denominators sqrt(v_t) / sqrt(1 - beta2^t) + eps,
         and the scalars 1 - beta1^t, sqrt(1 - beta2^t) and lr / (1 - beta1^t).
         ``keep_direction``: the update is taken as p - step * u with the list
         u = m_t / den (+ (1 - beta1^t) weight_decay p, AdamW) computed first,
@@ -143,11 +159,16 @@ class Adam(Optimizer):
         step_size = lr / bias_correction1
         params, grads = list(params), list(grads)
         decoupled = has_weight_decay and self.decoupled_weight_decay
+        if self.maximize:
+            grads = _ops.negated_all(grads)
         if has_weight_decay and not decoupled:
             grads = _ops.add_scaled_all(grads, params, weight_decay)
         exp_avgs = _ops.lerp_all(state["exp_avg"], grads, 1 - beta1)
         exp_avg_sqs = _ops.addcmul_all(_ops.scale_all(state["exp_avg_sq"], beta2), grads, grads, 1 - beta2)
-        roots = _ops.sqrt_all(exp_avg_sqs)
+        new_state = {"step": step, "exp_avg": exp_avgs, "exp_avg_sq": exp_avg_sqs}
+        if self.amsgrad:
+            new_state["max_exp_avg_sq"] = _ops.maximum_each(state["max_exp_avg_sq"], exp_avg_sqs)
+        roots = _ops.sqrt_all(new_state["max_exp_avg_sq"] if self.amsgrad else exp_avg_sqs)
         denoms = _ops.shift_all(_ops.divide_all(roots, bias_correction2_sqrt), eps)
         directions = None
         if keep_direction:
@@ -159,7 +180,6 @@ class Adam(Optimizer):
             if decoupled:
                 params = _ops.scale_all(params, 1 - lr * weight_decay)
             new_params = _ops.addcdiv_all(params, exp_avgs, denoms, -step_size)
-        new_state = {"step": step, "exp_avg": exp_avgs, "exp_avg_sq": exp_avg_sqs}
         return new_params, new_state, (grads, roots, denoms, directions, bias_correction1, bias_correction2_sqrt,
                                        step_size)
 
@@ -174,7 +194,9 @@ class Adam(Optimizer):
             d p_t / d weight_decay = -step ((1 - beta1) p - r (1 - beta2) d_t p / (s c)) / den   (L2)
                                    = -lr p                                                    (AdamW)
 
-        where a term divided by s is 0 at s = 0 (as :func:`recurse.optim._ops.sqrt` defines it).
+        where a term divided by s is 0 at s = 0 (as :func:`recurse.optim._ops.sqrt` defines it). With
+        amsgrad, s = sqrt(vmax_t) and the beta2 and L2 weight-decay rows are not written (None: the
+        engine differentiates :meth:`update` instead, see :meth:`provides_closed_form`).
 
         Where lr is the only learned knob, the step keeps the one list
         u = r + b weight_decay p (u = r for Adam, or without weight decay),
@@ -183,6 +205,8 @@ class Adam(Optimizer):
         vector by den first (three more passes over the parameters, when
         they are no longer in cache), and the engine keeps no copy of p.
         """
+        if not self.provides_closed_form():
+            return None
         by_direction = self._keeps_direction()
         new_params, new_state, (decayed, roots, denoms, directions, bias_correction1, c, step_size) = \
             self._step(params, grads, state, values, keep_direction=by_direction)
@@ -303,5 +327,7 @@ class AdamW(Adam):
     decoupled_weight_decay = True
     host_floats = True
 
-    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, **options):
-        super().__init__(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, **options)
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, *, amsgrad=False, maximize=False,
+                 **options):
+        super().__init__(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
+                         **options)

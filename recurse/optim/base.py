@@ -151,6 +151,17 @@ class Optimizer:
     # What a schedule multiplies a learned lr by in every step this
     # optimizer takes (see :meth:`scaled`); set by the engine's param group.
     lr_scale: float = 1.0
+    # The rule's flags: keyword-only switches that pick a variant of the
+    # update (nesterov, maximize, amsgrad, centered), held as attributes of
+    # those names, checked by :func:`flag`, never learned, and kept in an
+    # engine's checkpoint (see :meth:`flags`).
+    flag_names: ClassVar[tuple[str, ...]] = ()
+    # The entries of this rule's state that hold one item per parameter (its
+    # other entries, a step count, are shared and depend only on how many
+    # steps were taken). Declared, the rule can step some of its parameters
+    # at a step, as torch.optim skips a parameter whose .grad is None (see
+    # recurse.partial); None: it steps every parameter at every step.
+    per_parameter_state: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(
         self,
@@ -166,7 +177,8 @@ class Optimizer:
         self._constraints = _constraints_of(owner, specs, parametrization)
         unknown = sorted(set(values) - set(specs))
         if unknown:
-            raise TypeError(f"{owner}: unknown hyperparameter(s) {unknown}; expected some of {sorted(specs)}")
+            flags = f" (and the flags {list(self.flag_names)})" if self.flag_names else ""
+            raise TypeError(f"{owner}: unknown hyperparameter(s) {unknown}; expected some of {sorted(specs)}{flags}")
         missing = sorted(set(specs) - set(values))
         if missing:
             raise TypeError(f"{owner}: missing value(s) for {missing}")
@@ -317,6 +329,56 @@ class Optimizer:
         if norm_state is None:
             norm_state = self.normalizer.init(grads)
         return self.normalizer.apply(grads, norm_state)
+
+    def skips_parameters(self) -> bool:
+        """Whether the rule can step some of its parameters at a step (it
+        declares ``per_parameter_state``)."""
+        return self.per_parameter_state is not None
+
+    def for_positions(self, positions: Sequence[int]) -> Optimizer:
+        """This rule as it steps only the parameters at ``positions`` of the
+        list it was built for (itself: a rule does not know positions; an
+        rc.PerGroup maps its groups onto them)."""
+        return self
+
+    def state_at(self, state: State, indices: Sequence[int]) -> State:
+        """The state of the parameters at ``indices`` of the list ``state``
+        is for: each per-parameter entry at those indices, the shared
+        entries as they are."""
+        return {key: [value[i] for i in indices] if key in self.per_parameter_state else value
+                for key, value in state.items()}
+
+    def joined_state(self, parts: Sequence[tuple[Sequence[int], State]]) -> State:
+        """One state from ``parts``, pairs (positions, state of those
+        parameters) over disjoint positions that took as many steps: each
+        per-parameter entry in the order of the positions, the shared
+        entries (equal in every part) as they are."""
+        first = parts[0][1]
+        for _, state in parts[1:]:
+            differing = [key for key, value in state.items()
+                         if key not in self.per_parameter_state and not _same(value, first[key])]
+            if differing:
+                raise RuntimeError(f"rc.{type(self).__name__}: parameters that took as many steps have different "
+                                   f"{differing} in their states; entries that are not per_parameter_state must "
+                                   "depend only on the number of steps taken")
+        order = sorted(range(sum(len(positions) for positions, _ in parts)),
+                       key=[position for positions, _ in parts for position in positions].__getitem__)
+        joined = dict(first)
+        for key in self.per_parameter_state:
+            if key in first:
+                items = [item for _, state in parts for item in state[key]]
+                joined[key] = [items[i] for i in order]
+        return joined
+
+    def flags(self) -> dict[str, bool]:
+        """``{name: value}`` of the rule's flags (see ``flag_names``)."""
+        return {name: getattr(self, name) for name in self.flag_names}
+
+    @property
+    def maximizes(self) -> bool:
+        """Whether the rule ascends the gradient it is given (``maximize=True``,
+        as torch.optim's ``maximize``)."""
+        return bool(getattr(self, "maximize", False))
 
     def update_depends_on_params(self) -> bool:
         """Whether d(update) / d(hyper) depends on the parameter values.
@@ -658,6 +720,19 @@ def _check_hyper(owner: str, hyper: Any) -> Optimizer | None:
     found = (f"the class {hyper.__module__}.{hyper.__qualname__}" if isinstance(hyper, type)
              else f"{type(hyper).__module__}.{type(hyper).__qualname__}")
     raise TypeError(f"{owner}: hyper= must be an rc.Optimizer (for example rc.SGD(1e-4)) or None, got {found}")
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether two shared state entries are equal (a tensor only to itself)."""
+    return a is b or (type(a) is type(b) and not isinstance(a, Tensor) and a == b)
+
+
+def flag(owner: str, name: str, value: Any) -> bool:
+    """A flag's value: True or False, nothing else (``maximize=1`` or
+    ``amsgrad="yes"`` is refused rather than read as truthy)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{owner}: {name} must be True or False, got {type(value).__name__} {value!r}")
+    return value
 
 
 def finite_float(owner: str, name: str, value: Any) -> float:

@@ -10,6 +10,7 @@ at once. ``rc.graph.per_group(graph)`` builds one from an optimization graph.
 
 from __future__ import annotations
 
+import copy
 from typing import Mapping, Sequence
 
 import torch
@@ -59,6 +60,9 @@ class PerGroup(Optimizer):
                     raise ValueError(f"{owner}: parameter {index} is in groups {seen[index]!r} and {name!r}; "
                                      "each parameter is stepped by one optimizer")
                 seen[index] = name
+        if len({optimizer.maximizes for optimizer, _ in groups.values()}) > 1:
+            raise ValueError(f"{owner}: some groups have maximize=True and others not; one tower minimises or "
+                             "maximises one objective")
         if sorted(seen) != list(range(len(seen))):
             raise ValueError(f"{owner}: the indices must cover 0 .. n-1 exactly once, got {sorted(seen)}")
         super().__init__(learn=(), **options)
@@ -67,6 +71,15 @@ class PerGroup(Optimizer):
                                for learned in optimizer.learnable)
         self.learn_given = any(optimizer.learn_given for optimizer, _ in self.groups.values())
         self.raw = torch.cat([optimizer.raw.reshape(-1) for optimizer, _ in self.groups.values()])
+
+    @property
+    def maximizes(self) -> bool:
+        return any(optimizer.maximizes for optimizer, _ in self.groups.values())
+
+    def flags(self) -> dict[str, bool]:
+        """Each group's flags, as ``{"<group>.<flag>": value}``."""
+        return {f"{name}.{key}": value for name, (optimizer, _) in self.groups.items()
+                for key, value in optimizer.flags().items()}
 
     def _pieces(self, raw: Tensor | None) -> list[Tensor | None]:
         """``raw`` split into the groups' raw vectors (None stays None)."""
@@ -77,6 +90,36 @@ class PerGroup(Optimizer):
     def init(self, params):
         return {name: optimizer.init([params[i] for i in indices])
                 for name, (optimizer, indices) in self.groups.items()}
+
+    # --- stepping some of the parameters (recurse.partial) -------------------
+
+    def skips_parameters(self) -> bool:
+        return all(optimizer.skips_parameters() for optimizer, _ in self.groups.values())
+
+    def for_positions(self, positions):
+        """This PerGroup over the parameters at ``positions`` (ascending) alone:
+        the same rules (so the same values), each group's indices mapped onto
+        the ranks of its parameters among ``positions`` (a group may be empty)."""
+        rank = {position: index for index, position in enumerate(positions)}
+        view = copy.copy(self)
+        view.groups = {name: (optimizer, [rank[i] for i in indices if i in rank])
+                       for name, (optimizer, indices) in self.groups.items()}
+        return view
+
+    def state_at(self, state, indices):
+        """Each group's share of the parameters at ``indices`` (ranks in this PerGroup's list)."""
+        wanted = set(indices)
+        return {name: optimizer.state_at(state[name], [local for local, i in enumerate(group) if i in wanted])
+                for name, (optimizer, group) in self.groups.items()}
+
+    def joined_state(self, parts):
+        """Each group's :meth:`Optimizer.joined_state` over its parameters among the parts' positions."""
+        joined = {}
+        for name, (optimizer, indices) in self.groups.items():
+            members = set(indices)
+            own = [(sorted(members.intersection(positions)), state[name]) for positions, state in parts]
+            joined[name] = optimizer.joined_state([part for part in own if part[0]] or own[:1])
+        return joined
 
     def update_depends_on_params(self):
         return any(optimizer.update_depends_on_params() for optimizer, _ in self.groups.values())
@@ -125,13 +168,16 @@ class PerGroup(Optimizer):
             if result is None:
                 return None
             stepped, new_state[name], product = result
-            products.append((product, indices))
+            products.append((product, indices, optimizer.raw.numel()))
             for index, value in zip(indices, stepped):
                 new_params[index] = value
         on_host = self.hypergradient_on_host
 
         def vjp(incoming):
-            gradients = [product([incoming[i] for i in indices]) for product, indices in products]
+            # (a group with no parameters here, in a view of some of them (for_positions): a zero row each)
+            gradients = [product([incoming[i] for i in indices]) if indices
+                         else [0.0] * size if on_host else incoming[0].new_zeros(size)
+                         for product, indices, size in products]
             if on_host:
                 return [value for gradient in gradients
                         for value in (gradient if isinstance(gradient, list) else gradient.tolist())]

@@ -6,13 +6,13 @@ import torch
 
 from recurse.constraints import positive, unit_interval
 from recurse.optim import _ops
-from recurse.optim.base import Hyperparameter, Optimizer
+from recurse.optim.base import Hyperparameter, Optimizer, flag
 
 
 class RMSprop(Optimizer):
     """torch.optim.RMSprop.
 
-        d_t = g_t + weight_decay * p_{t-1}
+        d_t = g_t + weight_decay * p_{t-1}      (-g_t with maximize=True)
         s_t = alpha * s_{t-1} + (1 - alpha) * d_t^2
         a_t = alpha * a_{t-1} + (1 - alpha) * d_t            (centered only)
         r_t = sqrt(s_t - a_t^2) (centered)  |  sqrt(s_t)      , plus eps
@@ -22,6 +22,8 @@ class RMSprop(Optimizer):
     >>> opt = rc.RMSprop(1e-2, centered=True, hyper=rc.Adam(1e-3))
     """
 
+    flag_names = ("centered", "maximize")
+    per_parameter_state = ("square_avg", "grad_avg", "momentum_buffer")
     hyperparameter_specs = (
         Hyperparameter("lr", positive),
         Hyperparameter("alpha", unit_interval),
@@ -30,9 +32,11 @@ class RMSprop(Optimizer):
         Hyperparameter("momentum", unit_interval, can_be_off=True),
     )
 
-    def __init__(self, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, *, centered=False, **options):
+    def __init__(self, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, *, centered=False,
+                 maximize=False, **options):
         super().__init__(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum, **options)
-        self.centered = bool(centered)
+        self.centered = flag("rc.RMSprop", "centered", centered)
+        self.maximize = flag("rc.RMSprop", "maximize", maximize)
 
     def init(self, params):
         state = {"square_avg": [torch.zeros_like(p) for p in params]}
@@ -50,6 +54,8 @@ class RMSprop(Optimizer):
         has_weight_decay = self.initial_values["weight_decay"] != 0.0
         new_state = {key: [] for key in state}
         new_params = []
+        if self.maximize:
+            grads = _ops.negated_all(list(grads))
         for i, (param, grad) in enumerate(zip(params, grads)):
             if has_weight_decay:
                 grad = _ops.add_scaled(grad, param, hyper["weight_decay"])

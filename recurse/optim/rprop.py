@@ -46,6 +46,7 @@ class Rprop(Optimizer):
     """
 
     host_floats = True
+    per_parameter_state = ("prev", "step_size")
     hyperparameter_specs = (Hyperparameter("lr", positive),)
 
     def __init__(self, lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50.0), **options):

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from recurse.constraints import positive, unit_interval
 from recurse.optim import _ops
-from recurse.optim.base import Hyperparameter, Optimizer, SavedProduct
+from recurse.optim.base import Hyperparameter, Optimizer, SavedProduct, flag
 
 
 class SGD(Optimizer):
     """torch.optim.SGD as a pure function of its hyperparameters.
 
-        d_t = g_t + weight_decay * p_{t-1}
+        d_t = g_t + weight_decay * p_{t-1}      (-g_t with maximize=True)
         b_t = d_t                                        (first step)
         b_t = momentum * b_{t-1} + (1 - dampening) * d_t (later steps)
         u_t = d_t + momentum * b_t  (nesterov)  |  b_t  (otherwise)
@@ -22,6 +22,8 @@ class SGD(Optimizer):
     """
 
     host_floats = True
+    flag_names = ("nesterov", "maximize")
+    per_parameter_state = ("momentum_buffer",)
     hyperparameter_specs = (
         Hyperparameter("lr", positive),
         Hyperparameter("momentum", unit_interval, can_be_off=True),
@@ -29,14 +31,16 @@ class SGD(Optimizer):
         Hyperparameter("weight_decay", positive, can_be_off=True),
     )
 
-    def __init__(self, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, *, nesterov=False, **options):
+    def __init__(self, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, *, nesterov=False, maximize=False,
+                 **options):
         super().__init__(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, **options)
+        nesterov, self.maximize = flag("rc.SGD", "nesterov", nesterov), flag("rc.SGD", "maximize", maximize)
         if nesterov and (momentum == 0.0 or dampening != 0.0):
             raise ValueError(
                 f"rc.SGD: nesterov=True needs momentum > 0 and dampening = 0, got momentum={momentum!r}, "
                 f"dampening={dampening!r}"
             )
-        self.nesterov = bool(nesterov)
+        self.nesterov = nesterov
 
     def init(self, params):
         return {"momentum_buffer": [None] * len(params)}
@@ -52,6 +56,8 @@ class SGD(Optimizer):
         """The update, and its intermediates (d_t, b_{t-1}, b_t, u_t), one list each."""
         lr, momentum = hyper["lr"], hyper["momentum"]
         params, decayed = list(params), list(grads)
+        if self.maximize:
+            decayed = _ops.negated_all(decayed)
         if self.initial_values["weight_decay"] != 0.0:
             decayed = _ops.add_scaled_all(decayed, params, hyper["weight_decay"])
         previous = list(state["momentum_buffer"])
@@ -92,8 +98,9 @@ class SGD(Optimizer):
         if "weight_decay" in learnable:
             lists["p"] = list(params)
         saved = {"lists": lists, "first": first, "values": values}  # (values: a new dict every step)
-        # (without weight decay, d_t is the gradient list itself, and u_t = d_t without momentum)
-        holds_gradient = self.initial_values["weight_decay"] == 0.0 and any(ys is decayed for ys in lists.values())
+        # (without weight decay or maximize, d_t is the gradient list itself, and u_t = d_t without momentum)
+        holds_gradient = (self.initial_values["weight_decay"] == 0.0 and not self.maximize
+                          and any(ys is decayed for ys in lists.values()))
         return new_params, new_state, SavedProduct(saved, self.saved_vjp, holds_gradient)
 
     def saved_vjp(self, saved, incoming):
