@@ -10,7 +10,7 @@ from recurse.baselines import compare
 from recurse.hyper import HyperOptimizer
 from recurse.learned import LSTMOptimizer
 from recurse.meta import MetaTrainer
-from recurse.optim import SGD, Adagrad, Adam, AdamW, Hyperparameter, Newton, Optimizer, PerGroup, RMSprop, Rprop
+from recurse.optim import SGD, Adagrad, Adam, AdamW, Hyperparameter, Newton, Optimizer, PerGroup, RMSprop, Rprop, VSGD
 from recurse.rollback import Rollback
 from recurse.tower import stack, tower
 from recurse.unroll import UnrollResult, evaluate, evaluate_torch, model_objective, unroll, unroll_torch
@@ -31,6 +31,7 @@ __all__ = [
     "PerGroup",
     "RMSprop",
     "Rprop",
+    "VSGD",
     "Rollback",
     "UnrollResult",
     "constraints",

@@ -277,11 +277,12 @@ def step_values(optimizer: Optimizer, raw: Tensor, lr_scales: tuple[float, ...] 
     return values if lr_scales is None else optimizer.scaled(values, lr_scales)
 
 
-def closed_form_update(optimizer, raw, targets, grads, state, lr_scales=None):
+def closed_form_update(optimizer, raw, targets, grads, state, lr_scales=None, closure=None):
     """The learned update through ``optimizer.update_with_vjp`` at float
     values (no graph), or None when the optimizer has no closed form (or
     where a schedule's factor multiplies an lr learned in its own units:
-    the closed form's rows assume d value / d raw of the value they see)."""
+    the closed form's rows assume d value / d raw of the value they see).
+    ``closure``: the loss, for a rule that needs it (``needs_loss_graph``)."""
     if not has_closed_form(optimizer):
         return None
     if isinstance(raw, Tensor):
@@ -295,7 +296,8 @@ def closed_form_update(optimizer, raw, targets, grads, state, lr_scales=None):
         if not optimizer.exact_at(lr_scales):
             return None
         values = optimizer.scaled(values, lr_scales)
-    result = optimizer.update_with_vjp(targets, grads, state, values)
+    result = (optimizer.update_with_vjp(targets, grads, state, values) if closure is None
+              else optimizer.update_with_vjp(targets, grads, state, values, closure=closure))
     if result is None:
         return None
     new_values, new_state, product = result

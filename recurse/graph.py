@@ -568,7 +568,7 @@ class GraphOptimizer(CopiesWhole, torch.optim.Optimizer):
 
     def _reject(self, rejected: dict[str, str]) -> None:
         where = ", ".join(f"{what} in node {name!r}" for name, what in rejected.items())
-        step = next(iter(self.optimizers.values())).step_count + 1
+        step = max(optimizer.step_count for optimizer in self.optimizers.values()) + 1  # (a skipped node lags)
         message = (f"rc.graph.GraphOptimizer: non-finite {where} at step {step}; the step of every node was skipped "
                    "and nothing was updated")
         if any(optimizer.guard == "raise" for optimizer in self.optimizers.values()):

@@ -103,6 +103,7 @@ class _Proposal:
     hypergradients: list = field(default_factory=list)  # (what last_hypergradients shows once committed)
     points: list = field(default_factory=list)  # (the raws those hypergradients were taken at)
     first_step_measured: bool = False  # (the first-step limit has looked at a step that moves the parameters)
+    level_zero_steps: int | None = None  # (the steps every parameter took, where level 0 holds one state)
 
 
 class CopiesWhole:
@@ -241,6 +242,9 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
         self._dtypes = frozenset(param.dtype for param in self._params)  # (they may mix)
         place_next_to([level.optimizer for level in self.levels], self._params)
         self.step_count = 0
+        # The steps level 0's parameters took while they share one state (where they do not, each cohort
+        # counts its own: see recurse.partial).
+        self._level_zero_steps = 0
         self._first_step_pending = True  # (until the first-step limit has measured a step that moves them)
         self.nonfinite_steps = 0
         self._history: list[list[Tensor]] = []
@@ -503,17 +507,13 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
                 kept = level.last_update if self._keeps_last_update else self._horizon_memory
                 vector = None if kept is None else self.hypergradient_loss.incoming(self._params, incoming,
                                                                                     self.step_count)
-                if vector is not None and any(part is None for part in vector):  # (no gradient: the loss ignores it)
-                    vector = [torch.zeros_like(p) if part is None else part for p, part in zip(self._params, vector)]
-                if vector is not None and optimizer.maximizes:  # (the tower minimises what level 0 does: -loss)
-                    vector = _ops.negated_all(vector)
                 if vector is None:
                     hypergradient = None
                 elif isinstance(level.last_update, PartialUpdate):
-                    hypergradient = level.last_update.hypergradient(optimizer, vector)
+                    hypergradient = level.last_update.hypergradient(optimizer, vector, self._params)
                 else:
                     hypergradient = self.horizon.hypergradient(optimizer, level.last_update, self._horizon_memory,
-                                                               vector)
+                                                               partial.incoming_at(optimizer, vector, self._params))
             else:
                 hypergradient = None if level.last_update is None else vjp(optimizer, level.last_update, incoming,
                                                                           retain_graph=False)
@@ -584,7 +584,7 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
                 top.self_state, top.self_norm_state, learned=True, scaled=False,
             )
             raws[top_index] = new_raw[0].detach()
-        model_params = horizon_memory = None
+        model_params = horizon_memory = level_zero_steps = state_steps = None
         for index in range(top_index, -1, -1):
             level = self.levels[index]
             optimizer = level.optimizer
@@ -616,8 +616,8 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
             elif isinstance(raw, list) and not (optimizer.is_learned and has_closed_form(optimizer)):
                 raw = optimizer.as_raw_tensor(raw)
             if index == 0 and (isinstance(level.state, list) or any(grad is None for grad in target_grads)):
-                new_values, (state, norm_state, last_update) = self._advance_present(
-                    optimizer, raw, targets, target_grads, level)
+                new_values, (state, norm_state, last_update), state_steps = self._advance_present(
+                    optimizer, raw, targets, target_grads, level, closure)
             else:
                 new_values, (state, norm_state, last_update) = _advance(
                     optimizer, raw, targets, target_grads, level.state, level.norm_state,
@@ -633,19 +633,25 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
             if index == 0:
                 model_params = [value.detach() if value is not None and value.requires_grad else value
                                 for value in new_values]
+                level_zero_steps = None if isinstance(state, list) else (
+                    self._level_zero_steps + 1 if not isinstance(level.state, list) else state_steps)
             elif level.host:
                 raws[index - 1] = _ops.rounded(new_values, below.raw_dtype)
             else:
                 raws[index - 1] = new_values[0].detach()
-        return _Proposal(model_params, raws, level_updates, self_update, horizon_memory)
+        return _Proposal(model_params, raws, level_updates, self_update, horizon_memory,
+                         level_zero_steps=level_zero_steps)
 
-    def _advance_present(self, optimizer, raw, targets, grads, level):
+    def _advance_present(self, optimizer, raw, targets, grads, level, closure):
         """Level 0's update where some parameters have no gradient, or took
         different numbers of steps: the present ones, batched by the steps
         they took, one call of the rule per batch (see :mod:`recurse.partial`).
         Returns what :func:`_advance` does, with None for a skipped
-        parameter's new value, the cohorts as the state, and a
-        :class:`recurse.partial.PartialUpdate` as the last update."""
+        parameter's new value, the cohorts as the state (one state again
+        where every parameter took as many steps: then also that number) and
+        a :class:`recurse.partial.PartialUpdate` as the last update. A
+        parameter that never had a gradient gets its state at its first
+        step (a frozen backbone holds none)."""
         present = {index for index, grad in enumerate(grads) if grad is not None}
         if len(present) < len(grads):
             missing = min(set(range(len(grads))) - present)
@@ -666,25 +672,26 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
             for index, grad in zip(order, normalized):
                 grads[index] = grad
         cohorts = level.state if isinstance(level.state, list) else [
-            Cohort(list(range(len(targets))), optimizer.init(targets) if level.state is None else level.state, 0)]
+            Cohort(list(range(len(targets))), level.state, self._level_zero_steps)]
         stepped, cohorts = partial.batches(optimizer, cohorts, present)
         new_values: list[Tensor | None] = [None] * len(targets)
         records = []
-        for batch in stepped:
+        for batch in stepped:  # (a batch's state is None before its parameters' first step: _advance builds it)
             values, (state, _, record) = _advance(
                 optimizer.for_positions(batch.positions), raw, [targets[i] for i in batch.positions],
-                [grads[i] for i in batch.positions], batch.state, None, learned=optimizer.is_learned, normalize=False)
+                [grads[i] for i in batch.positions], batch.state, None, learned=optimizer.is_learned, normalize=False,
+                closure=closure)
             for index, value in zip(batch.positions, values):
                 new_values[index] = value
             cohorts.append(Cohort(batch.positions, state, batch.steps + 1))
             if record is not None:
                 records.append((batch.positions, record))
         last_update = PartialUpdate(records) if optimizer.is_learned else None
-        if len(cohorts) == 1:  # (every parameter took as many steps again: one state, the whole list's)
-            cohorts = cohorts[0].state
         if len(records) == 1 and len(records[0][0]) == len(targets):
             last_update = records[0][1]
-        return new_values, (cohorts, norm_state, last_update)
+        if len(cohorts) == 1:  # (every parameter took as many steps again: one state, the whole list's)
+            return new_values, (cohorts[0].state, norm_state, last_update), cohorts[0].steps
+        return new_values, (cohorts, norm_state, last_update), None
 
     def _commit(self, proposal: _Proposal) -> None:
         self._last_hypergradients, self._hypergradient_points = proposal.hypergradients, proposal.points
@@ -714,6 +721,8 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
         self.step_count += 1
         if proposal.first_step_measured:
             self._first_step_pending = False
+        if proposal.level_zero_steps is not None:
+            self._level_zero_steps = proposal.level_zero_steps
         if self.record_history:
             self._history.append(_learned_values(self.levels))
 
@@ -743,6 +752,7 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
         self._forget_overwritten_gradients()  # a resumed run must skip what this one will
         return {
             "step_count": self.step_count,
+            "level_zero_steps": self._level_zero_steps,
             "first_step_pending": self._first_step_pending,
             "nonfinite_steps": self.nonfinite_steps,
             "copies_gradients": self.copies_gradients,
@@ -803,6 +813,14 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
             if saved["optimizer"] == name and saved.get("flags", flags) != flags:
                 raise ValueError(f"rc.HyperOptimizer.load_state_dict: level {index} is {name} with {flags} here but "
                                  f"{saved['flags']} in the checkpoint; build the same tower as the one saved")
+            if saved["optimizer"] == name and "flags" not in saved and isinstance(saved.get("state"), dict):
+                # (a checkpoint from before flags were kept: its state shows the variant, amsgrad's an entry more)
+                size = len(self._params) if index == 0 else 1
+                expected = _layout(level.optimizer.init([torch.zeros(0)] * size))
+                if _layout(saved["state"]) != expected:
+                    raise ValueError(f"rc.HyperOptimizer.load_state_dict: level {index}'s state in the checkpoint "
+                                     f"holds {_layout(saved['state'])}, this {name} ({flags}) holds {expected}; "
+                                     "build the same tower as the one saved")
             if saved["optimizer"] != name or saved["raw"].shape != level.optimizer.raw.shape:
                 raise ValueError(
                     f"rc.HyperOptimizer.load_state_dict: level {index} is {saved['optimizer']} with "
@@ -843,6 +861,7 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
                                                    for positions, record in saved["partial_update"]])
             level.last_self_update = last_update(saved["last_self_update"], raw_dtype)
         self.step_count = state_dict["step_count"]
+        self._level_zero_steps = state_dict.get("level_zero_steps", self.step_count)
         self._first_step_pending = state_dict.get("first_step_pending", self.step_count == 0)
         self.nonfinite_steps = state_dict["nonfinite_steps"]
         self.copies_gradients = state_dict.get("copies_gradients", False)
@@ -885,13 +904,16 @@ def _check_horizon(horizon: Horizon, level: _Level) -> None:
 
 def fill_gradients(owner: str, loss: Any, params: list[Tensor]) -> None:
     """Set each of ``params``' ``.grad`` from ``loss``, keeping the loss's
-    graph (for an optimizer that differentiates the loss again: Newton)."""
+    graph (for an optimizer that differentiates the loss again: Newton,
+    vSGD); a parameter the loss does not reach gets 0, a frozen one
+    (``requires_grad`` False) keeps no gradient, as after backward."""
     if not (isinstance(loss, Tensor) and loss.requires_grad):
         raise ValueError(f"{owner}: the closure's loss does not depend on the parameters "
                          "(was backward called inside it, or the loss detached?)")
+    trainable = [param for param in params if param.requires_grad]
     with torch.enable_grad():
-        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True, materialize_grads=True)
-    for param, grad in zip(params, grads):
+        grads = torch.autograd.grad(loss, trainable, retain_graph=True, allow_unused=True, materialize_grads=True)
+    for param, grad in zip(trainable, grads):
         param.grad = grad.detach()
 
 
@@ -987,8 +1009,8 @@ def _advance(optimizer, raw, targets, grads, state, norm_state, *, learned, clos
     if state is None:
         state = optimizer.init(targets)
     lr_scales = optimizer.lr_scales() if learned and scaled else None
-    if learned and closure is None:
-        closed = closed_form_update(optimizer, raw, targets, grads, state, lr_scales)
+    if learned and (closure is None or optimizer.needs_loss_graph):  # (a closed form that reads the loss: VSGD)
+        closed = closed_form_update(optimizer, raw, targets, grads, state, lr_scales, closure)
         if closed is not None:
             new_values, new_state, last_update = closed
             return new_values, (new_state, norm_state, last_update)
@@ -1011,6 +1033,11 @@ def _advance(optimizer, raw, targets, grads, state, norm_state, *, learned, clos
         last_update = UpdateRecord(list(targets), list(grads), state, raw.detach(), hyper_leaf, new_values,
                                    lr_scales=lr_scales)
     return new_values, (new_state, norm_state, last_update)
+
+
+def _layout(state: Any) -> Any:
+    """A state's nested dict keys, without its values (what two variants of a rule keep differently)."""
+    return {key: _layout(value) for key, value in state.items()} if isinstance(state, dict) else None
 
 
 def _map_tensors(tree: Any, function: Callable[[Tensor], Tensor]) -> Any:

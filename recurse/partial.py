@@ -27,16 +27,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from recurse.estimators import UpdateRecord, vjp
+from recurse.optim import _ops
 from recurse.optim.base import Optimizer, State
 
 
 @dataclass
 class Cohort:
     """Positions (ascending) of parameters that took ``steps`` steps, and the
-    state of ``optimizer.for_positions(positions)`` for them."""
+    state of ``optimizer.for_positions(positions)`` for them (None before
+    their first step)."""
 
     positions: list[int]
     state: State
@@ -71,15 +74,30 @@ def batches(optimizer: Optimizer, cohorts: list[Cohort], present: set[int]) -> t
             continue
         view = optimizer.for_positions(cohort.positions)
         absent = [i for i in range(len(cohort.positions)) if cohort.positions[i] not in present]
-        kept.append(Cohort([cohort.positions[i] for i in absent], view.state_at(cohort.state, absent), cohort.steps))
-        parts.setdefault(cohort.steps, []).append(([cohort.positions[i] for i in here],
-                                                   view.state_at(cohort.state, here)))
+
+        def state_at(indices, view=view, state=cohort.state):
+            return None if state is None else view.state_at(state, indices)
+
+        kept.append(Cohort([cohort.positions[i] for i in absent], state_at(absent), cohort.steps))
+        parts.setdefault(cohort.steps, []).append(([cohort.positions[i] for i in here], state_at(here)))
     stepped = []
     for steps, group in sorted(parts.items()):
         positions = sorted(position for part_positions, _ in group for position in part_positions)
-        state = group[0][1] if len(group) == 1 else optimizer.joined_state(group)
+        # (parameters that never stepped have no state yet, and are the only ones at 0 steps)
+        state = group[0][1] if len(group) == 1 or steps == 0 else optimizer.joined_state(group)
         stepped.append(Batch(positions, state, steps))
     return stepped, kept
+
+
+def incoming_at(optimizer: Optimizer, incoming: list[Tensor | None], params: list[Tensor],
+                positions: list[int] | None = None) -> list[Tensor]:
+    """``incoming`` at ``positions`` (all: None) as level 0's hypergradient
+    takes it: 0 for a parameter without a gradient now (the next loss does
+    not reach it), negated where level 0 maximizes (the tower minimises what
+    level 0 does: the negated objective)."""
+    positions = range(len(params)) if positions is None else positions
+    part = [torch.zeros_like(params[i]) if incoming[i] is None else incoming[i] for i in positions]
+    return _ops.negated_all(part) if optimizer.maximizes else part
 
 
 @dataclass
@@ -100,14 +118,14 @@ class PartialUpdate:
         watches them for in-place writes), else None."""
         return next((record.grads for _, record in self.records if record.grads is not None), None)
 
-    def hypergradient(self, optimizer: Optimizer, incoming: list[Tensor]) -> Tensor | list[float] | None:
+    def hypergradient(self, optimizer: Optimizer, incoming: list[Tensor | None],
+                      params: list[Tensor]) -> Tensor | list[float] | None:
         """sum over batches of incoming[positions] . d(batch update) / d raw
-        (``incoming``: 0 for a parameter without a gradient now); None where
-        no batch stepped."""
+        (see :func:`incoming_at`); None where no batch stepped."""
         total = None
         for positions, record in self.records:
-            gradient = vjp(optimizer.for_positions(positions), record, [incoming[i] for i in positions],
-                           retain_graph=False)
+            gradient = vjp(optimizer.for_positions(positions), record,
+                           incoming_at(optimizer, incoming, params, positions), retain_graph=False)
             if total is None:
                 total = gradient
             elif isinstance(total, list):

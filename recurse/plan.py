@@ -49,10 +49,11 @@ def levels(optimizer: Optimizer, *, owner: str = "rc.HyperOptimizer") -> list[Op
                 f"{owner}: level {index} ({current!r}) marks {list(current.learnable)} as learned (learn=), but no "
                 "optimizer above learns them; give it one (hyper=rc.SGD(0.05, normalize='rms'), or rc.stack) or "
                 "drop learn=")
-        if index > 0 and current.maximizes:
-            raise ValueError(f"{owner}: level {index} ({current!r}) has maximize=True, which would make the "
-                             "hyperparameters below it worse; give maximize=True to level 0 alone (the levels above "
-                             "then learn to maximise its objective too)")
+        if current.maximizes and (index > 0 or tied):
+            raise ValueError(f"{owner}: level {index} ({current!r}) has maximize=True"
+                             f"{' and steps its own hyperparameters (tied)' if tied else ''}, which would make the "
+                             "hyperparameters it steps worse; give maximize=True to an untied level 0 alone (the "
+                             "levels above then learn to maximise its objective too)")
         chain.append(current)
         current = None if tied else current.hyper
     return chain

@@ -8,7 +8,8 @@ the same batches for every method (per seed), it trains:
   recurse.defaults) and ``rc.tower(rc.Adam(1e-3), depth=2)``;
 - untuned torch.optim Adam (lr 1e-3) and AdamW (lr 1e-3, weight decay 1e-2);
 - each peer at its documented defaults (the ``peers`` extra): Prodigy,
-  D-Adaptation Adam, LDoG, Schedule-Free AdamW, Mechanic over Adam;
+  D-Adaptation Adam, LDoG, Schedule-Free AdamW, Mechanic over Adam; and
+  rc.VSGD (vSGD, the seed essay's tuning-free method: no learning rate);
 
 and, as the tuned reference at 16x one run's budget, two Optuna searches of
 16 trials (rc.baselines.run_search, seed 0): a grid over Adam's lr and TPE
@@ -48,6 +49,7 @@ import time
 from typing import NamedTuple
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import recurse as rc
 from recurse.baselines import OPTIMIZERS, run_search
@@ -101,6 +103,7 @@ METHODS = {
     "LDoG": lambda params: _peer("dog", "LDoG")(params),
     "Schedule-Free AdamW": lambda params: _peer("schedulefree", "AdamWScheduleFree")(params),
     "Mechanic (Adam)": _mechanic_adam,
+    "vSGD": lambda params: rc.HyperOptimizer(params, rc.VSGD()),
 }
 SENSITIVITY_LRS = (1e-6, 1e-4, 1e-2, 1.0)
 RMS = {"normalize": "rms"}
@@ -190,8 +193,11 @@ def train(workload, make_optimizer, seed, device, evals=10):
         synchronize(device)  # (a GPU's queued work is timed with the step that queued it, for every method)
         start = time.perf_counter()
         opt.zero_grad()
-        task.loss(model, inputs, targets).backward()
-        opt.step()
+        if needs_loss(opt):  # (it takes the gradient, and the curvature, itself: rc.VSGD)
+            opt.step(lambda: differentiable_twice(lambda: task.loss(model, inputs, targets)))
+        else:
+            task.loss(model, inputs, targets).backward()
+            opt.step()
         synchronize(device)
         seconds += time.perf_counter() - start
         if isinstance(opt, rc.HyperOptimizer):
@@ -204,6 +210,19 @@ def train(workload, make_optimizer, seed, device, evals=10):
                 opt.train()
             curve.append((step, loss if math.isfinite(loss) else math.inf))
     return curve, seconds / workload.steps, lrs
+
+
+def needs_loss(opt) -> bool:
+    """Whether ``opt`` steps from the loss itself (``step(closure)``, no backward first)."""
+    return isinstance(opt, rc.HyperOptimizer) and opt.levels[0].optimizer.needs_loss_graph
+
+
+def differentiable_twice(loss_of):
+    """``loss_of()`` computed so that its gradient can be differentiated again
+    (a Hessian-vector product): attention through PyTorch's math kernel,
+    since the fused ones have no double backward."""
+    with sdpa_kernel(SDPBackend.MATH):
+        return loss_of()
 
 
 def synchronize(device) -> None:

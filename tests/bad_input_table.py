@@ -90,8 +90,16 @@ ROWS = [
      TypeError, r"rc.SGD: unknown hyperparameter\(s\) \['amsgrad'\]; .* \(and the flags \['nesterov', 'maximize'\]\)"),
     ("maximize-above-level-zero", "maximize=True on a level above the model",
      lambda: rc.HyperOptimizer([torch.zeros(3, requires_grad=True)], rc.SGD(0.1, hyper=rc.SGD(0.01, maximize=True))),
-     ValueError, r"level 1 \(rc.SGD\(lr=0.01.*\)\) has maximize=True, which would make the hyperparameters below "
-     r"it worse"),
+     ValueError, r"level 1 \(rc.SGD\(lr=0.01.*\)\) has maximize=True, which would make the hyperparameters it "
+     r"steps worse"),
+    ("maximize-tied", "maximize=True on a tied tower, which steps its own hyperparameters",
+     lambda: rc.HyperOptimizer([torch.zeros(3, requires_grad=True)], rc.tower(rc.SGD(0.1, maximize=True), depth=2,
+                                                                             tie=True)),
+     ValueError, r"has maximize=True and steps its own hyperparameters \(tied\)"),
+    ("vsgd-slow-start-below-one", "vSGD's slow-start constant below 1", lambda: rc.VSGD(slow_start=0.0),
+     ValueError, r"rc.VSGD: slow_start must be a number >= 1 \(it overestimates the variances\), got 0.0"),
+    ("vsgd-initial-samples", "vSGD's initial sample count not a positive integer",
+     lambda: rc.VSGD(initial_samples=0), ValueError, r"rc.VSGD: initial_samples must be an integer >= 1, got 0"),
     ("nesterov-without-momentum", "Nesterov without momentum", lambda: rc.SGD(0.1, nesterov=True), ValueError,
      r"nesterov=True needs momentum > 0 and dampening = 0, got momentum=0.0"),
     ("hyper-not-an-optimizer", "hyper= given a torch.optim class", lambda: rc.SGD(0.1, hyper=torch.optim.SGD),

@@ -28,6 +28,9 @@ CONFIGURATIONS = {
     "adamw-weight-decay-only": lambda: rc.AdamW(1e-2, weight_decay=0.1, learn="weight_decay"),  # (no temporaries)
     "sgd-momentum-wd-maximize": lambda: rc.SGD(0.05, momentum=0.9, weight_decay=1e-2, maximize=True),
     "adam-amsgrad-lr-beta1-eps": lambda: rc.Adam(1e-2, eps=1e-3, amsgrad=True, learn=("lr", "beta1", "eps")),
+    # (beta2 = 0.5: v falls below its running maximum at about half the coordinates, so the maximum's branch acts)
+    "adam-amsgrad-short-v-memory": lambda: rc.Adam(1e-2, betas=(0.9, 0.5), eps=1e-3, amsgrad=True,
+                                                   learn=("lr", "beta1", "eps")),
     "adam-amsgrad-maximize-lr-only": lambda: rc.Adam(1e-2, amsgrad=True, maximize=True, learn="lr"),
     "adamw-amsgrad-lr-weight-decay": lambda: rc.AdamW(1e-2, weight_decay=0.1, amsgrad=True,
                                                       learn=("lr", "weight_decay")),

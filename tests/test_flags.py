@@ -60,3 +60,21 @@ def test_several_param_groups_keep_each_group_s_flags():
                             rc.SGD(0.05, momentum=0.9, nesterov=True, hyper=rc.SGD(0.01, normalize="rms")))
     assert opt.state_dict()["levels"][0]["flags"] == {
         "group0.nesterov": True, "group0.maximize": False, "group1.nesterov": True, "group1.maximize": False}
+
+
+def test_a_checkpoint_from_before_flags_were_kept_is_refused_where_its_state_is_of_another_variant():
+    inputs, targets = regression_data()
+    model = small_mlp()
+    opt = rc.HyperOptimizer(model.parameters(), rc.Adam(1e-2, hyper=rc.SGD(0.02, normalize="rms")))
+    train_step(model, opt, inputs, targets)
+    saved = opt.state_dict()
+    for level in saved["levels"]:
+        del level["flags"]
+    same = rc.HyperOptimizer(small_mlp().parameters(), rc.Adam(1e-2, hyper=rc.SGD(0.02, normalize="rms")))
+    same.load_state_dict(saved)
+    assert same.step_count == 1
+    amsgrad = rc.HyperOptimizer(small_mlp().parameters(),
+                                rc.Adam(1e-2, amsgrad=True, hyper=rc.SGD(0.02, normalize="rms")))
+    with pytest.raises(ValueError, match=r"level 0's state in the checkpoint holds .*this Adam \(\{'amsgrad': True"):
+        amsgrad.load_state_dict(saved)
+    assert amsgrad.step_count == 0

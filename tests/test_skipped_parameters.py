@@ -59,6 +59,21 @@ def run(model, opt, steps, start=0, *, before_step=None):
         opt.step()
 
 
+def assert_trains_as(ours_model, ours, theirs_model, theirs, steps=8):
+    """``ours`` and the torch.optim optimizers ``theirs`` train the two
+    models (one loss, one backward each step) to the same parameters, to the bit."""
+    inputs, targets = regression_data()
+    for step in range(steps):
+        for model, optimizers in ((ours_model, [ours]), (theirs_model, theirs)):
+            for opt in optimizers:
+                opt.zero_grad()
+            loss_at(model, step, inputs, targets).backward()
+            for opt in optimizers:
+                opt.step()
+    for mine, expected in zip(ours_model.parameters(), theirs_model.parameters()):
+        assert torch.equal(mine, expected)
+
+
 @pytest.mark.parametrize("name", sorted(RULES))
 def test_at_depth_zero_a_branch_used_on_some_steps_trains_as_on_torch_optim_to_the_bit(name):
     make, reference = RULES[name]
@@ -208,17 +223,58 @@ def test_a_decayed_horizon_refuses_a_skipped_parameter_clearly():
         opt.step()
 
 
-def test_a_held_out_hypergradient_takes_a_frozen_layer_as_zero():
+@pytest.mark.parametrize("held_out", [False, True], ids=["training-loss", "held-out-loss"])
+def test_a_frozen_layer_passed_whole_learns_exactly_what_leaving_it_out_learns(held_out):
+    """The frozen trunk adds nothing to any hypergradient (held-out or
+    training loss): the run is bit for bit the one whose optimizer never
+    saw it."""
     inputs, targets = regression_data()
-    held_in, held_out = regression_data(seed=2)
+    held_in, held_targets = regression_data(seed=2)
+    runs = []
+    for pass_whole in (True, False):
+        model = Branched()
+        model.trunk.requires_grad_(False)
+        params = model.parameters() if pass_whole else [p for p in model.parameters() if p.requires_grad]
+        loss = (rc.estimators.HeldOut(lambda model=model: loss_at(model, 0, held_in, held_targets)) if held_out
+                else None)
+        opt = rc.HyperOptimizer(params, tower("adam", 2), hypergradient_loss=loss)
+        run(model, opt, 6)
+        runs.append((opt.hyperparameters(), [p.clone() for p in model.parameters()]))
+    (values, params), (values_out, params_out) = runs
+    assert values == values_out and values["0.lr"] != 1e-2
+    assert all(torch.equal(a, b) for a, b in zip(params, params_out))
+
+
+def test_a_per_group_whose_indices_are_not_in_order_keeps_each_parameter_s_state_through_skips():
+    """rc.PerGroup groups given out of order, the branch (positions 2, 3)
+    skipped on some steps: as the two torch.optim optimizers, to the bit."""
+    ours_model, theirs_model = Branched(), Branched()
+    per_group = rc.PerGroup({"adam": (rc.Adam(1e-2), [4, 2, 0]), "sgd": (rc.SGD(0.05, momentum=0.9), [5, 3, 1])})
+    ours = rc.HyperOptimizer(ours_model.parameters(), per_group)
+    params = list(theirs_model.parameters())
+    adam = torch.optim.Adam([params[i] for i in (0, 2, 4)], lr=1e-2)
+    sgd = torch.optim.SGD([params[i] for i in (1, 3, 5)], lr=0.05, momentum=0.9)
+    assert_trains_as(ours_model, ours, theirs_model, [adam, sgd])
+
+
+def test_a_frozen_backbone_holds_no_optimizer_state():
     model = Branched()
     model.trunk.requires_grad_(False)
-    loss = rc.estimators.HeldOut(lambda: loss_at(model, 0, held_in, held_out))
-    opt = rc.HyperOptimizer(model.parameters(), tower("adam", 1), hypergradient_loss=loss)
-    frozen = [p.clone() for p in model.trunk.parameters()]
-    run(model, opt, 6)
-    assert all(torch.equal(a, b) for a, b in zip(frozen, model.trunk.parameters()))
-    assert opt.hypergradients()["0.lr"] != 0.0 and opt.hyperparameters()["0.lr"] != 1e-2
+    opt = rc.HyperOptimizer(model.parameters(), rc.Adam(1e-2, amsgrad=True))
+    run(model, opt, 3)
+    cohorts = opt.state_dict()["levels"][0]["cohorts"]
+    frozen = [cohort for cohort in cohorts if cohort["positions"] == [0, 1]]
+    assert len(frozen) == 1 and frozen[0]["state"] is None and frozen[0]["steps"] == 0
+
+
+def test_newton_with_a_frozen_parameter_says_it_steps_every_parameter():
+    model = Branched()
+    model.trunk.requires_grad_(False)
+    opt = rc.HyperOptimizer(model.parameters(), rc.Newton(damping=1e-3))
+    inputs, targets = regression_data()
+    with pytest.raises(RuntimeError, match=r"parameter 0 \(shape \(6, 4\)\) has no .grad, and rc.Newton.* steps "
+                                           r"every parameter at every step"):
+        opt.step(lambda: loss_at(model, 0, inputs, targets))
 
 
 def test_a_graph_node_whose_group_has_no_gradient_is_skipped_as_torch_optim_skips_it():
@@ -233,13 +289,4 @@ def test_a_graph_node_whose_group_has_no_gradient_is_skipped_as_torch_optim_skip
     ours = rc.graph.GraphOptimizer(graph)
     adam = torch.optim.Adam(list(theirs_model.trunk.parameters()) + list(theirs_model.head.parameters()), lr=1e-2)
     sgd = torch.optim.SGD(theirs_model.branch.parameters(), lr=0.05, momentum=0.9)
-    inputs, targets = regression_data()
-    for step in range(8):
-        for model, optimizers in ((ours_model, [ours]), (theirs_model, [adam, sgd])):
-            for opt in optimizers:
-                opt.zero_grad()
-            loss_at(model, step, inputs, targets).backward()
-            for opt in optimizers:
-                opt.step()
-    for mine, expected in zip(ours_model.parameters(), theirs_model.parameters()):
-        assert torch.equal(mine, expected)
+    assert_trains_as(ours_model, ours, theirs_model, [adam, sgd])

@@ -8,5 +8,6 @@ from recurse.optim.per_group import PerGroup
 from recurse.optim.rmsprop import RMSprop
 from recurse.optim.rprop import Rprop
 from recurse.optim.sgd import SGD
+from recurse.optim.vsgd import VSGD
 
-__all__ = ["Adagrad", "Adam", "AdamW", "Hyperparameter", "Newton", "Optimizer", "PerGroup", "RMSprop", "Rprop", "SGD"]
+__all__ = ["Adagrad", "Adam", "AdamW", "Hyperparameter", "Newton", "Optimizer", "PerGroup", "RMSprop", "Rprop", "SGD", "VSGD"]

@@ -23,8 +23,8 @@ class PerGroup(Optimizer):
     """``PerGroup({"weights": (rc.LSTMOptimizer(seed=0), [0, 2]), "biases": (rc.LSTMOptimizer(seed=1), [1, 3])})``
 
     Each entry is ``name: (optimizer, indices)``: that optimizer steps the
-    parameters at ``indices`` of the list the PerGroup is given; every index
-    must belong to exactly one group. Hyperparameters are reported as
+    parameters at ``indices`` of the list the PerGroup is given, in the
+    order of that list; every index must belong to exactly one group. Hyperparameters are reported as
     ``"<group>.<name>"``. The groups' optimizers must not have ``hyper=`` or
     ``normalize=`` of their own: give them to the PerGroup, which learns
     them all and normalises the whole gradient.
@@ -66,7 +66,9 @@ class PerGroup(Optimizer):
         if sorted(seen) != list(range(len(seen))):
             raise ValueError(f"{owner}: the indices must cover 0 .. n-1 exactly once, got {sorted(seen)}")
         super().__init__(learn=(), **options)
-        self.groups = {name: (optimizer, list(indices)) for name, (optimizer, indices) in groups.items()}
+        # (each group's indices ascending: its rule sees its parameters in the order of the list, the order
+        # in which a view of some of them, for_positions, and a join of their states, joined_state, hold them)
+        self.groups = {name: (optimizer, sorted(indices)) for name, (optimizer, indices) in groups.items()}
         self.learnable = tuple(f"{name}.{learned}" for name, (optimizer, _) in self.groups.items()
                                for learned in optimizer.learnable)
         self.learn_given = any(optimizer.learn_given for optimizer, _ in self.groups.values())
