@@ -97,7 +97,8 @@ def _add_compare(commands) -> None:
     compare.add_argument("--quick", action="store_true",
                          help=f"a smoke run: budget {QUICK['budget']}, {QUICK['steps']} steps, seeds 0 1")
     compare.add_argument("--out", type=Path, default=None,
-                         help="output folder; rerunning with the same folder resumes (default results/compare/<task>-<optimizer>)")
+                         help="output folder; rerunning with the same folder resumes (default "
+                              "results/compare/<task>-<optimizer>, with -quick after it for --quick)")
     compare.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

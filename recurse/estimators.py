@@ -282,7 +282,7 @@ def closed_form_update(optimizer, raw, targets, grads, state, lr_scales=None, cl
     values (no graph), or None when the optimizer has no closed form (or
     where a schedule's factor multiplies an lr learned in its own units:
     the closed form's rows assume d value / d raw of the value they see).
-    ``closure``: the loss, for a rule that needs it (``needs_loss_graph``)."""
+    ``closure``: for a rule that needs it (``needs_closure``, ``needs_loss_graph``)."""
     if not has_closed_form(optimizer):
         return None
     if isinstance(raw, Tensor):

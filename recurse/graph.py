@@ -77,8 +77,8 @@ def build(groups: Mapping[str, Iterable[Tensor]], optimizers: Mapping[str, Any],
     ...                        steps={"adam": "weight", "sgd": "bias"})
     >>> print(rc.graph.describe(graph))
     adam/1: rc.SGD(lr=0.0001) steps adam.hyper (hyperparameters lr, beta1, beta2, eps)
-    adam: rc.Adam(lr=0.001, beta1=0.9, beta2=0.999, eps=1e-08) steps weight (4 values in 1 tensors)
-    sgd: rc.SGD(lr=0.1) steps bias (1 values in 1 tensors)
+    adam: rc.Adam(lr=0.001, beta1=0.9, beta2=0.999, eps=1e-08) steps weight (4 values in 1 tensor)
+    sgd: rc.SGD(lr=0.1) steps bias (1 value in 1 tensor)
     """
     graph = nx.DiGraph()
     owner: dict[int, str] = {}
@@ -279,6 +279,11 @@ def schedule(graph: nx.DiGraph) -> list[str]:
     return [node for node in nx.lexicographical_topological_sort(acyclic) if graph.nodes[node]["kind"] == OPTIMIZER]
 
 
+def _count(number: int, noun: str) -> str:
+    """``1 value``, ``5 values``."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 def describe(graph: nx.DiGraph) -> str:
     """One line per optimizer, in schedule order: what it is and what it steps.
 
@@ -293,7 +298,8 @@ def describe(graph: nx.DiGraph) -> str:
         for _, group in graph.out_edges(name):
             data = graph.nodes[group]
             size = f"hyperparameters {', '.join(data['hyperparameters'])}" \
-                if "hyperparameters" in data else f"{data['numel']} values in {len(data['shapes'])} tensors"
+                if "hyperparameters" in data else f"{_count(data['numel'], 'value')} in " \
+                                                  f"{_count(len(data['shapes']), 'tensor')}"
             targets.append(f"{group} ({size})")
         lines.append(f"{name}: {graph.nodes[name]['label']} steps {', '.join(sorted(targets)) or 'nothing'}")
     return "\n".join(lines)

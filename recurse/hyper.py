@@ -46,7 +46,7 @@ from recurse.estimators import (MAX_TANGENTS, Horizon, OneStep, TrainingLoss, Up
                                 has_closed_form, step_values, vjp)
 from recurse.optim import _ops
 from recurse.constraints import positive
-from recurse.optim.base import Optimizer, State, finite_float, place_next_to, raw_dtype_for
+from recurse.optim.base import Optimizer, State, described, finite_float, place_next_to, raw_dtype_for
 from recurse.optim.per_group import PerGroup
 from recurse.param_group import ParamGroup
 from recurse.partial import Cohort, PartialUpdate
@@ -197,7 +197,7 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
         if not isinstance(hypergradient_loss, TrainingLoss):
             raise TypeError("rc.HyperOptimizer: hypergradient_loss must be rc.estimators.TrainingLoss() or "
                             "rc.estimators.HeldOut(closure), got "
-                            f"{type(hypergradient_loss).__module__}.{type(hypergradient_loss).__qualname__}")
+                            f"{described(hypergradient_loss)}")
         if first_step_limit is not None:
             first_step_limit = finite_float("rc.HyperOptimizer", "first_step_limit", first_step_limit)
             if first_step_limit <= 0:
@@ -208,14 +208,14 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
         if not isinstance(optimizer, Optimizer):
             raise TypeError(
                 "rc.HyperOptimizer: optimizer must be an rc.Optimizer (for example rc.Adam(1e-3)), "
-                f"got {type(optimizer).__module__}.{type(optimizer).__qualname__}"
+                f"got {described(optimizer)}"
             )
         if guard not in GUARD_MODES:
             raise ValueError(f"rc.HyperOptimizer: guard must be one of {GUARD_MODES}, got {guard!r}")
         horizon = OneStep() if horizon is None else horizon
         if not isinstance(horizon, Horizon):
             raise TypeError("rc.HyperOptimizer: horizon must be an rc.estimators horizon (OneStep() or "
-                            f"Decayed(mu)), got {type(horizon).__module__}.{type(horizon).__qualname__}")
+                            f"Decayed(mu)), got {described(horizon)}")
         optimizer = plan.instantiate(optimizer)  # (the description stays as given: it can build others)
         if isinstance(params, Tensor):
             raise TypeError("rc.HyperOptimizer: params must be an iterable of tensors, got a single tensor")
@@ -404,6 +404,10 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
                 raise ValueError(f"rc.HyperOptimizer.step: {self.levels[0].optimizer!r} needs the loss; call "
                                  "step(closure) with a closure that returns it without calling backward")
             closure = self._gradients_from(loss)
+        elif self.levels[0].optimizer.needs_closure and closure is None:
+            raise ValueError(f"rc.HyperOptimizer.step: {self.levels[0].optimizer!r} evaluates the loss again; call "
+                             "step(closure) with a closure as torch.optim.LBFGS takes (it zeroes the gradients, "
+                             "computes the loss, calls backward and returns the loss)")
         self._forget_overwritten_gradients()
         grads = self._model_grads()
         points = [None if level.last_update is None else level.last_update.raw for level in self.levels]
@@ -1009,7 +1013,7 @@ def _advance(optimizer, raw, targets, grads, state, norm_state, *, learned, clos
     if state is None:
         state = optimizer.init(targets)
     lr_scales = optimizer.lr_scales() if learned and scaled else None
-    if learned and (closure is None or optimizer.needs_loss_graph):  # (a closed form that reads the loss: VSGD)
+    if learned and (closure is None or optimizer.needs_loss_graph or optimizer.needs_closure):
         closed = closed_form_update(optimizer, raw, targets, grads, state, lr_scales, closure)
         if closed is not None:
             new_values, new_state, last_update = closed

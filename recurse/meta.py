@@ -26,7 +26,7 @@ from torch import Tensor
 from recurse.distributed import all_ranks_agree, total
 from recurse.hyper import _advance, _detach_tree
 from recurse.optim import _ops
-from recurse.optim.base import Optimizer, State, place_next_to
+from recurse.optim.base import Optimizer, State, described, place_next_to
 from recurse.unroll import Objective, _check_options, gradients, unroll
 
 log = logging.getLogger("recurse")
@@ -76,7 +76,7 @@ class MetaTrainer:
         for index, optimizer in enumerate(optimizers):
             if not isinstance(optimizer, Optimizer):
                 raise TypeError(f"rc.MetaTrainer: optimizers[{index}] must be an rc.Optimizer, "
-                                f"got {type(optimizer).__qualname__}")
+                                f"got {described(optimizer)}")
             if index < len(optimizers) - 1 and not optimizer.learnable:
                 raise ValueError(f"rc.MetaTrainer: optimizers[{index}] ({optimizer!r}) has nothing to learn (learn=())")
         if len(unroll_steps) != len(optimizers) - 1:
@@ -90,7 +90,7 @@ class MetaTrainer:
         for index, penalty in enumerate(penalties):
             if not callable(penalty):
                 raise TypeError(f"rc.MetaTrainer: penalties[{index}] must be callable as penalty(raw, start), "
-                                f"got {type(penalty).__qualname__}")
+                                f"got {described(penalty)}")
         _check_options(unroll_steps[0], meta_loss, validation, window, update_penalty)
         for steps in unroll_steps[1:]:
             _check_options(steps, "final", None, None)

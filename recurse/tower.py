@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import numbers
 
-from recurse.optim.base import Optimizer
+from recurse.optim.base import Optimizer, described
 
 
 def stack(*optimizers: Optimizer) -> Optimizer:
@@ -24,7 +24,7 @@ def stack(*optimizers: Optimizer) -> Optimizer:
     for position, optimizer in enumerate(optimizers):
         if not isinstance(optimizer, Optimizer):
             raise TypeError(
-                f"rc.stack: argument {position} must be an rc.Optimizer, got {type(optimizer).__qualname__}"
+                f"rc.stack: argument {position} must be an rc.Optimizer, got {described(optimizer)}"
             )
         if any(optimizer is other for other in optimizers[:position]):
             raise ValueError(
@@ -65,7 +65,7 @@ def tower(optimizer: Optimizer, depth: int, *, tie: bool = False) -> Optimizer:
     (True, 2)
     """
     if not isinstance(optimizer, Optimizer):
-        raise TypeError(f"rc.tower: optimizer must be an rc.Optimizer, got {type(optimizer).__qualname__}")
+        raise TypeError(f"rc.tower: optimizer must be an rc.Optimizer, got {described(optimizer)}")
     if isinstance(depth, bool) or not isinstance(depth, numbers.Integral) or depth < 0:
         raise ValueError(f"rc.tower: depth must be an integer >= 0, got {depth!r}")
     if optimizer.hyper is not None:

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from recurse.hyper import _detach_tree
-from recurse.optim.base import Optimizer, State, place_next_to
+from recurse.optim.base import Optimizer, State, described, place_next_to
 
 META_LOSSES = ("final", "sum", "mean", "validation")
 Objective = Callable[[list[Tensor], int], Tensor]
@@ -84,7 +84,7 @@ def unroll(objective: Objective, params: Sequence[Tensor], optimizer: Optimizer,
     _check_options(steps, meta_loss, validation, window, update_penalty)
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"rc.unroll: optimizer must be an rc.Optimizer (or use rc.unroll_torch for torch.optim), "
-                        f"got {type(optimizer).__qualname__}")
+                        f"got {described(optimizer)}")
     params = list(params)
     optimizer.check_fits({param.dtype for param in params}, fixed_only=raw is not None)  # (dtypes may mix)
     with torch.enable_grad():  # inner gradients are needed even when the caller is in no_grad

@@ -49,7 +49,6 @@ import time
 from typing import NamedTuple
 
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import recurse as rc
 from recurse.baselines import OPTIMIZERS, run_search
@@ -193,8 +192,13 @@ def train(workload, make_optimizer, seed, device, evals=10):
         synchronize(device)  # (a GPU's queued work is timed with the step that queued it, for every method)
         start = time.perf_counter()
         opt.zero_grad()
-        if needs_loss(opt):  # (it takes the gradient, and the curvature, itself: rc.VSGD)
-            opt.step(lambda: differentiable_twice(lambda: task.loss(model, inputs, targets)))
+        if needs_closure(opt):  # (it evaluates the loss again, at another point: rc.VSGD)
+            def closure():
+                opt.zero_grad()
+                loss = task.loss(model, inputs, targets)
+                loss.backward()
+                return loss
+            opt.step(closure)
         else:
             task.loss(model, inputs, targets).backward()
             opt.step()
@@ -212,17 +216,9 @@ def train(workload, make_optimizer, seed, device, evals=10):
     return curve, seconds / workload.steps, lrs
 
 
-def needs_loss(opt) -> bool:
-    """Whether ``opt`` steps from the loss itself (``step(closure)``, no backward first)."""
-    return isinstance(opt, rc.HyperOptimizer) and opt.levels[0].optimizer.needs_loss_graph
-
-
-def differentiable_twice(loss_of):
-    """``loss_of()`` computed so that its gradient can be differentiated again
-    (a Hessian-vector product): attention through PyTorch's math kernel,
-    since the fused ones have no double backward."""
-    with sdpa_kernel(SDPBackend.MATH):
-        return loss_of()
+def needs_closure(opt) -> bool:
+    """Whether ``opt`` evaluates the loss again within a step (``step(closure)``, as torch.optim.LBFGS)."""
+    return isinstance(opt, rc.HyperOptimizer) and opt.levels[0].optimizer.needs_closure
 
 
 def synchronize(device) -> None:

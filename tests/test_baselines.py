@@ -95,6 +95,9 @@ def test_budget_is_counted_in_one_currency_for_every_method(linear, tmp_path):
     for name in ("summary.csv", "summary.md", "loss_vs_evaluations.png", "hyperparameters.png",
                  "optuna_history_grid.png", "optuna_history_tpe.png", "config.json"):
         assert (tmp_path / name).stat().st_size > 0, name
+    header, _, *rows = (tmp_path / "summary.md").read_text().splitlines()
+    assert "| failed runs | failed search trials |" in header  # (two counts, not one fraction)
+    assert all(row.count("|") == header.count("|") for row in rows)
 
 
 def test_compare_resumes_from_its_folder(linear, tmp_path):

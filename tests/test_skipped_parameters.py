@@ -290,3 +290,13 @@ def test_a_graph_node_whose_group_has_no_gradient_is_skipped_as_torch_optim_skip
     adam = torch.optim.Adam(list(theirs_model.trunk.parameters()) + list(theirs_model.head.parameters()), lr=1e-2)
     sgd = torch.optim.SGD(theirs_model.branch.parameters(), lr=0.05, momentum=0.9)
     assert_trains_as(ours_model, ours, theirs_model, [adam, sgd])
+
+
+def test_a_graph_group_with_a_frozen_layer_trains_the_rest_as_torch_optim():
+    ours_model, theirs_model = Branched(), Branched()
+    for model in (ours_model, theirs_model):
+        model.trunk.requires_grad_(False)
+    graph = rc.graph.build(groups={"all": ours_model.parameters()}, optimizers={"adam": rc.Adam(1e-2)},
+                           steps={"adam": "all"})
+    assert_trains_as(ours_model, rc.graph.GraphOptimizer(graph), theirs_model,
+                     [torch.optim.Adam(theirs_model.parameters(), lr=1e-2)])

@@ -10,6 +10,16 @@ import torch
 import recurse as rc
 
 
+def closure_of(opt, loss_of):
+    """A closure as torch.optim.LBFGS takes: zero the gradients, compute the loss, backward, return it."""
+    def closure():
+        opt.zero_grad()
+        loss = loss_of()
+        loss.backward()
+        return loss
+    return closure
+
+
 def noisy_quadratic(dimension=1000, steps=500, seed=0):
     """The paper's problem: coordinate i's loss on a sample is
     h_i (theta_i - xi_i)^2 / 2 with xi_i ~ N(0, 1) (sigma = 1), curvatures
@@ -22,7 +32,7 @@ def noisy_quadratic(dimension=1000, steps=500, seed=0):
     opt = rc.HyperOptimizer([theta], rc.VSGD())
     for step in range(1, steps + 1):
         noise = torch.randn(dimension, generator=generator, dtype=torch.float64)
-        opt.step(lambda: 0.5 * (curvature * (theta - noise) ** 2).sum())
+        opt.step(closure_of(opt, lambda: 0.5 * (curvature * (theta - noise) ** 2).sum()))
         yield step, curvature, theta.detach(), rc.VSGD.rates(opt.levels[0].state)[0]
 
 
@@ -65,7 +75,7 @@ def run(model, opt, batches, steps, start=0):
     losses = []
     for step in range(start, start + steps):
         inputs, targets = batches[step % len(batches)]
-        loss = opt.step(lambda: torch.nn.functional.mse_loss(model(inputs), targets))
+        loss = opt.step(closure_of(opt, lambda: torch.nn.functional.mse_loss(model(inputs), targets)))
         losses.append(loss.item())
     return losses
 
@@ -126,6 +136,7 @@ def test_a_step_without_the_loss_says_how_to_give_it():
     inputs, targets = batches[0]
     torch.nn.functional.mse_loss(model(inputs), targets).backward()
     before = [p.clone() for p in model.parameters()]
-    with pytest.raises(ValueError, match=r"needs the loss"):
+    with pytest.raises(ValueError, match=r"evaluates the loss again; call step\(closure\) with a closure as "
+                                         r"torch.optim.LBFGS takes"):
         opt.step()
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))

@@ -236,13 +236,13 @@ def summary_rows(runs: list[MethodRun]) -> list[dict]:
 
 def markdown_table(rows: list[dict]) -> str:
     lines = ["| method | validation loss, mean +- std | validation accuracy | gradient evaluations | seconds | "
-             "failed runs / trials | rolled-back steps |",
-             "|---|---|---|---|---|---|---|"]
+             "failed runs | failed search trials | rolled-back steps |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(
             f"| {row['method']} | {row['valid_loss_mean']:.4g} +- {row['valid_loss_std']:.2g} | "
             f"{row['valid_accuracy_mean']:.3f} +- {row['valid_accuracy_std']:.3f} | "
-            f"{row['gradient_evaluations']:.0f} | {row['seconds']:.2f} | {row['failed_runs']} / "
+            f"{row['gradient_evaluations']:.0f} | {row['seconds']:.2f} | {row['failed_runs']} | "
             f"{row['failed_trials']} | {row['rollbacks']} |")
     return "\n".join(lines)
 

@@ -133,6 +133,12 @@ class Optimizer:
     # True for rules that need the loss's graph (Newton's Hessian): the
     # online engine then requires step(closure) and takes the gradient itself.
     needs_loss_graph: ClassVar[bool] = False
+    # True for rules that evaluate the loss again at other points (vSGD's
+    # finite differences): the online engine then requires step(closure)
+    # with a closure as torch.optim.LBFGS takes (it zeroes the gradients,
+    # computes the loss, calls backward and returns the loss), calls it once
+    # for the step's gradient and hands it to the rule.
+    needs_closure: ClassVar[bool] = False
     # True for rules whose init, update and update_with_vjp also run on host
     # vectors (lists of Python floats, see recurse.optim._ops): the online
     # engine then steps this optimizer's levels above the model in floats.
@@ -717,9 +723,17 @@ def _constraints_of(owner: str, specs: Mapping[str, Hyperparameter],
 def _check_hyper(owner: str, hyper: Any) -> Optimizer | None:
     if hyper is None or isinstance(hyper, Optimizer):
         return hyper
-    found = (f"the class {hyper.__module__}.{hyper.__qualname__}" if isinstance(hyper, type)
-             else f"{type(hyper).__module__}.{type(hyper).__qualname__}")
-    raise TypeError(f"{owner}: hyper= must be an rc.Optimizer (for example rc.SGD(1e-4)) or None, got {found}")
+    raise TypeError(f"{owner}: hyper= must be an rc.Optimizer (for example rc.SGD(1e-4)) or None, got "
+                    f"{described(hyper)}")
+
+
+def described(value: Any) -> str:
+    """How an error names a value of the wrong kind: ``the class m.Name``
+    for a class (torch.optim.Adam where an rc optimizer was meant), else its
+    type ``m.Name``."""
+    if isinstance(value, type):
+        return f"the class {value.__module__}.{value.__qualname__}"
+    return f"{type(value).__module__}.{type(value).__qualname__}"
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -32,16 +32,21 @@ class VSGD(Optimizer):
     changes. There is no learning rate to choose.
 
     The curvature h, with no Gauss-Newton pass through the model, is the
-    paper's finite difference of the gradient along d = gbar (the gradient
-    itself at the first step), on the same sample, in its limit of a small
-    d: h = |H d| / |d|, one Hessian-vector product of this step's loss. So
-    the step needs the loss: ``opt.step(closure)`` with a closure that
-    returns it without calling backward, as for rc.Newton and
-    torch.optim.LBFGS (about one more gradient's cost a step). A secant along
-    the last update would need no closure, but consecutive gradients come
-    from different batches, their noise swamps |g_t - g_{t-1}| once the steps
-    are small, and its first step has no curvature to be sized by: that is
-    why it is not offered.
+    follow-up paper's finite difference of the gradient along d = gbar (the
+    gradient itself at the first step), on the same sample:
+    h = |g(p + d) - g(p)| / |d|. Taken over a finite distance rather than as
+    a Hessian-vector product (its limit), it also sees the kinks of a ReLU
+    network, where the Hessian is 0 and the rate 1 / h would blow up; and it
+    needs no second backward pass (which fused attention kernels do not
+    have). So the step needs the loss again at p + d: ``opt.step(closure)``
+    with a closure as torch.optim.LBFGS takes (it zeroes the gradients,
+    computes the loss, calls backward and returns the loss), which the step
+    calls twice: once at p (the gradient), once at p + d (the parameters are
+    moved there and back; .grad then holds the gradient at p + d). A secant
+    along the last update would need no closure, but consecutive gradients
+    come from different batches, their noise swamps |g_t - g_{t-1}| once the
+    steps are small, and the first step would have no curvature to be sized
+    by: that is why it is not offered.
 
     Slow start (as the reference implementation does): the first gradient
     and curvature stand for ``initial_samples`` (n0 = 10) samples (tau = n0),
@@ -52,10 +57,15 @@ class VSGD(Optimizer):
     no detection).
 
     >>> opt = rc.HyperOptimizer(model.parameters(), rc.VSGD())
-    >>> _ = opt.step(lambda: torch.nn.functional.mse_loss(model(inputs), targets))
+    >>> def closure():
+    ...     opt.zero_grad()
+    ...     loss = torch.nn.functional.mse_loss(model(inputs), targets)
+    ...     loss.backward()
+    ...     return loss
+    >>> _ = opt.step(closure)
     """
 
-    needs_loss_graph = True
+    needs_closure = True
     per_parameter_state = ("gbar", "vbar", "hbar", "vhbar", "tau")
     hyperparameter_specs = (Hyperparameter("lr", positive),)
 
@@ -98,10 +108,11 @@ class VSGD(Optimizer):
     def _step(self, params, grads, state, lr, closure):
         """The update at ``lr``, its state, and the directions u = rate g."""
         if closure is None:
-            raise ValueError("rc.VSGD needs the loss for its curvature: call opt.step(closure) with a closure that "
-                             "returns the loss without calling backward")
-        params = list(params)
-        curvatures = self._curvatures(closure(), params, grads, state)
+            raise ValueError("rc.VSGD evaluates the loss again for its curvature: call opt.step(closure) with a "
+                             "closure as torch.optim.LBFGS takes (it zeroes the gradients, computes the loss, calls "
+                             "backward and returns the loss)")
+        params, grads = list(params), [grad.detach().clone() for grad in grads]  # (the closure may zero .grad)
+        curvatures = self._curvatures(closure, params, grads, state)
         new_state = {"step": state["step"] + 1, **{key: [] for key in self.per_parameter_state}}
         new_params, directions = [], []
         for i, (param, grad, curvature) in enumerate(zip(params, grads, curvatures)):
@@ -115,13 +126,24 @@ class VSGD(Optimizer):
             new_params.append(param.detach() - lr * directions[-1])
         return new_params, new_state, directions
 
-    def _curvatures(self, loss, params, grads, state):
-        """h = |H d| / |d| per parameter tensor, d = gbar (the gradient at the first step)."""
-        from recurse.exact import HessianOperator, _flat, _unflat
-
-        along = [g.detach() if average is None else average for g, average in zip(grads, state["gbar"])]
-        products = _unflat(HessianOperator(loss, params, "rc.VSGD")(_flat(along)), params)
-        return [product.abs() / (direction.abs() + TINY) for product, direction in zip(products, along)]
+    def _curvatures(self, closure, params, grads, state):
+        """h = |g(p + d) - g(p)| / |d| per parameter tensor, d = gbar (the
+        gradient at the first step), the gradient at p + d from ``closure``
+        on the same sample; the parameters are put back bit for bit."""
+        along = [grad if average is None else average for grad, average in zip(grads, state["gbar"])]
+        originals = [param.detach().clone() for param in params]
+        try:
+            with torch.no_grad():
+                torch._foreach_add_(params, along)
+            with torch.enable_grad():
+                closure()
+            shifted = [torch.zeros_like(grad) if param.grad is None else param.grad.detach().clone()
+                       for param, grad in zip(params, grads)]
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(params, originals)
+        return [(moved - grad).abs() / (direction.abs() + TINY)
+                for moved, grad, direction in zip(shifted, grads, along)]
 
     def _statistics(self, grad, curvature, old):
         """The running averages and the memory tau (before its update by this
