@@ -55,6 +55,12 @@ class MetaTrainer:
     theta_k||^2 over the level-0 unrolls (see :func:`recurse.unroll.unroll`).
     Sampled tasks: :meth:`new_task` swaps the trained parameters (and the
     objective) while the meta-parameters and the meta-optimizer's state carry on.
+    The trainer steps its own copies of ``params`` (functionally, so that it
+    can differentiate the unroll) and writes them back into the tensors given
+    after every meta-step, as torch.optim updates a model's parameters in
+    place: pass ``list(model.parameters())`` and the model is trained
+    (``trainer.params`` holds the same values); pass copies to leave the model
+    as it is.
     Every tensor follows the parameters' device (``device=`` moves them
     there first); the objective must compute on that device too.
     ``distributed=True`` (under torch.distributed): each rank unrolls its own
@@ -94,7 +100,8 @@ class MetaTrainer:
         _check_options(unroll_steps[0], meta_loss, validation, window, update_penalty)
         for steps in unroll_steps[1:]:
             _check_options(steps, "final", None, None)
-        params = [p.detach() if device is None else p.detach().to(device) for p in params]
+        self._given = list(params)  # (written back after every meta-step)
+        params = [p.detach().clone() if device is None else p.detach().to(device) for p in self._given]
         if not params:
             raise ValueError("rc.MetaTrainer: got an empty parameter list")
         place_next_to(optimizers, params)
@@ -141,7 +148,8 @@ class MetaTrainer:
         level-0 optimizer state (e.g. an LSTM's hidden states) and the inner
         step count restart; every learned level and the meta-optimizer's
         state carry on, so meta-training continues over sampled tasks."""
-        params = [p.detach().to(self.values[0][0].device) for p in params]
+        self._given = list(params)
+        params = [p.detach().clone().to(self.values[0][0].device) for p in self._given]
         if not params:
             raise ValueError("rc.MetaTrainer.new_task: got an empty parameter list")
         self.values[0], self.states[0], self.inner_step = params, None, 0
@@ -188,6 +196,7 @@ class MetaTrainer:
             self.top_norm_state = norm_state
             for optimizer, values in zip(self.optimizers[:-1], self.values[1:]):
                 optimizer.assign_raw(values[0])
+            self._write_back()
         self.meta_steps += 1
         self.last_meta_loss = loss.item()
         return self.last_meta_loss
@@ -223,7 +232,14 @@ class MetaTrainer:
         self.start_raw = state_dict["start_raw"].to(reference.device)
         for optimizer, level in zip(self.optimizers[:-1], self.values[1:]):
             optimizer.assign_raw(level[0])
+        self._write_back()
         set_rng_state(state_dict["rng"])
+
+    def _write_back(self) -> None:
+        """The trained parameters into the tensors the user gave."""
+        with torch.no_grad():
+            for given, value in zip(self._given, self.values[0]):
+                given.copy_(value)
 
     def _level_loss(self, level: int, values: list[Tensor]) -> Tensor:
         """The objective of level ``level`` at ``values`` (theta for level 0)."""
