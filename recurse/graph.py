@@ -26,6 +26,7 @@ for weights and one for biases, meta-trained together).
 from __future__ import annotations
 
 import json
+import textwrap
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import networkx as nx
@@ -409,8 +410,14 @@ def draw(graph: nx.DiGraph, path) -> None:
         nx.draw_networkx_edges(graph, positions, edgelist=solid, ax=axis, arrows=True, node_size=700)
         nx.draw_networkx_edges(graph, positions, edgelist=[e for e in graph.edges if e in tie_edges], ax=axis,
                                style="dashed", arrows=True, connectionstyle="arc3,rad=0.4", node_size=700)
-        labels = {n: n if d["kind"] == GROUP else f"{n}\n{d['label']}" for n, d in graph.nodes(data=True)}
-        nx.draw_networkx_labels(graph, positions, labels=labels, font_size=7, ax=axis)
+        # Labels under their nodes, wrapped and on a white box, so that none covers a node or an arrow.
+        labels = {n: n if d["kind"] == GROUP else f"{n}\n" + textwrap.fill(d["label"], 26, break_long_words=False)
+                  for n, d in graph.nodes(data=True)}
+        spread = max((abs(y) for _, y in positions.values()), default=0.0) or 1.0
+        below = {node: (x, y - 0.35 * spread) for node, (x, y) in positions.items()}
+        nx.draw_networkx_labels(graph, below, labels=labels, font_size=7, ax=axis, verticalalignment="top",
+                                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.9})
+        axis.set_ylim(-2.2 * spread, 1.2 * spread)
         axis.set_title("who steps whom (squares: parameter groups, circles: optimizers, dashed: ties)", fontsize=9)
         axis.axis("off")
 

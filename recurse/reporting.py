@@ -41,7 +41,8 @@ def publish(out: Path, summary: str, tables: dict[str, list[dict]]) -> None:
 def saved_figure(path: Path, rows: int = 1, columns: int = 1, **subplot_options) -> Iterator:
     """``with saved_figure(path) as (figure, axes): ...`` draws off-screen
     (Agg) with ``matplotlib.pyplot.subplots(rows, columns, **subplot_options)``
-    and saves a 120-dpi PNG to ``path`` on exit."""
+    and saves a 120-dpi PNG to ``path`` on exit, cropped to what was drawn
+    (a legend placed outside the axes included)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -52,7 +53,7 @@ def saved_figure(path: Path, rows: int = 1, columns: int = 1, **subplot_options)
     try:
         yield figure, axes
         figure.tight_layout()
-        figure.savefig(path, dpi=120)
+        figure.savefig(path, dpi=120, bbox_inches="tight")
     finally:
         plt.close(figure)
 

@@ -272,18 +272,25 @@ def write_report(out: Path, config: dict, runs: list[MethodRun], studies: dict) 
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
 
-    with saved_figure(out / "hyperparameters.png") as (_, axis):
+    # Level 0's learned values on the left, the levels above on the right, both against the training step:
+    # an unrolled method records once per meta-step, drawn at the step its unroll ended.
+    with saved_figure(out / "hyperparameters.png", 1, 2, figsize=(12, 4.5)) as (_, (level_zero, above)):
         for run in runs:
             if run.seed == first_seed and not run.search_curve:
                 for name, values in run.result.hyperparameters.items():
-                    axis.plot(range(1, len(values) + 1), values, label=f"{run.method}: {name}")
-        axis.set(yscale="log", xlabel="step (meta-step for unrolled methods)", ylabel="learned value",
-                 title="Learned hyperparameters")
-        axis.grid(alpha=0.3)
-        if axis.lines:
-            axis.legend(fontsize=8)
+                    every = config["steps"] / max(len(values), 1)
+                    axis = level_zero if name.startswith("0.") else above
+                    axis.plot([every * (index + 1) for index in range(len(values))], values,
+                              label=f"{run.method}: {name}", marker="o" if every > 1 else None, markersize=3)
+        for axis, what in ((level_zero, "level 0 (trains the model)"), (above, "levels 1 and up")):
+            axis.set(yscale="log", xlabel="training step", ylabel="learned value",
+                     title=f"Learned by {what}; {config['task']}, seed {first_seed}")
+            axis.grid(alpha=0.3)
+            if axis.lines:
+                axis.legend(fontsize=8)
 
     import matplotlib.pyplot as plt  # after saved_figure chose the off-screen backend
+    from matplotlib.ticker import MaxNLocator
 
     for (sampler, seed), study in studies.items():
         if seed != first_seed:
@@ -292,6 +299,10 @@ def write_report(out: Path, config: dict, runs: list[MethodRun], studies: dict) 
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             axis = optuna.visualization.matplotlib.plot_optimization_history(study)
         axis.set_yscale("log")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # (trials are counted in whole numbers)
+        axis.set_title(f"Optuna {sampler}: study {study.study_name}")
+        axis.set_ylabel("validation loss (the trial's objective)")
+        axis.figure.set_size_inches(8, 4.5)
         axis.figure.tight_layout()
-        axis.figure.savefig(out / f"optuna_history_{sampler}.png", dpi=120)
+        axis.figure.savefig(out / f"optuna_history_{sampler}.png", dpi=120, bbox_inches="tight")
         plt.close(axis.figure)
