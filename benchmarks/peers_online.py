@@ -2,8 +2,9 @@
 (the ``gradient-descent-the-ultimate-optimizer`` package, gdtuo), in one run.
 
 The same MLP (784-128-10 tanh, batch 256, random data, fixed seed) is
-trained by stacks of height 1, 2, 4, 8 (SGD/SGD/...; Adam/SGD/..., Adam
-learning lr, beta1 and beta2 as gdtuo's does) with recurse's HyperOptimizer
+trained by towers of depth 0, 1, 3, 7 (gdtuo's "height" 1, 2, 4, 8: it
+counts every optimizer; SGD/SGD/...; Adam/SGD/..., Adam learning lr, beta1
+and beta2 as gdtuo's does) with recurse's HyperOptimizer
 and with gdtuo, each configuration in a fresh process; recurse both with
 its default non-finite guard and with ``guard="off"`` (gdtuo has no guard).
 Reported: ms/step (median after 20 warm-up steps), peak memory (CPU:
@@ -35,7 +36,7 @@ import torch
 
 import recurse as rc
 
-HEIGHTS = (1, 2, 4, 8)
+DEPTHS = (0, 1, 3, 7)
 # gdtuo calls loss.backward(create_graph=True), which torch warns about on every step
 warnings.filterwarnings("ignore", message=r"Using backward\(\) with create_graph=True")
 FAMILIES = ("SGD", "Adam")
@@ -53,24 +54,24 @@ def model(device):
     return torch.nn.Sequential(torch.nn.Linear(784, 128), torch.nn.Tanh(), torch.nn.Linear(128, 10)).to(device)
 
 
-def recurse_stack(family: str, height: int) -> rc.Optimizer:
-    """The bottom optimizer and height - 1 SGD levels above it, each learning
+def recurse_stack(family: str, depth: int) -> rc.Optimizer:
+    """The bottom optimizer and ``depth`` SGD levels above it, each learning
     the knobs below. SGD stacks learn lr in its own units, as gdtuo does
     (``parametrization={"lr": "identity"}``), so the two take the same
     steps; Adam stacks keep recurse's log lr and logit betas (gdtuo's Adam
     also maps its betas and places eps differently)."""
     if family == "SGD":
         same_as_gdtuo = {"parametrization": {"lr": "identity"}}
-        return rc.stack(rc.SGD(0.01, **same_as_gdtuo), *(rc.SGD(1e-4, **same_as_gdtuo) for _ in range(height - 1)))
-    learned = ("lr", "beta1", "beta2") if height > 1 else ()  # (height 1: nothing above learns them)
-    return rc.stack(rc.Adam(1e-3, learn=learned), *(rc.SGD(1e-4) for _ in range(height - 1)))
+        return rc.stack(rc.SGD(0.01, **same_as_gdtuo), *(rc.SGD(1e-4, **same_as_gdtuo) for _ in range(depth)))
+    learned = ("lr", "beta1", "beta2") if depth > 0 else ()  # (depth 0: nothing above learns them)
+    return rc.stack(rc.Adam(1e-3, learn=learned), *(rc.SGD(1e-4) for _ in range(depth)))
 
 
-def gdtuo_stack(family: str, height: int):
+def gdtuo_stack(family: str, depth: int):
     from gradient_descent_the_ultimate_optimizer import gdtuo
 
     optimizer = gdtuo.NoOpOptimizer()
-    for _ in range(height - 1):
+    for _ in range(depth):
         optimizer = gdtuo.SGD(alpha=1e-4, optimizer=optimizer)
     return gdtuo.SGD(alpha=0.01, optimizer=optimizer) if family == "SGD" else gdtuo.Adam(alpha=1e-3, optimizer=optimizer)
 
@@ -80,14 +81,14 @@ def resident_mb() -> float:
         return int(handle.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def measure(implementation: str, family: str, height: int, steps: int, device: str) -> dict:
+def measure(implementation: str, family: str, depth: int, steps: int, device: str) -> dict:
     """Run one configuration in this process; returns its figures."""
     device = torch.device(device)
     inputs, labels = data(device)
     net = model(device)
     if implementation.startswith("recurse"):
         guard = "off" if implementation == "recurse-guard-off" else "skip"
-        opt = rc.HyperOptimizer(net.parameters(), recurse_stack(family, height), guard=guard)
+        opt = rc.HyperOptimizer(net.parameters(), recurse_stack(family, depth), guard=guard)
 
         def step():
             opt.zero_grad()
@@ -98,7 +99,7 @@ def measure(implementation: str, family: str, height: int, steps: int, device: s
     else:
         from gradient_descent_the_ultimate_optimizer import gdtuo
 
-        wrapped = gdtuo.ModuleWrapper(net, optimizer=gdtuo_stack(family, height))
+        wrapped = gdtuo.ModuleWrapper(net, optimizer=gdtuo_stack(family, depth))
         wrapped.initialize()
 
         def step():
@@ -163,24 +164,24 @@ def main(argv=None) -> None:
     parser.add_argument("--one", nargs=3, metavar=("IMPLEMENTATION", "FAMILY", "HEIGHT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
-        implementation, family, height = args.one
-        print(json.dumps(measure(implementation, family, int(height), args.steps, args.device)))
+        implementation, family, depth = args.one
+        print(json.dumps(measure(implementation, family, int(depth), args.steps, args.device)))
         return
     print(f"hypergradient agreement (d loss_2 / d lr, SGD/SGD, float64): relative difference "
           f"{hypergradient_agreement():.2e}\n")
     print(f"MLP 784-128-10 tanh, batch 256, {args.steps} steps on {args.device}, each configuration in a fresh process\n")
-    print("| stack | height | gdtuo ms/step | recurse ms/step | time ratio (recurse / gdtuo) | "
+    print("| tower | depth | gdtuo ms/step | recurse ms/step | time ratio (recurse / gdtuo) | "
           "recurse, guard off: ms/step (ratio) | gdtuo peak MB | "
           "recurse peak MB | gdtuo growth MB | recurse growth MB | gdtuo final loss | recurse final loss |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     ratios = {"recurse": [], "recurse-guard-off": []}
     sgd_loss_differences = []
     for family in FAMILIES:
-        for height in HEIGHTS:
+        for depth in DEPTHS:
             figures = {}
             for implementation in ("gdtuo", "recurse", "recurse-guard-off"):
                 command = [sys.executable, __file__, "--steps", str(args.steps), "--device", args.device,
-                           "--one", implementation, family, str(height)]
+                           "--one", implementation, family, str(depth)]
                 output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
                 figures[implementation] = json.loads(output.strip().splitlines()[-1])
             theirs, ours, unguarded = figures["gdtuo"], figures["recurse"], figures["recurse-guard-off"]
@@ -188,8 +189,8 @@ def main(argv=None) -> None:
                 ratios[name].append(figures[name]["ms"] / theirs["ms"])
             if family == "SGD":
                 sgd_loss_differences.append(abs(ours["loss"] - theirs["loss"]) / abs(theirs["loss"]))
-            stack = "/".join([family] + ["SGD"] * (height - 1))
-            print(f"| {stack} | {height} | {theirs['ms']:.2f} | {ours['ms']:.2f} | {ours['ms'] / theirs['ms']:.2f}x | "
+            stack = "/".join([family] + ["SGD"] * depth)
+            print(f"| {stack} | {depth} | {theirs['ms']:.2f} | {ours['ms']:.2f} | {ours['ms'] / theirs['ms']:.2f}x | "
                   f"{unguarded['ms']:.2f} ({unguarded['ms'] / theirs['ms']:.2f}x) | "
                   f"{theirs['peak_mb']:.0f} | {ours['peak_mb']:.0f} | {theirs['growth_mb']:+.1f} | "
                   f"{ours['growth_mb']:+.1f} | {theirs['loss']:.4f} | {ours['loss']:.4f} |", flush=True)

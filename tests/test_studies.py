@@ -43,9 +43,9 @@ def test_vs_optuna_quick_writes_a_verdict_per_task_and_sampler(tmp_path, capsys)
     assert "target met" in capsys.readouterr().out
 
 
-def test_ultimate_optimizer_quick_reports_stacks_and_sensitivity(tmp_path):
-    stack_rows, sensitivity = load("ultimate_optimizer").main(["--quick", "--out", str(tmp_path)])
-    assert [row["stack"] for row in stack_rows][:2] == ["SGD", "SGD/SGD"]
+def test_ultimate_optimizer_quick_reports_towers_and_sensitivity(tmp_path):
+    tower_rows, sensitivity = load("ultimate_optimizer").main(["--quick", "--out", str(tmp_path)])
+    assert [(row["tower"], row["depth"]) for row in tower_rows][:2] == [("SGD", 0), ("SGD/SGD", 1)]
     assert len(sensitivity) == 4 * 8
     assert (tmp_path / "sensitivity.png").stat().st_size > 10_000
     with open(tmp_path / "sensitivity.csv") as handle:

@@ -8,7 +8,7 @@ Newton with 10 CG iterations per step, whose Hessian-vector products are
 counted as two gradient evaluations each):
 
 - ``fixed``: the optimizer at its starting hyperparameters, one run.
-- ``depthN``: an online tower of height N started from the same values; the
+- ``depthN``: an online tower of depth N started from the same values; the
   levels above 0 are SGD on the log learning rate with RMS-normalised
   hypergradients (see ``tower_optimizer``). One run.
 - ``unrollK`` (e.g. ``unroll20``): the unrolled engine: level 0's lr is
