@@ -303,7 +303,9 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
         return [None if lr is None else lr * group.rule.lr_scale for lr, group in zip(lrs, self.param_groups)]
 
     def hyperparameters(self) -> dict[str, float]:
-        """Current values of every level, as ``{"<level>.<name>": value}``."""
+        """Current values of every knob of every level, fixed ones included,
+        as ``{"<level>.<name>": value}`` (:meth:`learned_hyperparameters`: the
+        learned ones alone)."""
         return {
             f"{index}.{name}": value
             for index, level in enumerate(self.levels)

@@ -4,6 +4,8 @@ import csv
 import json
 import math
 
+import pytest
+
 from recurse.cli import main
 
 
@@ -18,7 +20,10 @@ def test_demo_writes_table_config_metrics_and_plot(tmp_path, capsys):
         rows = list(csv.DictReader(handle))
     assert len(rows) == len(config["methods"]) * 2 * 30
     assert (out / "demo.png").stat().st_size > 10_000
-    assert (out / "summary.md").read_text().startswith("| method |")
+    summary = (out / "summary.md").read_text()
+    assert summary.startswith("| method | final loss: geometric mean over tasks")  # (as the ratio beside it)
+    assert config["methods"]["SGD depth 2"] in summary  # (what each row ran, in both)
+    assert 'rc.SGD(0.05, normalize="rms")' in config["methods"]["SGD depth 2"]
 
 
 def test_bad_device_is_a_one_line_error(capsys):
@@ -51,10 +56,17 @@ def test_search_and_compare_reject_unknown_names(capsys):
     assert "cannot open Optuna storage 'nosuchdriver://x'" in capsys.readouterr().err
 
 
+def test_compare_help_says_where_a_quick_run_writes(capsys):
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    assert "with -quick after it for --quick" in " ".join(capsys.readouterr().out.split())
+
+
 def test_graph_describes_and_draws_a_tower(tmp_path, capsys):
     assert main(["graph", "adam:1e-3", "sgd:1e-2", "sgd:1e-3"]) == 0
     printed = capsys.readouterr().out
     assert "model_opt/2: rc.SGD(lr=0.001) steps model_opt/1.hyper" in printed
+    assert "steps model (1 value in 1 tensor)" in printed
     assert main(["graph", "sgd:0.1", "--tie", "3", "--format", "dot", "--out", str(tmp_path / "t.dot")]) == 0
     assert "style=dashed" in (tmp_path / "t.dot").read_text()
     assert main(["graph", "adam:1e-3", "sgd:1e-2", "--format", "png", "--out", str(tmp_path / "t.png")]) == 0
