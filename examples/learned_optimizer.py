@@ -29,7 +29,7 @@ def main(argv=None):
         return (lambda params, k: tasks.loss(params[0])), (lambda params, k: tasks.losses(params[0]).log().sum())
 
     objective, meta_objective = objectives(family.sample_batch(32))
-    trainer = rc.MetaTrainer(start, objective, [rc.LSTMOptimizer(), rc.Adam(3e-3)], unroll_steps=[20],
+    trainer = rc.MetaTrainer(start, objective, [rc.LSTMOptimizer(), rc.Adam(3e-3)], unroll_steps=[20], write_back=False,
                              meta_loss="sum", meta_objective=meta_objective, first_order=True)
     for meta_step in range(args.meta_steps):
         if meta_step and meta_step % 5 == 0:

@@ -35,7 +35,7 @@ def main(argv=None):
     task = training.sample()
     trainer = rc.MetaTrainer(start, lambda p, k: task.loss(p[0]),
                              [rc.Adam(1e-3, learn="lr"), rc.Adam(0.1)],  # the outer Adam steps log lr
-                             unroll_steps=[20], meta_loss="sum")
+                             unroll_steps=[20], meta_loss="sum", write_back=False)  # (start: each task's start)
     for task_number in range(args.tasks):
         if task_number:
             task = training.sample()

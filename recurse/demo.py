@@ -35,20 +35,27 @@ class Method:
     tower: str  # (what ``build`` makes, as summary.md and config.json say it; L: the task's smoothness)
 
 
+HYPER_LRS = (0.05, 0.01)  # (level 1's step, and every level's above it)
+
+
 def hyper_levels(depth: int, normalize: str | None = "rms") -> list[rc.Optimizer]:
     """SGD levels on the log learning rate, by default each normalising its
     incoming hypergradient by its running RMS (the hypergradient's raw scale
     depends on the task; see recurse.transforms)."""
-    return [rc.SGD(0.05 if level == 0 else 0.01, normalize=normalize) for level in range(depth)]
+    return [rc.SGD(HYPER_LRS[min(level, 1)], normalize=normalize) for level in range(depth)]
+
+
+def hyper_levels_text(depth: int, normalize: str | None = "rms") -> str:
+    """:func:`hyper_levels` as code, for the tables."""
+    option = "" if normalize is None else f', normalize="{normalize}"'
+    return ", ".join(f"rc.SGD({HYPER_LRS[min(level, 1)]}{option})" for level in range(depth))
 
 
 def default_methods() -> list[Method]:
     def bad_lr(task):
         return 0.01 / task.smoothness()
 
-    rms = 'normalize="rms"'
-    levels = {1: f"rc.SGD(0.05, {rms})", 2: f"rc.SGD(0.05, {rms}), rc.SGD(0.01, {rms})",
-              3: f"rc.SGD(0.05, {rms}), rc.SGD(0.01, {rms}), rc.SGD(0.01, {rms})"}
+    levels = {depth: hyper_levels_text(depth) for depth in (1, 2, 3)}
     return [
         Method("SGD fixed lr (100x too small)", lambda task: rc.SGD(bad_lr(task)), "rc.SGD(0.01 / L)"),
         Method("SGD fixed lr 1/L (hand-tuned)", lambda task: rc.SGD(1.0 / task.smoothness()), "rc.SGD(1 / L)"),
@@ -58,7 +65,7 @@ def default_methods() -> list[Method]:
                f"rc.stack(rc.SGD(0.01 / L), {levels[2]})"),
         Method("SGD depth 2, no normalisation",
                lambda task: rc.stack(rc.SGD(bad_lr(task)), *hyper_levels(2, normalize=None)),
-               "rc.stack(rc.SGD(0.01 / L), rc.SGD(0.05), rc.SGD(0.01))"),
+               f"rc.stack(rc.SGD(0.01 / L), {hyper_levels_text(2, normalize=None)})"),
         Method("SGD depth 3", lambda task: rc.stack(rc.SGD(bad_lr(task)), *hyper_levels(3)),
                f"rc.stack(rc.SGD(0.01 / L), {levels[3]})"),
         Method("Adam fixed lr 1e-3", lambda task: rc.Adam(1e-3), "rc.Adam(1e-3)"),

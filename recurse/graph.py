@@ -401,7 +401,9 @@ def draw(graph: nx.DiGraph, path) -> None:
         for node in nodes:
             acyclic.nodes[node]["layer"] = layer
     positions = nx.multipartite_layout(acyclic, subset_key="layer")
-    with saved_figure(path, figsize=(2.5 * len(list(nx.topological_generations(acyclic))) + 2, 3.5)) as (_, axis):
+    widest = max(len(nodes) for nodes in nx.topological_generations(acyclic))
+    with saved_figure(path, figsize=(2.5 * len(list(nx.topological_generations(acyclic))) + 2,
+                                     1.6 * widest + 1.9)) as (_, axis):
         for kind, shape, colour in ((GROUP, "s", "tab:blue"), (OPTIMIZER, "o", "tab:orange")):
             nodes = [n for n, d in graph.nodes(data=True) if d["kind"] == kind]
             nx.draw_networkx_nodes(graph, positions, nodelist=nodes, node_shape=shape, node_color=colour,
@@ -413,11 +415,13 @@ def draw(graph: nx.DiGraph, path) -> None:
         # Labels under their nodes, wrapped and on a white box, so that none covers a node or an arrow.
         labels = {n: n if d["kind"] == GROUP else f"{n}\n" + textwrap.fill(d["label"], 26, break_long_words=False)
                   for n, d in graph.nodes(data=True)}
-        spread = max((abs(y) for _, y in positions.values()), default=0.0) or 1.0
-        below = {node: (x, y - 0.35 * spread) for node, (x, y) in positions.items()}
+        # (the offset is a share of the gap between the nodes of one layer, so a label stays above the next)
+        heights = sorted({round(y, 9) for _, y in positions.values()})
+        gap = min((b - a for a, b in zip(heights, heights[1:])), default=1.0)
+        below = {node: (x, y - 0.25 * gap) for node, (x, y) in positions.items()}
         nx.draw_networkx_labels(graph, below, labels=labels, font_size=7, ax=axis, verticalalignment="top",
                                 bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.9})
-        axis.set_ylim(-2.2 * spread, 1.2 * spread)
+        axis.set_ylim(heights[0] - gap, heights[-1] + 0.5 * gap)
         axis.set_title("who steps whom (squares: parameter groups, circles: optimizers, dashed: ties)", fontsize=9)
         axis.axis("off")
 
@@ -527,6 +531,11 @@ class GraphOptimizer(CopiesWhole, torch.optim.Optimizer):
             params = [p for group in sorted(model_groups) for p in graph.nodes[group]["params"]]
             self.optimizers[name] = HyperOptimizer(params, tower_of(graph, name), **options)
         self._needs_loss = [name for name, opt in self.optimizers.items() if opt.levels[0].optimizer.needs_loss_graph]
+        for name, opt in self.optimizers.items():
+            if opt.levels[0].optimizer.needs_closure:
+                raise ValueError(f"rc.graph.GraphOptimizer: node {name!r} ({opt.levels[0].optimizer!r}) evaluates the "
+                                 "loss again at other points, which a graph's step does not offer; give it an "
+                                 "rc.HyperOptimizer of its own")
         all_params = [p for opt in self.optimizers.values() for p in opt._params]
         super().__init__(all_params, defaults={})
         # One param group per optimizer node, showing its values (group["lr"]): schedulers schedule each node.

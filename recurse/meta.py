@@ -26,7 +26,7 @@ from torch import Tensor
 from recurse.distributed import all_ranks_agree, total
 from recurse.hyper import _advance, _detach_tree
 from recurse.optim import _ops
-from recurse.optim.base import Optimizer, State, described, place_next_to
+from recurse.optim.base import Optimizer, State, described, flag, place_next_to
 from recurse.unroll import Objective, _check_options, gradients, unroll
 
 log = logging.getLogger("recurse")
@@ -56,11 +56,14 @@ class MetaTrainer:
     Sampled tasks: :meth:`new_task` swaps the trained parameters (and the
     objective) while the meta-parameters and the meta-optimizer's state carry on.
     The trainer steps its own copies of ``params`` (functionally, so that it
-    can differentiate the unroll) and writes them back into the tensors given
-    after every meta-step, as torch.optim updates a model's parameters in
-    place: pass ``list(model.parameters())`` and the model is trained
-    (``trainer.params`` holds the same values); pass copies to leave the model
-    as it is.
+    can differentiate the unroll) and, with ``write_back=True`` (default),
+    writes them back into the tensors given after every meta-step, as
+    torch.optim updates a model's parameters in place: pass
+    ``list(model.parameters())`` and the model is trained (``trainer.params``
+    holds the same values). The copies are taken once: an edit of the given
+    tensors between meta-steps is overwritten. ``write_back=False`` when the
+    tensors are starting points only (meta-training over sampled tasks, which
+    starts each :meth:`new_task` from them).
     Every tensor follows the parameters' device (``device=`` moves them
     there first); the objective must compute on that device too.
     ``distributed=True`` (under torch.distributed): each rank unrolls its own
@@ -74,7 +77,8 @@ class MetaTrainer:
                  validation: Callable[[list[Tensor]], Tensor] | None = None, first_order: bool = False,
                  window: int | None = None, device: torch.device | str | None = None,
                  distributed: bool = False, penalties: Sequence[Callable[[Tensor, Tensor], Tensor]] = (),
-                 update_penalty: float = 0.0, backoff: float = 0.5, meta_objective: Objective | None = None) -> None:
+                 update_penalty: float = 0.0, backoff: float = 0.5, meta_objective: Objective | None = None,
+                 write_back: bool = True) -> None:
         optimizers = list(optimizers)
         if len(optimizers) < 2:
             raise ValueError(f"rc.MetaTrainer: needs at least two optimizers (one trains, one learns it), "
@@ -83,6 +87,9 @@ class MetaTrainer:
             if not isinstance(optimizer, Optimizer):
                 raise TypeError(f"rc.MetaTrainer: optimizers[{index}] must be an rc.Optimizer, "
                                 f"got {described(optimizer)}")
+            if optimizer.needs_closure:
+                raise ValueError(f"rc.MetaTrainer: optimizers[{index}] ({optimizer!r}) evaluates the loss again at "
+                                 "other points, which an unroll does not offer; use it with rc.HyperOptimizer")
             if index < len(optimizers) - 1 and not optimizer.learnable:
                 raise ValueError(f"rc.MetaTrainer: optimizers[{index}] ({optimizer!r}) has nothing to learn (learn=())")
         if len(unroll_steps) != len(optimizers) - 1:
@@ -100,7 +107,8 @@ class MetaTrainer:
         _check_options(unroll_steps[0], meta_loss, validation, window, update_penalty)
         for steps in unroll_steps[1:]:
             _check_options(steps, "final", None, None)
-        self._given = list(params)  # (written back after every meta-step)
+        self.write_back = flag("rc.MetaTrainer", "write_back", write_back)
+        self._given = list(params)  # (written back after every meta-step, with write_back)
         params = [p.detach().clone() if device is None else p.detach().to(device) for p in self._given]
         if not params:
             raise ValueError("rc.MetaTrainer: got an empty parameter list")
@@ -149,7 +157,7 @@ class MetaTrainer:
         step count restart; every learned level and the meta-optimizer's
         state carry on, so meta-training continues over sampled tasks."""
         self._given = list(params)
-        params = [p.detach().clone().to(self.values[0][0].device) for p in self._given]
+        params = [p.detach().to(self.values[0][0].device, copy=True) for p in self._given]
         if not params:
             raise ValueError("rc.MetaTrainer.new_task: got an empty parameter list")
         self.values[0], self.states[0], self.inner_step = params, None, 0
@@ -236,7 +244,13 @@ class MetaTrainer:
         set_rng_state(state_dict["rng"])
 
     def _write_back(self) -> None:
-        """The trained parameters into the tensors the user gave."""
+        """The trained parameters into the tensors the user gave (with ``write_back``)."""
+        if not self.write_back:
+            return
+        shapes = [(tuple(given.shape), tuple(value.shape)) for given, value in zip(self._given, self.values[0])]
+        if len(self._given) != len(self.values[0]) or any(a != b for a, b in shapes):
+            raise ValueError(f"rc.MetaTrainer: the trained parameters have shapes {[b for _, b in shapes]}, the "
+                             f"tensors given {[a for a, _ in shapes]}; a checkpoint of another model?")
         with torch.no_grad():
             for given, value in zip(self._given, self.values[0]):
                 given.copy_(value)

@@ -49,6 +49,9 @@ def levels(optimizer: Optimizer, *, owner: str = "rc.HyperOptimizer") -> list[Op
                 f"{owner}: level {index} ({current!r}) marks {list(current.learnable)} as learned (learn=), but no "
                 "optimizer above learns them; give it one (hyper=rc.SGD(0.05, normalize='rms'), or rc.stack) or "
                 "drop learn=")
+        if index > 0 and current.needs_closure:
+            raise ValueError(f"{owner}: level {index} ({current!r}) evaluates the loss again at other points, which "
+                             "only level 0 can (the levels above step hyperparameters, with no loss of their own)")
         if current.maximizes and (index > 0 or tied):
             raise ValueError(f"{owner}: level {index} ({current!r}) has maximize=True"
                              f"{' and steps its own hyperparameters (tied)' if tied else ''}, which would make the "

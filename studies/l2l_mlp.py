@@ -119,7 +119,7 @@ def meta_train(data: Digits, args, progress_bar) -> tuple[rc.LSTMOptimizer, list
     models = models_for(0)
     trainer = rc.MetaTrainer(models.initial, lambda params, k: models.losses(params, k).sum(),
                              [rc.LSTMOptimizer(seed=0), rc.Adam(args.meta_lr)], unroll_steps=[UNROLL],
-                             meta_loss="sum", first_order=True)
+                             meta_loss="sum", first_order=True, write_back=False)
     log = []
     for meta_step in progress_bar(range(args.meta_steps), "meta-training"):
         if meta_step and meta_step % (STEPS // UNROLL) == 0:

@@ -95,7 +95,7 @@ def meta_train(args, meta_objective_kind: str, progress_bar) -> tuple[rc.LSTMOpt
     objective, meta_objective = objectives(family.sample_batch(args.task_batch))
     trainer = rc.MetaTrainer(start, objective, [rc.LSTMOptimizer(seed=args.seed), rc.Adam(args.meta_lr)],
                              unroll_steps=[UNROLL], meta_loss="sum", meta_objective=meta_objective,
-                             first_order=not args.second_order)
+                             first_order=not args.second_order, write_back=False)
     log = []
     for meta_step in progress_bar(range(args.meta_steps), "meta-training"):
         if meta_step and meta_step % (STEPS // UNROLL) == 0:

@@ -63,7 +63,7 @@ def meta_train(variant: dict, unroll: int, batches: int, task_batch: int, meta_l
         return lambda params, k: tasks.loss(params[0])
 
     trainer = rc.MetaTrainer(start, objective_of(family.sample_batch(task_batch)), [lstm, rc.Adam(meta_lr)],
-                             unroll_steps=[unroll], meta_loss="mean", **options)
+                             unroll_steps=[unroll], meta_loss="mean", write_back=False, **options)
     log = []
     for batch in range(batches):
         if batch:

@@ -98,6 +98,8 @@ ROWS = [
      ValueError, r"has maximize=True and steps its own hyperparameters \(tied\)"),
     ("vsgd-slow-start-below-one", "vSGD's slow-start constant below 1", lambda: rc.VSGD(slow_start=0.0),
      ValueError, r"rc.VSGD: slow_start must be a number >= 1 \(it overestimates the variances\), got 0.0"),
+    ("vsgd-normalized", "vSGD with a gradient normaliser", lambda: rc.VSGD(normalize="rms"), ValueError,
+     r"rc.VSGD: normalize= would divide the gradient at p but not the one at p \+ gbar"),
     ("vsgd-initial-samples", "vSGD's initial sample count not a positive integer",
      lambda: rc.VSGD(initial_samples=0), ValueError, r"rc.VSGD: initial_samples must be an integer >= 1, got 0"),
     ("nesterov-without-momentum", "Nesterov without momentum", lambda: rc.SGD(0.1, nesterov=True), ValueError,

@@ -572,3 +572,16 @@ def test_the_readme_s_unrolled_snippet_trains_the_user_s_model_and_learns_its_lr
     assert trained < 0.1 * untrained, (untrained, trained)
     values = namespace["trainer"].hyperparameters()
     assert values["0.lr"] > 2e-3 and values["1.lr"] != 0.1
+
+
+def test_write_back_false_leaves_the_given_tensors_as_starting_points():
+    start = [torch.zeros(3)]
+    kept = rc.MetaTrainer(start, lambda p, k: (p[0] - 1).square().sum(), [rc.SGD(0.1), rc.Adam(0.01)],
+                          unroll_steps=[5], write_back=False)
+    kept.meta_step()
+    assert torch.equal(start[0], torch.zeros(3)) and not torch.equal(kept.params[0], start[0])
+    given = [torch.zeros(3)]
+    written = rc.MetaTrainer(given, lambda p, k: (p[0] - 1).square().sum(), [rc.SGD(0.1), rc.Adam(0.01)],
+                             unroll_steps=[5])
+    written.meta_step()
+    assert torch.equal(given[0], written.params[0]) and not torch.equal(given[0], torch.zeros(3))

@@ -140,3 +140,69 @@ def test_a_step_without_the_loss_says_how_to_give_it():
                                          r"torch.optim.LBFGS takes"):
         opt.step()
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_on_a_quadratic_the_steps_do_not_depend_on_the_scale_of_the_loss():
+    """The noisy quadratic times 1e-6: gradients, curvatures and variances
+    scale, rates scale inversely, and the steps are the same (to 1e-8 of the
+    parameters: the finite difference is taken at p + gbar, a point that
+    rounds differently; no constant is added to a statistic, and with one a
+    loss of 1e-6 did not move). Beyond a quadratic the difference is taken
+    over d = gbar, a distance that scales with the loss, so the curvature it
+    sees does too: the paper's choice."""
+    runs = []
+    for scale in (1.0, 1e-6):
+        generator = torch.Generator().manual_seed(0)
+        curvature = torch.linspace(0.1, 10, 20, dtype=torch.float64)
+        theta = torch.full((20,), 10.0, dtype=torch.float64, requires_grad=True)
+        opt = rc.HyperOptimizer([theta], rc.VSGD())
+        for _ in range(50):
+            noise = torch.randn(20, generator=generator, dtype=torch.float64)
+            opt.step(closure_of(opt, lambda: scale * 0.5 * (curvature * (theta - noise) ** 2).sum()))
+        runs.append(theta.detach().clone())
+    torch.testing.assert_close(runs[1], runs[0], rtol=0, atol=1e-8)
+    assert runs[0].abs().max() < 1.0  # (from 10: it trained)
+
+
+def test_a_closure_that_does_not_zero_the_gradients_takes_the_same_steps():
+    runs = []
+    for zeroes in (True, False):
+        model, batches = mlp_problem()
+        opt = rc.HyperOptimizer(model.parameters(), rc.VSGD())
+        for step in range(10):
+            inputs, targets = batches[step % len(batches)]
+
+            def closure():
+                if zeroes:
+                    opt.zero_grad()
+                loss = torch.nn.functional.mse_loss(model(inputs), targets)
+                loss.backward()
+                return loss
+
+            if not zeroes:
+                opt.zero_grad()  # (once, before the step: the step's own second call does not zero)
+            opt.step(closure)
+        runs.append([p.clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+def test_param_groups_take_the_step_s_closure_and_vsgd_steps_each_group():
+    """(Several param groups run as an rc.PerGroup, which passes the
+    closure to a rule that evaluates the loss again and to no other.)"""
+    for rule in (rc.SGD(0.05), rc.VSGD()):
+        model, batches = mlp_problem()
+        first, second = model[0], model[2]
+        opt = rc.HyperOptimizer([{"params": first.parameters()}, {"params": second.parameters()}], rule)
+        losses = run(model, opt, batches, 30)
+        assert losses[-1] < losses[0], rule
+
+
+def test_where_it_cannot_evaluate_the_loss_again_it_is_refused_when_built():
+    theta = [torch.zeros(3, requires_grad=True)]
+    with pytest.raises(ValueError, match=r"level 1 \(rc.VSGD.*\) evaluates the loss again at other points"):
+        rc.HyperOptimizer(theta, rc.SGD(0.1, hyper=rc.VSGD()))
+    with pytest.raises(ValueError, match=r"optimizers\[0\] \(rc.VSGD.*\) evaluates the loss again"):
+        rc.MetaTrainer([torch.zeros(3)], lambda p, k: p[0].sum(), [rc.VSGD(), rc.Adam(0.1)], unroll_steps=[5])
+    graph = rc.graph.build({"w": theta}, {"v": rc.VSGD()}, {"v": "w"})
+    with pytest.raises(ValueError, match=r"node 'v' \(rc.VSGD.*\) evaluates the loss again"):
+        rc.graph.GraphOptimizer(graph)

@@ -14,8 +14,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-import torch
-
 import recurse as rc
 from recurse.problems.supervised import SupervisedTask
 
@@ -174,9 +172,6 @@ def train_unrolled(task: SupervisedTask, optimizer: rc.Optimizer, meta_optimizer
         if rolled_back >= patience:
             raise result.diverged(f"{patience} consecutive meta-steps rolled back as non-finite by gradient "
                                   f"evaluation {result.gradient_evaluations}")
-        with torch.no_grad():
-            for param, value in zip(model.parameters(), trainer.params):
-                param.copy_(value)
         for name, value in trainer.hyperparameters().items():
             if name in result.hyperparameters:
                 result.hyperparameters[name].append(value)

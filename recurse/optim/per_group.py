@@ -126,14 +126,19 @@ class PerGroup(Optimizer):
     def update_depends_on_params(self):
         return any(optimizer.update_depends_on_params() for optimizer, _ in self.groups.values())
 
+    @property
+    def needs_closure(self) -> bool:
+        return any(optimizer.needs_closure for optimizer, _ in self.groups.values())
+
     def update(self, params, grads, state, hyper, *, closure=None):
-        if closure is not None:
-            raise ValueError("rc.PerGroup: an optimizer that needs the loss (closure) cannot be one of the groups")
+        """Each group's update; ``closure`` (the step's, where one was given)
+        reaches the groups whose rule evaluates the loss again (``needs_closure``:
+        each calls it for its own parameters)."""
         new_params: list[Tensor | None] = [None] * len(params)
         new_state = {}
         for name, (optimizer, indices) in self.groups.items():
             stepped, new_state[name] = optimizer.update([params[i] for i in indices], [grads[i] for i in indices],
-                                                        state[name], hyper[name])
+                                                        state[name], hyper[name], **_closure_for(optimizer, closure))
             for index, value in zip(indices, stepped):
                 new_params[index] = value
         return new_params, new_state
@@ -157,7 +162,7 @@ class PerGroup(Optimizer):
     def provides_closed_form(self) -> bool:
         return all(optimizer.provides_closed_form() for optimizer, _ in self.groups.values())
 
-    def update_with_vjp(self, params, grads, state, values):
+    def update_with_vjp(self, params, grads, state, values, *, closure=None):
         """Each group's closed form; the product is the groups' raw
         gradients side by side (in ``raw``'s order), or None where a group
         has none."""
@@ -166,7 +171,7 @@ class PerGroup(Optimizer):
         for name, (optimizer, indices) in self.groups.items():
             optimizer.hypergradient_on_host = self.hypergradient_on_host
             result = optimizer.update_with_vjp([params[i] for i in indices], [grads[i] for i in indices],
-                                               state[name], values[name])
+                                               state[name], values[name], **_closure_for(optimizer, closure))
             if result is None:
                 return None
             stepped, new_state[name], product = result
@@ -268,3 +273,9 @@ class PerGroup(Optimizer):
         groups = ", ".join(f"{name!r}: {optimizer!r}" for name, (optimizer, _) in self.groups.items())
         hyper = "" if self.hyper is None else f", hyper={self.hyper!r}"
         return f"rc.PerGroup({{{groups}}}{hyper})"
+
+
+def _closure_for(optimizer: Optimizer, closure) -> dict:
+    """The keyword a group's rule takes the step's closure by: only a rule
+    that evaluates the loss again gets it (the others take none)."""
+    return {"closure": closure} if optimizer.needs_closure and closure is not None else {}

@@ -8,7 +8,6 @@ from recurse.constraints import positive
 from recurse.optim import _ops
 from recurse.optim.base import Hyperparameter, Optimizer, SavedProduct, finite_float
 
-TINY = 1e-9  # (keeps every ratio finite where a statistic is 0, as the paper's reference implementation does)
 
 
 class VSGD(Optimizer):
@@ -42,7 +41,11 @@ class VSGD(Optimizer):
     with a closure as torch.optim.LBFGS takes (it zeroes the gradients,
     computes the loss, calls backward and returns the loss), which the step
     calls twice: once at p (the gradient), once at p + d (the parameters are
-    moved there and back; .grad then holds the gradient at p + d). A secant
+    moved there and back; .grad then holds the gradient at p + d). The
+    second call is made per set of parameters the rule steps together: once
+    per param group, and, once some parameters were skipped (no .grad), once
+    per batch of those that took as many steps. Dropout draws new masks in
+    it, and batch norm updates its running statistics again. A secant
     along the last update would need no closure, but consecutive gradients
     come from different batches, their noise swamps |g_t - g_{t-1}| once the
     steps are small, and the first step would have no curvature to be sized
@@ -71,6 +74,9 @@ class VSGD(Optimizer):
 
     def __init__(self, lr=1.0, *, slow_start=2.0, initial_samples=10, outlier_level=2.0, **options):
         super().__init__(lr=lr, **options)
+        if self.normalizer is not None:
+            raise ValueError("rc.VSGD: normalize= would divide the gradient at p but not the one at p + gbar, and "
+                             "the curvature compares the two; vSGD scales its step itself")
         self.slow_start = finite_float("rc.VSGD", "slow_start", slow_start)
         if self.slow_start < 1:
             raise ValueError(f"rc.VSGD: slow_start must be a number >= 1 (it overestimates the variances), "
@@ -118,23 +124,27 @@ class VSGD(Optimizer):
         for i, (param, grad, curvature) in enumerate(zip(params, grads, curvatures)):
             grad = grad.detach()
             statistics = self._statistics(grad, curvature, {key: state[key][i] for key in self.per_parameter_state})
-            signal = statistics["gbar"] ** 2 / statistics["vbar"]
+            signal = _ratio(statistics["gbar"] ** 2, statistics["vbar"])
             statistics["tau"] = (1 - signal) * statistics["tau"] + 1
             for key, value in statistics.items():
                 new_state[key].append(value)
-            directions.append(statistics["hbar"] / statistics["vhbar"] * signal * grad)
+            directions.append(_ratio(statistics["hbar"], statistics["vhbar"]) * signal * grad)
             new_params.append(param.detach() - lr * directions[-1])
         return new_params, new_state, directions
 
     def _curvatures(self, closure, params, grads, state):
-        """h = |g(p + d) - g(p)| / |d| per parameter tensor, d = gbar (the
-        gradient at the first step), the gradient at p + d from ``closure``
-        on the same sample; the parameters are put back bit for bit."""
+        """h = |g(p + d) - g(p)| / |d| per coordinate (0 where d is), d = gbar
+        (the gradient at the first step), the gradient at p + d from
+        ``closure`` on the same sample; the parameters are put back bit for
+        bit. (The closure runs the model a second time: dropout draws new
+        masks there, and batch norm updates its running statistics twice.)"""
         along = [grad if average is None else average for grad, average in zip(grads, state["gbar"])]
         originals = [param.detach().clone() for param in params]
         try:
             with torch.no_grad():
                 torch._foreach_add_(params, along)
+            for param in params:  # (a closure that does not zero them would add to this step's gradient)
+                param.grad = None
             with torch.enable_grad():
                 closure()
             shifted = [torch.zeros_like(grad) if param.grad is None else param.grad.detach().clone()
@@ -142,31 +152,35 @@ class VSGD(Optimizer):
         finally:
             with torch.no_grad():
                 torch._foreach_copy_(params, originals)
-        return [(moved - grad).abs() / (direction.abs() + TINY)
-                for moved, grad, direction in zip(shifted, grads, along)]
+        return [_ratio((moved - grad).abs(), direction.abs()) for moved, grad, direction in zip(shifted, grads, along)]
 
     def _statistics(self, grad, curvature, old):
         """The running averages and the memory tau (before its update by this
         step's signal share) after this gradient and curvature."""
         if old["gbar"] is None:  # slow start: this sample stands for initial_samples of them
             slow = self.slow_start
-            return {"gbar": grad.clone(), "vbar": slow * (grad ** 2 + TINY), "hbar": curvature + TINY,
-                    "vhbar": slow * (curvature ** 2 + TINY),
-                    "tau": torch.full_like(grad, float(self.initial_samples))}
+            return {"gbar": grad.clone(), "vbar": slow * grad ** 2, "hbar": curvature.clone(),
+                    "vhbar": slow * curvature ** 2, "tau": torch.full_like(grad, float(self.initial_samples))}
         tau = old["tau"]
         if self.outlier_level is not None:  # (an outlier lengthens the memory by one step, so that it weighs less)
             spread = (old["vbar"] - old["gbar"] ** 2).clamp_min(0)
             tau = tau + ((grad - old["gbar"]) ** 2 > self.outlier_level ** 2 * spread).to(grad.dtype)
         keep = 1 - 1 / tau
-        return {"gbar": keep * old["gbar"] + grad / tau,
-                "vbar": keep * old["vbar"] + grad ** 2 / tau + TINY,
-                "hbar": keep * old["hbar"] + curvature / tau + TINY,
-                "vhbar": keep * old["vhbar"] + curvature ** 2 / tau + TINY,
+        return {"gbar": keep * old["gbar"] + grad / tau, "vbar": keep * old["vbar"] + grad ** 2 / tau,
+                "hbar": keep * old["hbar"] + curvature / tau, "vhbar": keep * old["vhbar"] + curvature ** 2 / tau,
                 "tau": tau}
 
     @staticmethod
     def rates(state) -> list[torch.Tensor | None]:
         """The per-coordinate rate (hbar / vhbar) (gbar^2 / vbar) of this
         state's averages (None before the first step)."""
-        return [None if hbar is None else hbar / vhbar * gbar ** 2 / vbar
+        return [None if hbar is None else _ratio(hbar, vhbar) * _ratio(gbar ** 2, vbar)
                 for gbar, vbar, hbar, vhbar in zip(state["gbar"], state["vbar"], state["hbar"], state["vhbar"])]
+
+
+def _ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    """numerator / denominator, 0 where the denominator is (no gradient, or no
+    curvature, seen there yet). No constant is added to either, so the rate
+    does not depend on the scale of the loss: a loss times s has gradients
+    times s, curvatures times s and rates over s, and takes the same steps."""
+    return torch.where(denominator > 0, numerator / denominator.clamp_min(torch.finfo(denominator.dtype).tiny), 0.0)
