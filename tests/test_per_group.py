@@ -105,3 +105,40 @@ def test_a_group_value_the_parameters_dtype_cannot_hold_is_refused_before_any_gr
     with pytest.raises(ValueError, match=r"rc.Adam: eps = 1e-08 rounds to 0 in torch.float16"):
         rc.HyperOptimizer(params, rc.PerGroup({"a": (sgd, [0]), "b": (adam, [1])}))
     assert sgd.params_dtype == torch.float64 and sgd.raw.dtype == torch.float64  # (as built: nothing moved)
+
+
+@pytest.mark.parametrize("above", ["sgd", "rmsprop"], ids=["host-level-above", "tensor-level-above"])
+def test_groups_whose_closed_forms_save_what_they_need_keep_no_inputs_and_resume_exactly(above):
+    """Adam learning its lr and plain SGD each save their product's lists
+    alone (rc.SavedProduct), so the PerGroup's is one too: the engine keeps
+    neither the parameters nor the state of the last step, and a run
+    resumed from a checkpoint goes on bit for bit. (An SGD level above steps
+    the four learned lrs in Python floats, an RMSprop level as a tensor.)"""
+    import copy
+
+    inputs, targets = data()
+
+    def build(start):
+        params = [p.clone().requires_grad_() for p in start]
+        level = rc.SGD(0.02, normalize="rms") if above == "sgd" else rc.RMSprop(0.01)
+        grouped = rc.PerGroup({"weights": (rc.Adam(0.01, learn="lr"), [0, 2]), "biases": (rc.SGD(0.1), [1, 3])},
+                              hyper=level)
+        return params, rc.HyperOptimizer(params, grouped)
+
+    def run(params, opt, steps):
+        for _ in range(steps):
+            opt.zero_grad()
+            mlp_loss(params, inputs, targets).backward()
+            opt.step()
+
+    params, opt = build(mlp_params())
+    run(params, opt, 3)
+    record = opt.levels[0].last_update
+    assert record.params is None and record.state is None and record.saved is not None
+    snapshot = copy.deepcopy(([p.detach() for p in params], opt.state_dict()))
+    run(params, opt, 3)
+    resumed_params, resumed = build(snapshot[0])
+    resumed.load_state_dict(snapshot[1])
+    run(resumed_params, resumed, 3)
+    assert resumed.hyperparameters() == opt.hyperparameters()
+    assert all(torch.equal(a, b) for a, b in zip(resumed_params, params))

@@ -16,7 +16,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from recurse.optim.base import Optimizer, raw_dtype_for
+from recurse.optim.base import Optimizer, SavedProduct, raw_dtype_for
 
 
 class PerGroup(Optimizer):
@@ -165,7 +165,9 @@ class PerGroup(Optimizer):
     def update_with_vjp(self, params, grads, state, values, *, closure=None):
         """Each group's closed form; the product is the groups' raw
         gradients side by side (in ``raw``'s order), or None where a group
-        has none."""
+        has none. Where every group's is a :class:`SavedProduct`, so is the
+        PerGroup's (what the groups saved, and their indices): the engine then
+        keeps no inputs, and a checkpoint rebuilds it."""
         new_params: list[Tensor | None] = [None] * len(params)
         new_state, products = {}, []
         for name, (optimizer, indices) in self.groups.items():
@@ -175,22 +177,40 @@ class PerGroup(Optimizer):
             if result is None:
                 return None
             stepped, new_state[name], product = result
-            products.append((product, indices, optimizer.raw.numel()))
+            products.append((product, indices))
             for index, value in zip(indices, stepped):
                 new_params[index] = value
-        on_host = self.hypergradient_on_host
+        if all(isinstance(product, SavedProduct) for product, _ in products):
+            saved = {"groups": [product.saved for product, _ in products],
+                     "indices": [indices for _, indices in products]}
+            return new_params, new_state, SavedProduct(saved, self.saved_vjp,
+                                                       any(product.holds_gradient for product, _ in products))
 
         def vjp(incoming):
-            # (a group with no parameters here, in a view of some of them (for_positions): a zero row each)
-            gradients = [product([incoming[i] for i in indices]) if indices
-                         else [0.0] * size if on_host else incoming[0].new_zeros(size)
-                         for product, indices, size in products]
-            if on_host:
-                return [value for gradient in gradients
-                        for value in (gradient if isinstance(gradient, list) else gradient.tolist())]
-            return torch.cat([self.as_raw_tensor(gradient).reshape(-1) for gradient in gradients])
+            return self._side_by_side([product([incoming[i] for i in indices]) if indices else None
+                                       for product, indices in products], incoming)
 
         return new_params, new_state, vjp
+
+    def saved_vjp(self, saved, incoming):
+        """The groups' products from what each saved, side by side."""
+        gradients = []
+        for (optimizer, _), group_saved, indices in zip(self.groups.values(), saved["groups"], saved["indices"]):
+            optimizer.hypergradient_on_host = self.hypergradient_on_host
+            gradients.append(optimizer.saved_vjp(group_saved, [incoming[i] for i in indices]) if indices else None)
+        return self._side_by_side(gradients, incoming)
+
+    def _side_by_side(self, gradients, incoming):
+        """The groups' raw gradients as one (floats where the level above
+        steps in floats); None, for a group with no parameters here (in a view
+        of some of them, :meth:`for_positions`), is a zero row each."""
+        sizes = [optimizer.raw.numel() for optimizer, _ in self.groups.values()]
+        if self.hypergradient_on_host:
+            return [value for gradient, size in zip(gradients, sizes)
+                    for value in ([0.0] * size if gradient is None
+                                  else gradient if isinstance(gradient, list) else gradient.tolist())]
+        return torch.cat([self.as_raw_tensor(incoming[0].new_zeros(size) if gradient is None else gradient).reshape(-1)
+                          for gradient, size in zip(gradients, sizes)])
 
     def _float_pieces(self, raw: list[float]) -> list[list[float]]:
         pieces, start = [], 0
