@@ -16,7 +16,16 @@ def load(name):
 def test_every_example_is_tested():
     assert sorted(path.stem for path in EXAMPLES.glob("*.py")) == ["custom_optimizer", "ddp", "hf_trainer",
                                                                     "learned_optimizer", "meta_training",
+                                                                    "own_model_vs_optuna",
                                                                     "train_loop"]  # (hf_trainer: test_transformers.py)
+
+
+def test_own_model_vs_optuna_compares_on_equal_budgets(tmp_path, capsys):
+    rows = load("own_model_vs_optuna").main(["--quick", "--out", str(tmp_path)])
+    spent = {row["method"]: row["gradient_evaluations"] for row in rows}
+    assert spent == {"recommended": 40, "Adam depth 1": 40, "grid": 160, "random": 160, "tpe": 160}
+    assert all(row["loss"] < 0.7 for row in rows)  # (chance is log 2 = 0.69)
+    assert "| grid |" in capsys.readouterr().out and (tmp_path / "summary.md").exists()
 
 
 def test_train_loop_learns_the_rate(capsys):

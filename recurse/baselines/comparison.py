@@ -127,6 +127,13 @@ def run_optuna(task: SupervisedTask, optimizer: str, sampler: str, *, knobs: Seq
     study = run_search(task, optimizer=optimizer, knobs=knobs, sampler=sampler, trials=trials, steps=steps,
                        batch_size=batch_size, seed=seed, storage=storage,
                        study_name=f"{task.name}-{optimizer}-{sampler}-seed{seed}")
+    return search_run(study, sampler, seed), study
+
+
+def search_run(study: optuna.Study, sampler: str, seed: int) -> MethodRun:
+    """A finished search as one run: its best trial, what the whole search
+    spent, the best loss so far against the evaluations spent, and the
+    trials that failed by divergence."""
     completed = [t for t in finished_trials(study) if t.state == optuna.trial.TrialState.COMPLETE]
     spent = gradient_evaluations(study)
     curve, best, total = [], float("inf"), 0
@@ -138,7 +145,7 @@ def run_optuna(task: SupervisedTask, optimizer: str, sampler: str, *, knobs: Seq
             curve.append((total, best))
     if not completed:
         return MethodRun(sampler, seed, TrainingResult(gradient_evaluations=spent), failed="every trial failed",
-                         search_curve=curve), study
+                         search_curve=curve)
     best_trial = min(completed, key=lambda t: t.value)
     result = TrainingResult(
         curve=[(spent, best_trial.value)], final_valid_loss=best_trial.value, best_valid_loss=best_trial.value,
@@ -147,16 +154,35 @@ def run_optuna(task: SupervisedTask, optimizer: str, sampler: str, *, knobs: Seq
         hyperparameters={name: [value] for name, value in best_trial.params.items()},
     )
     failed = sum(1 for t in study.get_trials(deepcopy=False) if FAIL_REASON in t.user_attrs)
-    return MethodRun(sampler, seed, result, search_curve=curve, failed_trials=failed), study
+    return MethodRun(sampler, seed, result, search_curve=curve, failed_trials=failed)
 
 
-def compare(task: str | SupervisedTask = "digits", *, methods: Sequence[str] = DEFAULT_METHODS,
-            optimizer: str = "sgd", knobs: Sequence[str] = ("lr",), budget: int = 3200, steps: int = 200,
-            batch_size: int | None = 128, seeds: Sequence[int] = (0, 1, 2), out: str | Path | None = None,
-            quiet: bool = False) -> list[MethodRun]:
+def compare(task="digits", /, **options):
+    """recurse side by side with Optuna, public as ``rc.compare``: on an
+    ``rc.problems`` task (its name or a SupervisedTask;
+    :func:`compare_task`), or on the user's own objective,
+    ``objective(make_optimizer, seed) -> loss`` (a callable;
+    :func:`recurse.baselines.objective.compare_objective`, which takes
+    ``towers=``, ``space=``, ``optimizer=``, ``samplers=``, ``trials=``).
+
+    >>> runs = rc.compare("regression", methods=["fixed", "random"], budget=40, steps=20, seeds=[0], quiet=True)
+    >>> [(run.method, run.result.gradient_evaluations) for run in runs]
+    [('fixed', 20), ('random', 40)]
+    """
+    if callable(task) and not isinstance(task, SupervisedTask):
+        from recurse.baselines.objective import compare_objective  # (it builds on this module)
+
+        return compare_objective(task, **options)
+    return compare_task(task, **options)
+
+
+def compare_task(task: str | SupervisedTask = "digits", *, methods: Sequence[str] = DEFAULT_METHODS,
+                 optimizer: str = "sgd", knobs: Sequence[str] = ("lr",), budget: int = 3200, steps: int = 200,
+                 batch_size: int | None = 128, seeds: Sequence[int] = (0, 1, 2), out: str | Path | None = None,
+                 quiet: bool = False) -> list[MethodRun]:
     """Run every method with every seed on one task and one budget; with
     ``out``, cache and write ``summary.csv``, ``summary.md`` and the plots
-    there (see :func:`write_report`). Public as ``rc.compare``.
+    there (see :func:`write_report`).
 
         runs = rc.compare("digits", methods=["fixed", "depth2", "grid", "tpe"], seeds=[0, 1])
 

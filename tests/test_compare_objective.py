@@ -1,0 +1,109 @@
+"""rc.compare on the user's own objective: equal budgets, failures recorded,
+bad input refused, a rerun into the same folder running nothing twice."""
+
+import math
+
+import optuna
+import pytest
+import torch
+
+import recurse as rc
+
+STEPS = 20
+
+
+def objective(make_optimizer, seed, steps=STEPS):
+    """A linear model on generated data, trained by whatever make_optimizer gives."""
+    generator = torch.Generator().manual_seed(seed)
+    inputs = torch.randn(64, 5, generator=generator)
+    targets = inputs @ torch.randn(5, 1, generator=generator)
+    torch.manual_seed(seed)
+    model = torch.nn.Linear(5, 1)
+    opt = make_optimizer(model.parameters())
+    for _ in range(steps):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(inputs), targets).backward()
+        opt.step()
+    with torch.no_grad():
+        return torch.nn.functional.mse_loss(model(inputs), targets).item()
+
+
+TOWERS = {"depth1": rc.Adam(1e-2, learn="lr", hyper=rc.SGD(0.05, normalize="rms"))}
+SPACE = {"lr": (1e-3, 1.0, "log")}
+
+
+def test_every_search_spends_exactly_trials_times_one_tower_run(tmp_path):
+    rows = rc.compare(objective, towers=TOWERS, space=SPACE, samplers=("grid", "random", "tpe"), trials=4,
+                      seeds=[0, 1], out=tmp_path, quiet=True)
+    spent = {row["method"]: row["gradient_evaluations"] for row in rows}
+    assert spent == {"depth1": STEPS, "grid": 4 * STEPS, "random": 4 * STEPS, "tpe": 4 * STEPS}
+    assert all(math.isfinite(row["loss"]) and row["loss_std"] >= 0 and row["seconds"] > 0 for row in rows)
+    for name in ("summary.csv", "summary.md", "loss_vs_evaluations.png", "hyperparameters.png",
+                 "optuna_history_grid.png", "config.json", "optuna.db"):
+        assert (tmp_path / name).stat().st_size > 0, name
+
+
+def test_a_rerun_into_the_same_folder_runs_no_trial_twice(tmp_path):
+    rc.compare(objective, towers={}, space=SPACE, samplers=("random",), trials=3, seeds=[0], out=tmp_path,
+               quiet=True)
+    rc.compare(objective, towers={}, space=SPACE, samplers=("random",), trials=3, seeds=[0], out=tmp_path,
+               quiet=True)
+    study = optuna.load_study(study_name="objective-random-seed0", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert len(study.trials) == 3
+
+
+def test_a_diverging_trial_is_recorded_as_failed_with_its_reason(tmp_path):
+    def diverging(make_optimizer, seed):
+        value = objective(make_optimizer, seed)
+        return math.nan if value > 0.5 else value  # (the small lrs of the grid end above 0.5)
+
+    rows = rc.compare(diverging, towers={}, space=SPACE, samplers=("grid",), trials=4, seeds=[0], out=tmp_path,
+                      quiet=True)
+    assert rows[0]["failed_trials"] >= 1
+    study = optuna.load_study(study_name="objective-grid-seed0", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    reasons = [trial.user_attrs.get("fail_reason") for trial in study.trials if trial.state.name == "FAIL"]
+    assert reasons and all(reason == "the objective returned nan" for reason in reasons)
+
+
+def never_builds(make_optimizer, seed):
+    return 1.0
+
+
+def returns_text(make_optimizer, seed):
+    objective(make_optimizer, seed)
+    return "low"
+
+
+def steps_with_the_seed(make_optimizer, seed):
+    return objective(make_optimizer, seed, steps=STEPS + seed)
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: rc.compare(never_builds, towers=TOWERS, space=SPACE, quiet=True), ValueError,
+     r"the objective never called make_optimizer \(tower 'depth1', seed 0\)"),
+    (lambda: rc.compare(returns_text, towers=TOWERS, space=SPACE, quiet=True), TypeError,
+     r"the objective must return a number .* got builtins.str 'low'"),
+    (lambda: rc.compare(objective, towers=TOWERS, space={}, quiet=True), ValueError,
+     r"space must name at least one keyword of the optimizer"),
+    (lambda: rc.compare(objective, towers=TOWERS, space={"lr": (1.0, 1e-3, "log")}, quiet=True), ValueError,
+     r"space\['lr'\] must be low < high"),
+    (lambda: rc.compare(objective, towers=TOWERS, space=SPACE, samplers=("bayes",), quiet=True), ValueError,
+     r"unknown sampler\(s\) \['bayes'\]"),
+    (lambda: rc.compare(objective, towers={"adam": torch.optim.Adam}, space=SPACE, quiet=True), TypeError,
+     r"towers\['adam'\] must be an rc optimizer \(a tower\), got the class torch.optim.adam.Adam"),
+    (lambda: rc.compare(steps_with_the_seed, towers=TOWERS, space=SPACE, seeds=[0, 1], quiet=True), ValueError,
+     r"tower 'depth1' \(seed 1\) took 21 optimizer steps, the first run 20"),
+])
+def test_bad_input_gets_a_clear_error_naming_it(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_a_failing_objective_loses_nothing_already_in_the_storage(tmp_path):
+    rc.compare(objective, towers={}, space=SPACE, samplers=("random",), trials=2, seeds=[0], out=tmp_path,
+               quiet=True)
+    with pytest.raises(TypeError):
+        rc.compare(returns_text, towers={}, space=SPACE, samplers=("random",), trials=3, seeds=[0], out=tmp_path,
+                   quiet=True)
+    study = optuna.load_study(study_name="objective-random-seed0", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert sum(trial.state.name == "COMPLETE" for trial in study.trials) == 2
