@@ -107,3 +107,39 @@ def test_a_failing_objective_loses_nothing_already_in_the_storage(tmp_path):
                    quiet=True)
     study = optuna.load_study(study_name="objective-random-seed0", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     assert sum(trial.state.name == "COMPLETE" for trial in study.trials) == 2
+
+
+def test_a_worker_killed_mid_study_resumes_with_every_grid_cell_run_once(tmp_path):
+    """SIGKILL a worker while its fourth trial runs; rerun after the trial
+    turned stale (2 heartbeats): 8 completed trials, each grid cell once,
+    and the gradient evaluations of the completed ones counted once each."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import sqlalchemy
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    command = [sys.executable, str(Path(__file__).parent / "objective_job.py"), storage]
+
+    def trials():
+        try:
+            return optuna.load_study(study_name="objective-grid-seed0", storage=storage).get_trials()
+        except (KeyError, sqlalchemy.exc.OperationalError):  # (not created yet, or busy with the worker's write)
+            return []
+
+    worker = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not any(t.state.name == "RUNNING" and t.number >= 3 for t in trials()):
+        assert worker.poll() is None and time.monotonic() < deadline, "no fourth trial started"
+        time.sleep(0.05)
+    worker.kill()
+    worker.wait()
+    time.sleep(2.5)
+    rerun = subprocess.run(command, timeout=300, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    completed = [t for t in trials() if t.state.name == "COMPLETE"]
+    grid = rc.baselines.Knob("lr", 1e-3, 1e-1).grid(8)
+    assert sorted(t.params["lr"] for t in completed) == sorted(grid)
+    assert all(t.user_attrs["gradient_evaluations"] == 10 for t in completed)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 import numbers
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -41,8 +42,9 @@ from tqdm.auto import tqdm
 
 import recurse as rc
 from recurse.baselines.comparison import MethodRun, search_run, summary_rows, write_report
-from recurse.baselines.search import FAIL_REASON, GRADIENT_EVALUATIONS, SAMPLERS, Knob, finished_trials, make_sampler
-from recurse.baselines.storage import sqlite_url
+from recurse.baselines.search import (FAIL_REASON, GRADIENT_EVALUATIONS, SAMPLERS, Knob, check_same_config,
+                                     finished_trials, make_sampler)
+from recurse.baselines.storage import open_storage, sqlite_url
 from recurse.baselines.training import TrainingResult
 from recurse.optim.base import described
 
@@ -103,14 +105,17 @@ def _space(space: Mapping[str, tuple]) -> list[Knob]:
 def compare_objective(objective: Objective, *, towers: Mapping[str, rc.Optimizer], space: Mapping[str, tuple],
                       optimizer: Callable[..., torch.optim.Optimizer] = torch.optim.Adam,
                       samplers: Sequence[str] = SAMPLERS, trials: int = 16, seeds: Sequence[int] = (0, 1, 2),
-                      out: str | Path | None = None, storage: str | None = None,
+                      out: str | Path | None = None, storage: str | None = None, heartbeat_interval: int = 60,
                       quiet: bool = False) -> list[dict]:
     """Every tower and every sampler's search on the user's ``objective``,
     per seed (see the module docstring). Returns one row per method:
     ``method``, ``loss`` (mean over seeds), ``loss_std``,
     ``gradient_evaluations``, ``seconds``, ``failed_runs``,
     ``failed_trials``; with ``out``, the same tables and plots as
-    :func:`recurse.baselines.comparison.compare` are written there."""
+    :func:`recurse.baselines.comparison.compare` are written there. A
+    worker killed mid-study leaves a running trial that its heartbeat (every
+    ``heartbeat_interval`` seconds) marks stale; a rerun runs its
+    parameters again, once."""
     samplers = list(samplers)
     unknown = [name for name in samplers if name not in SAMPLERS]
     if unknown:
@@ -126,6 +131,8 @@ def compare_objective(objective: Objective, *, towers: Mapping[str, rc.Optimizer
     out = Path(out) if out is not None else None
     if storage is None and out is not None:
         storage = sqlite_url(out)
+    if isinstance(storage, str):
+        storage = open_storage(storage, heartbeat_interval=heartbeat_interval)
     runs, studies, budget = [], {}, {}
     jobs = [(name, seed) for seed in seeds for name in [*towers, *samplers]]
     for name, seed in tqdm(jobs, desc="compare on the objective", disable=quiet):
@@ -171,6 +178,11 @@ def _search(objective: Objective, sampler: str, knobs: list[Knob], optimizer, tr
     """An Optuna study of ``trials`` trials (resumed from ``storage`` where it exists)."""
     study = optuna.create_study(study_name=f"objective-{sampler}-seed{seed}", storage=storage,
                                 sampler=make_sampler(sampler, knobs, trials, seed), load_if_exists=True)
+    config = {"space": [[knob.name, knob.low, knob.high, knob.log] for knob in knobs],
+              "optimizer": described(optimizer), "sampler": sampler}
+    if sampler == "grid":  # (the trial count sets the grid)
+        config["grid_trials"] = trials
+    check_same_config(study, config)
 
     def trial_objective(trial: optuna.Trial) -> float:
         values = {knob.name: trial.suggest_float(knob.name, knob.low, knob.high, log=knob.log) for knob in knobs}
@@ -184,9 +196,15 @@ def _search(objective: Objective, sampler: str, knobs: list[Knob], optimizer, tr
             raise _Diverged(value)
         return value
 
+    def stop_when_planned(study: optuna.Study, _trial) -> None:
+        if len(finished_trials(study)) >= trials:
+            study.stop()
+
     missing = trials - len(finished_trials(study))
     if missing > 0:
-        study.optimize(trial_objective, n_trials=missing, catch=(_Diverged,))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.optimize(trial_objective, n_trials=missing, catch=(_Diverged,), callbacks=[stop_when_planned])
     return search_run(study, sampler, seed), study
 
 

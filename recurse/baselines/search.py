@@ -197,7 +197,7 @@ def run_search(task: SupervisedTask, *, optimizer: str = "sgd", knobs: Sequence[
         sampler=make_sampler(sampler, space, trials, seed), pruner=make_pruner(pruner, steps, eval_every),
         direction="minimize", load_if_exists=True,
     )
-    _check_same_config(study, config)
+    check_same_config(study, config)
 
     def objective(trial: optuna.Trial) -> float:
         values = {knob.name: trial.suggest_float(knob.name, knob.low, knob.high, log=knob.log) for knob in space}
@@ -237,7 +237,7 @@ def run_search(task: SupervisedTask, *, optimizer: str = "sgd", knobs: Sequence[
     return study
 
 
-def _check_same_config(study: optuna.Study, config: dict) -> None:
+def check_same_config(study: optuna.Study, config: dict) -> None:
     """A resumed study must be the same search; mixing two would corrupt both."""
     stored = study.user_attrs.get("recurse_config")
     if stored is None:
