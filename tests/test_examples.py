@@ -15,9 +15,15 @@ def load(name):
 
 def test_every_example_is_tested():
     assert sorted(path.stem for path in EXAMPLES.glob("*.py")) == ["custom_optimizer", "ddp", "hf_trainer",
-                                                                    "learned_optimizer", "meta_training",
-                                                                    "own_model_vs_optuna",
+                                                                    "learned_optimizer", "lightning_module",
+                                                                    "meta_training", "own_model_vs_optuna",
                                                                     "train_loop"]  # (hf_trainer: test_transformers.py)
+
+
+def test_the_lightning_module_learns_its_lr_and_logs_it_every_step(tmp_path, capsys):
+    learned, valid_loss = load("lightning_module").main(["--steps", "100", "--out", str(tmp_path)])
+    assert len(learned) == 100 and learned[-1] > 5 * learned[0] and valid_loss < 0.5
+    assert "metrics.csv" in capsys.readouterr().out
 
 
 def test_own_model_vs_optuna_compares_on_equal_budgets(tmp_path, capsys):

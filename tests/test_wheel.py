@@ -69,7 +69,7 @@ def test_the_wheel_carries_the_studies_and_runs_them_from_any_folder(installed_w
 def test_the_core_imports_no_optional_extra():
     """Integrations and peers are extras: ``import recurse`` loads none of them."""
     extras = ["transformers", "accelerate", "pytorch_lightning", "lightning", "prodigyopt", "dadaptation",
-              "dog", "schedulefree", "mechanic_pytorch", "gdtuo"]
+              "dog", "schedulefree", "mechanic_pytorch", "gdtuo", "optuna_dashboard", "expecttest"]
     code = f"import sys, recurse; print([m for m in {extras!r} if m in sys.modules])"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert done.stdout.strip() == "[]"

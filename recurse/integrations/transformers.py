@@ -21,9 +21,9 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from recurse.hyper import HyperOptimizer
+from recurse.integrations.values import PREFIX, hyper_optimizer, learned_values
 
-PREFIX = "recurse/"
+__all__ = ["PREFIX", "LearnedHyperparameters", "learned_values"]
 
 
 class LearnedHyperparameters(TrainerCallback):
@@ -37,7 +37,7 @@ class LearnedHyperparameters(TrainerCallback):
     first, so pass this callback to reach them through the history."""
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any):
-        optimizer = _hyper_optimizer(kwargs.get("optimizer"))
+        optimizer = hyper_optimizer(kwargs.get("optimizer"))
         if optimizer is None or logs is None:
             return control
         values = learned_values(optimizer)
@@ -45,19 +45,3 @@ class LearnedHyperparameters(TrainerCallback):
         if state.log_history and state.log_history[-1].get("step") == state.global_step:
             state.log_history[-1].update(values)
         return control
-
-
-def learned_values(optimizer: HyperOptimizer) -> dict[str, float]:
-    """``{"recurse/<level>.<name>": value}`` for every learned value, and the lr each group steps with."""
-    values = {f"{PREFIX}{name}": value for name, value in optimizer.learned_hyperparameters().items()}
-    for index, lr in enumerate(optimizer.group_lrs()):
-        if lr is not None:
-            values[f"{PREFIX}group{index}.lr_used"] = lr
-    return values
-
-
-def _hyper_optimizer(optimizer: Any) -> HyperOptimizer | None:
-    """The rc.HyperOptimizer inside what Trainer hands its callbacks (accelerate wraps it)."""
-    while optimizer is not None and not isinstance(optimizer, HyperOptimizer):
-        optimizer = getattr(optimizer, "optimizer", None)
-    return optimizer
