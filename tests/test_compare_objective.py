@@ -59,10 +59,11 @@ def test_a_diverging_trial_is_recorded_as_failed_with_its_reason(tmp_path):
 
     rows = rc.compare(diverging, towers={}, space=SPACE, samplers=("grid",), trials=4, seeds=[0], out=tmp_path,
                       quiet=True)
-    assert rows[0]["failed_trials"] >= 1
-    study = optuna.load_study(study_name="objective-grid-seed0", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert rows[0]["failed_trials"] >= 1 and math.isfinite(rows[0]["loss"])  # (some trials completed)
+    study = optuna.load_study(study_name="diverging-grid-seed0", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     reasons = [trial.user_attrs.get("fail_reason") for trial in study.trials if trial.state.name == "FAIL"]
     assert reasons and all(reason == "the objective returned nan" for reason in reasons)
+    assert any(trial.state.name == "COMPLETE" for trial in study.trials)
 
 
 def never_builds(make_optimizer, seed):
@@ -93,6 +94,11 @@ def steps_with_the_seed(make_optimizer, seed):
      r"towers\['adam'\] must be an rc optimizer \(a tower\), got the class torch.optim.adam.Adam"),
     (lambda: rc.compare(steps_with_the_seed, towers=TOWERS, space=SPACE, seeds=[0, 1], quiet=True), ValueError,
      r"tower 'depth1' \(seed 1\) took 21 optimizer steps, the first run 20"),
+    (lambda: rc.compare(never_builds, towers=TOWERS, space={"lr": (1e-3, 1.0), "weight_decay": (1e-4, 1e-1)},
+                        trials=5, quiet=True), ValueError,
+     r"a grid over 2 knob\(s\) needs a trial count that is a perfect 2-th power"),  # (before any run)
+    (lambda: rc.compare(never_builds, towers=TOWERS, space={"learning_rate": (1e-3, 1.0)}, quiet=True), ValueError,
+     r"the space names \['learning_rate'\], which the class torch.optim.adam.Adam does not take"),
 ])
 def test_bad_input_gets_a_clear_error_naming_it(call, error, message):
     with pytest.raises(error, match=message):
@@ -131,7 +137,8 @@ def test_a_worker_killed_mid_study_resumes_with_every_grid_cell_run_once(tmp_pat
 
     worker = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while not any(t.state.name == "RUNNING" and t.number >= 3 for t in trials()):
+    # (killed once the trial has its parameters: a heartbeat has then been recorded, so it turns stale)
+    while not any(t.state.name == "RUNNING" and t.number >= 3 and t.params for t in trials()):
         assert worker.poll() is None and time.monotonic() < deadline, "no fourth trial started"
         time.sleep(0.05)
     worker.kill()
@@ -143,3 +150,44 @@ def test_a_worker_killed_mid_study_resumes_with_every_grid_cell_run_once(tmp_pat
     grid = rc.baselines.Knob("lr", 1e-3, 1e-1).grid(8)
     assert sorted(t.params["lr"] for t in completed) == sorted(grid)
     assert all(t.user_attrs["gradient_evaluations"] == 10 for t in completed)
+    stale = [t for t in trials() if t.state.name == "FAIL"]
+    assert len(stale) == 1 and "gradient_evaluations" not in stale[0].user_attrs  # (killed before it counted)
+
+
+def test_a_resumed_random_search_draws_new_points(tmp_path):
+    for trials in (2, 4):
+        rc.compare(objective, towers={}, space=SPACE, samplers=("random",), trials=trials, seeds=[0], out=tmp_path,
+                   quiet=True)
+    study = optuna.load_study(study_name="objective-random-seed0", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    lrs = [trial.params["lr"] for trial in study.trials]
+    assert len(lrs) == 4 and len(set(lrs)) == 4
+
+
+def test_a_grid_cell_whose_trial_failed_with_an_error_runs_once_the_objective_is_mended(tmp_path):
+    broken = {"lr": None}
+
+    def fragile(make_optimizer, seed):
+        value = objective(make_optimizer, seed)
+        if broken["lr"] is None:  # (the first trial raises: a bug in the user's loop)
+            broken["lr"] = True
+            raise RuntimeError("a bug in the loop")
+        return value
+
+    fragile.__name__ = "objective"
+    with pytest.raises(RuntimeError, match="a bug in the loop"):
+        rc.compare(fragile, towers={}, space=SPACE, samplers=("grid",), trials=4, seeds=[0], out=tmp_path,
+                   quiet=True)
+    rc.compare(objective, towers={}, space=SPACE, samplers=("grid",), trials=4, seeds=[0], out=tmp_path, quiet=True)
+    study = optuna.load_study(study_name="objective-grid-seed0", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    completed = sorted(trial.params["lr"] for trial in study.trials if trial.state.name == "COMPLETE")
+    assert completed == sorted(rc.baselines.Knob("lr", 1e-3, 1.0).grid(4))  # (every cell once)
+
+
+def test_two_objectives_share_a_storage_without_mixing_their_trials(tmp_path):
+    def other(make_optimizer, seed):
+        return objective(make_optimizer, seed + 100)
+
+    for each in (objective, other):
+        rc.compare(each, towers={}, space=SPACE, samplers=("random",), trials=2, seeds=[0], out=tmp_path, quiet=True)
+    names = optuna.get_all_study_names(f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert sorted(names) == ["objective-random-seed0", "other-random-seed0"]

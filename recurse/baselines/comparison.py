@@ -157,13 +157,14 @@ def search_run(study: optuna.Study, sampler: str, seed: int) -> MethodRun:
     return MethodRun(sampler, seed, result, search_curve=curve, failed_trials=failed)
 
 
-def compare(task="digits", /, **options):
+def compare(task="digits", **options):
     """recurse side by side with Optuna, public as ``rc.compare``: on an
     ``rc.problems`` task (its name or a SupervisedTask;
     :func:`compare_task`), or on the user's own objective,
     ``objective(make_optimizer, seed) -> loss`` (a callable;
     :func:`recurse.baselines.objective.compare_objective`, which takes
-    ``towers=``, ``space=``, ``optimizer=``, ``samplers=``, ``trials=``).
+    ``towers=``, ``space=``, ``optimizer=``, ``samplers=``, ``trials=``,
+    and returns one summary row per method rather than the runs).
 
     >>> runs = rc.compare("regression", methods=["fixed", "random"], budget=40, steps=20, seeds=[0], quiet=True)
     >>> [(run.method, run.result.gradient_evaluations) for run in runs]

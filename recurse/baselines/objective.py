@@ -19,7 +19,13 @@ each sampler runs an Optuna study of ``trials`` trials per seed, each
 trial training with ``optimizer(params, **suggested)``. Gradient evaluations
 are the optimizer's ``step`` calls, counted by a step hook on whatever
 ``make_optimizer`` returned; every run must take as many as the first, so
-that a search spends exactly ``trials`` times one tower run (asserted).
+that a search spends exactly ``trials`` times one tower run (asserted). (An
+optimizer that evaluates the loss several times a step, LBFGS or rc.VSGD,
+is counted by its steps.) A study is named after the objective
+(``study_name=`` to choose), so that two objectives share a storage
+without mixing their trials. With the default ``heartbeat_interval`` of 60
+s, a trial of a killed worker is stale, and rerun, once two minutes have
+passed.
 
 A run whose objective returns a non-finite value diverged: it is recorded
 as failed, with that reason (a trial as a failed Optuna trial). The studies
@@ -43,7 +49,7 @@ from tqdm.auto import tqdm
 import recurse as rc
 from recurse.baselines.comparison import MethodRun, search_run, summary_rows, write_report
 from recurse.baselines.search import (FAIL_REASON, GRADIENT_EVALUATIONS, SAMPLERS, Knob, check_same_config,
-                                     finished_trials, make_sampler)
+                                     finished_trials, grid_shape, make_sampler)
 from recurse.baselines.storage import open_storage, sqlite_url
 from recurse.baselines.training import TrainingResult
 from recurse.optim.base import described
@@ -106,7 +112,7 @@ def compare_objective(objective: Objective, *, towers: Mapping[str, rc.Optimizer
                       optimizer: Callable[..., torch.optim.Optimizer] = torch.optim.Adam,
                       samplers: Sequence[str] = SAMPLERS, trials: int = 16, seeds: Sequence[int] = (0, 1, 2),
                       out: str | Path | None = None, storage: str | None = None, heartbeat_interval: int = 60,
-                      quiet: bool = False) -> list[dict]:
+                      study_name: str | None = None, quiet: bool = False) -> list[dict]:
     """Every tower and every sampler's search on the user's ``objective``,
     per seed (see the module docstring). Returns one row per method:
     ``method``, ``loss`` (mean over seeds), ``loss_std``,
@@ -123,6 +129,10 @@ def compare_objective(objective: Objective, *, towers: Mapping[str, rc.Optimizer
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         raise ValueError(f"rc.compare: trials must be an integer >= 1, got {trials!r}")
     knobs = _space(space)
+    if "grid" in samplers:
+        grid_shape(trials, len(knobs))  # (a grid over d knobs needs trials = n^d: said before any run)
+    _check_keywords(optimizer, knobs)
+    name_of_study = study_name or getattr(objective, "__name__", "objective")
     for name, tower in towers.items():
         if not isinstance(tower, rc.Optimizer):
             raise TypeError(f"rc.compare: towers[{name!r}] must be an rc optimizer (a tower), got {described(tower)}")
@@ -139,7 +149,8 @@ def compare_objective(objective: Objective, *, towers: Mapping[str, rc.Optimizer
         if name in towers:
             runs.append(_tower_run(objective, name, towers[name], seed, budget))
         else:
-            run, studies[(name, seed)] = _search(objective, name, knobs, optimizer, trials, seed, storage, budget)
+            run, studies[(name, seed)] = _search(objective, name_of_study, name, knobs, optimizer, trials, seed,
+                                                 storage, budget)
             runs.append(run)
     rows = [{"method": row["method"], "loss": row["valid_loss_mean"], "loss_std": row["valid_loss_std"],
              "gradient_evaluations": row["gradient_evaluations"], "seconds": row["seconds"],
@@ -153,13 +164,23 @@ def compare_objective(objective: Objective, *, towers: Mapping[str, rc.Optimizer
     return rows
 
 
+def _check_keywords(optimizer, knobs: list[Knob]) -> None:
+    """The optimizer takes every searched keyword (tried on a dummy parameter at each low end)."""
+    try:
+        optimizer([torch.zeros(1, requires_grad=True)], **{knob.name: knob.low for knob in knobs})
+    except TypeError as error:
+        raise ValueError(f"rc.compare: the space names {[knob.name for knob in knobs]}, which "
+                         f"{described(optimizer)} does not take all of: {error}") from None
+
+
 def _same_budget(budget: dict, steps: int, what: str) -> None:
     """Every run takes as many steps as the first one (``budget["steps"]``)."""
     expected = budget.setdefault("steps", steps)
     if steps != expected:
         raise ValueError(f"rc.compare: {what} took {steps} optimizer steps, the first run {expected}; the objective "
                          "must take the same number of steps whatever optimizer it is given, so that the budgets "
-                         "are equal")
+                         "are equal (a GradScaler that skips a step, or stepping on some batches only, changes "
+                         "the count)")
 
 
 def _tower_run(objective: Objective, name: str, tower: rc.Optimizer, seed: int, budget: dict) -> MethodRun:
@@ -173,28 +194,37 @@ def _tower_run(objective: Objective, name: str, tower: rc.Optimizer, seed: int, 
     return MethodRun(name, seed, result, failed=failed)
 
 
-def _search(objective: Objective, sampler: str, knobs: list[Knob], optimizer, trials: int, seed: int,
+def _search(objective: Objective, name: str, sampler: str, knobs: list[Knob], optimizer, trials: int, seed: int,
             storage: str | None, budget: dict) -> tuple[MethodRun, optuna.Study]:
-    """An Optuna study of ``trials`` trials (resumed from ``storage`` where it exists)."""
-    study = optuna.create_study(study_name=f"objective-{sampler}-seed{seed}", storage=storage,
+    """An Optuna study of ``trials`` trials, named after the objective
+    (resumed from ``storage`` where it exists: the trials stored must have
+    taken the steps the runs take now)."""
+    study = optuna.create_study(study_name=f"{name}-{sampler}-seed{seed}", storage=storage,
                                 sampler=make_sampler(sampler, knobs, trials, seed), load_if_exists=True)
-    config = {"space": [[knob.name, knob.low, knob.high, knob.log] for knob in knobs],
+    config = {"objective": name, "space": [[knob.name, knob.low, knob.high, knob.log] for knob in knobs],
               "optimizer": described(optimizer), "sampler": sampler}
-    if sampler == "grid":  # (the trial count sets the grid)
+    if sampler == "grid":  # (the trial count sets the grid; another search may be extended)
         config["grid_trials"] = trials
     check_same_config(study, config)
+    for trial in finished_trials(study):
+        if GRADIENT_EVALUATIONS in trial.user_attrs:
+            _same_budget(budget, trial.user_attrs[GRADIENT_EVALUATIONS], f"stored {sampler} trial {trial.number}")
+    resumed = len(study.trials)
+    if resumed and sampler != "grid":  # (a fresh sampler seeded as before would draw the tried points again)
+        study.sampler = make_sampler(sampler, knobs, trials, seed + resumed)
+    if sampler == "grid":
+        requeue_failed_cells(study)
 
     def trial_objective(trial: optuna.Trial) -> float:
         values = {knob.name: trial.suggest_float(knob.name, knob.low, knob.high, log=knob.log) for knob in knobs}
         run = _Run(lambda params: optimizer(params, **values))
         value, seconds = run(objective, seed, f"{sampler} trial {trial.number}, seed {seed}")
-        trial.set_user_attr(GRADIENT_EVALUATIONS, run.steps)
-        trial.set_user_attr("seconds", seconds)
         _same_budget(budget, run.steps, f"{sampler} trial {trial.number} (seed {seed})")
+        trial.set_user_attr(GRADIENT_EVALUATIONS, run.steps)  # (only once the run is known to count)
+        trial.set_user_attr("seconds", seconds)
         if not math.isfinite(value):
             trial.set_user_attr(FAIL_REASON, f"the objective returned {value}")
-            raise _Diverged(value)
-        return value
+        return value  # (a non-finite value: Optuna marks the trial failed, and the study goes on)
 
     def stop_when_planned(study: optuna.Study, _trial) -> None:
         if len(finished_trials(study)) >= trials:
@@ -204,9 +234,21 @@ def _search(objective: Objective, sampler: str, knobs: list[Knob], optimizer, tr
     if missing > 0:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.optimize(trial_objective, n_trials=missing, catch=(_Diverged,), callbacks=[stop_when_planned])
+            study.optimize(trial_objective, n_trials=missing, callbacks=[stop_when_planned])
     return search_run(study, sampler, seed), study
 
 
-class _Diverged(Exception):
-    """A trial whose objective returned a non-finite value (recorded as a failed trial)."""
+def requeue_failed_cells(study: optuna.Study) -> None:
+    """Enqueue again the grid cells of trials that failed with an error (not
+    by divergence: those have a ``fail_reason``) and that no later trial
+    finished: Optuna's GridSampler counts a failed trial's cell as visited,
+    so after the objective is mended that cell would never run."""
+    done = {tuple(sorted(trial.params.items())) for trial in finished_trials(study)}
+    waiting = {tuple(sorted(trial.params.items())) for trial in study.get_trials(deepcopy=False)
+               if trial.state == optuna.trial.TrialState.WAITING}
+    for trial in study.get_trials(deepcopy=False):
+        cell = tuple(sorted(trial.params.items()))
+        if (trial.state == optuna.trial.TrialState.FAIL and FAIL_REASON not in trial.user_attrs and trial.params
+                and cell not in done and cell not in waiting):
+            study.enqueue_trial(dict(trial.params))
+            waiting.add(cell)

@@ -198,6 +198,9 @@ def run_search(task: SupervisedTask, *, optimizer: str = "sgd", knobs: Sequence[
         direction="minimize", load_if_exists=True,
     )
     check_same_config(study, config)
+    resumed = len(study.trials)
+    if resumed and sampler != "grid":  # (a fresh sampler seeded as before would draw the tried points again)
+        study.sampler = make_sampler(sampler, space, trials, seed + resumed)
 
     def objective(trial: optuna.Trial) -> float:
         values = {knob.name: trial.suggest_float(knob.name, knob.low, knob.high, log=knob.log) for knob in space}
