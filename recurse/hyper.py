@@ -702,10 +702,11 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
     def _commit(self, proposal: _Proposal) -> None:
         self._last_hypergradients, self._hypergradient_points = proposal.hypergradients, proposal.points
         if proposal.model_params is not None:  # (under no_grad: see _step)
-            stepped = [(param, value) for param, value in zip(self._params, proposal.model_params) if value is not None]
-            if len(stepped) == len(self._params):
+            if all(value is not None for value in proposal.model_params):
                 _ops.copy_all(self._params, proposal.model_params)
-            else:
+            else:  # (parameters skipped this step keep their values)
+                stepped = [(param, value) for param, value in zip(self._params, proposal.model_params)
+                           if value is not None]
                 _ops.copy_all([param for param, _ in stepped], [value for _, value in stepped])
         for index, raw in proposal.raws.items():
             if isinstance(raw, list):

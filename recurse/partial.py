@@ -95,7 +95,10 @@ def incoming_at(optimizer: Optimizer, incoming: list[Tensor | None], params: lis
     takes it: 0 for a parameter without a gradient now (the next loss does
     not reach it), negated where level 0 maximizes (the tower minimises what
     level 0 does: the negated objective)."""
-    positions = range(len(params)) if positions is None else positions
+    if positions is None:
+        if not optimizer.maximizes and all(part is not None for part in incoming):
+            return incoming  # (the common step: every parameter has a gradient; nothing to build)
+        positions = range(len(params))
     part = [torch.zeros_like(params[i]) if incoming[i] is None else incoming[i] for i in positions]
     return _ops.negated_all(part) if optimizer.maximizes else part
 
