@@ -53,17 +53,29 @@ def test_a_rerun_into_the_same_folder_runs_no_trial_twice(tmp_path):
 
 
 def test_a_diverging_trial_is_recorded_as_failed_with_its_reason(tmp_path):
-    def diverging(make_optimizer, seed):
-        value = objective(make_optimizer, seed)
-        return math.nan if value > 0.5 else value  # (the small lrs of the grid end above 0.5)
-
-    rows = rc.compare(diverging, towers={}, space=SPACE, samplers=("grid",), trials=4, seeds=[0], out=tmp_path,
-                      quiet=True)
+    """SGD over lr 1e-3..1e3: the large lrs blow the parameters up to NaN."""
+    rows = rc.compare(objective, towers={}, space={"lr": (1e-3, 1e3, "log")}, optimizer=torch.optim.SGD,
+                      samplers=("grid",), trials=4, seeds=[0], out=tmp_path, quiet=True)
     assert rows[0]["failed_trials"] >= 1 and math.isfinite(rows[0]["loss"])  # (some trials completed)
-    study = optuna.load_study(study_name="diverging-grid-seed0", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
-    reasons = [trial.user_attrs.get("fail_reason") for trial in study.trials if trial.state.name == "FAIL"]
-    assert reasons and all(reason == "the objective returned nan" for reason in reasons)
+    study = optuna.load_study(study_name="objective-grid-seed0", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    failed = [trial for trial in study.trials if trial.state.name == "FAIL"]
+    assert failed and all(trial.user_attrs["fail_reason"] in ("the objective returned nan",
+                                                              "the objective returned inf") for trial in failed)
+    assert all(trial.params["lr"] >= 10 for trial in failed)
     assert any(trial.state.name == "COMPLETE" for trial in study.trials)
+
+
+def test_a_divergence_that_left_the_parameters_finite_is_returned_as_inf(tmp_path):
+    def overflowing(make_optimizer, seed):
+        value = objective(make_optimizer, seed)
+        return math.inf if value > 0.5 else value  # (the small lrs of the grid end above 0.5)
+
+    rows = rc.compare(overflowing, towers={}, space=SPACE, samplers=("grid",), trials=4, seeds=[0], out=tmp_path,
+                      quiet=True)
+    assert rows[0]["failed_trials"] >= 1 and math.isfinite(rows[0]["loss"])
+    study = optuna.load_study(study_name="overflowing-grid-seed0", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert {trial.user_attrs.get("fail_reason") for trial in study.trials if trial.state.name == "FAIL"} == {
+        "the objective returned inf"}
 
 
 def never_builds(make_optimizer, seed):
@@ -75,6 +87,11 @@ def returns_text(make_optimizer, seed):
     return "low"
 
 
+def nan_from_a_finite_model(make_optimizer, seed):
+    objective(make_optimizer, seed)
+    return math.nan  # (as an empty validation set's 0/0 gives)
+
+
 def steps_with_the_seed(make_optimizer, seed):
     return objective(make_optimizer, seed, steps=STEPS + seed)
 
@@ -84,6 +101,10 @@ def steps_with_the_seed(make_optimizer, seed):
      r"the objective never called make_optimizer \(tower 'depth1', seed 0\)"),
     (lambda: rc.compare(returns_text, towers=TOWERS, space=SPACE, quiet=True), TypeError,
      r"the objective must return a number .* got builtins.str 'low'"),
+    (lambda: rc.compare(nan_from_a_finite_model, towers=TOWERS, space=SPACE, quiet=True), ValueError,
+     r"the objective returned nan \(tower 'depth1', seed 0\) although every parameter and gradient"),
+    (lambda: rc.compare(nan_from_a_finite_model, towers={}, space=SPACE, quiet=True), ValueError,
+     r"the objective returned nan \(grid trial 0, seed 0\) although"),
     (lambda: rc.compare(objective, towers=TOWERS, space={}, quiet=True), ValueError,
      r"space must name at least one keyword of the optimizer"),
     (lambda: rc.compare(objective, towers=TOWERS, space={"lr": (1.0, 1e-3, "log")}, quiet=True), ValueError,

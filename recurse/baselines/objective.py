@@ -28,7 +28,11 @@ s, a trial of a killed worker is stale, and rerun, once two minutes have
 passed.
 
 A run whose objective returns a non-finite value diverged: it is recorded
-as failed, with that reason (a trial as a failed Optuna trial). The studies
+as failed, with that reason (a trial as a failed Optuna trial). A NaN from
+a model that did not diverge (every parameter and gradient the optimizers
+hold is finite) is a bug in the objective, an empty validation set's 0/0
+say, and is refused with an error naming it; an objective whose model
+diverged without a non-finite parameter says so by returning ``math.inf``. The studies
 live in ``out``'s SQLite database (or ``storage``, any Optuna storage URL),
 and a rerun into the same folder or storage finishes what is missing.
 """
@@ -86,7 +90,17 @@ class _Run:
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise TypeError(f"rc.compare: the objective must return a number (the loss to minimise), got "
                             f"{described(value)} {value!r} ({what})")
+        if math.isnan(value) and self._finite():
+            raise ValueError(f"rc.compare: the objective returned nan ({what}) although every parameter and gradient "
+                             "its optimizer holds is finite, so the model did not diverge: look for a 0/0 in the "
+                             "objective (an empty validation set?); a run that diverged should return math.inf")
         return float(value), seconds
+
+    def _finite(self) -> bool:
+        """Whether every parameter the optimizers train, and its gradient, is finite."""
+        tensors = [tensor for optimizer in self.optimizers for group in optimizer.param_groups
+                   for param in group["params"] for tensor in (param, param.grad) if tensor is not None]
+        return all(bool(torch.isfinite(tensor).all()) for tensor in tensors)
 
 
 def _space(space: Mapping[str, tuple]) -> list[Knob]:
@@ -224,7 +238,8 @@ def _search(objective: Objective, name: str, sampler: str, knobs: list[Knob], op
         trial.set_user_attr("seconds", seconds)
         if not math.isfinite(value):
             trial.set_user_attr(FAIL_REASON, f"the objective returned {value}")
-        return value  # (a non-finite value: Optuna marks the trial failed, and the study goes on)
+            return math.nan  # (Optuna marks a NaN trial failed, and the study goes on; an inf would complete)
+        return value
 
     def stop_when_planned(study: optuna.Study, _trial) -> None:
         if len(finished_trials(study)) >= trials:
