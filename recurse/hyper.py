@@ -50,6 +50,7 @@ from recurse.optim.base import Optimizer, State, described, finite_float, place_
 from recurse.optim.per_group import PerGroup
 from recurse.param_group import ParamGroup
 from recurse.partial import Cohort, PartialUpdate
+from recurse.sharding import Sharding
 
 log = logging.getLogger("recurse")
 
@@ -225,6 +226,11 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
         self.defaults = ParamGroup.defaults_of(optimizer)
         self._params: list[Tensor] = [p for group in self.param_groups for p in group["params"]]
         self._check_params()
+        # Under FSDP2 (see recurse.sharding) the engine steps each parameter's shard on this rank, in place.
+        self._sharding = Sharding.of(self._params, "rc.HyperOptimizer")
+        self._handles = self._params  # (what the user gave: where .grad is read and zeroed)
+        if self._sharding is not None:
+            self._params = self._sharding.local(self._handles)
         plan.levels(optimizer)  # (the description as given is checked first: its errors name its levels)
         optimizer, rules = _level_zero_for(optimizer, self.param_groups)
         self.param_groups = [ParamGroup(group, rule, index, level_zero=optimizer)
@@ -236,6 +242,8 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
         self.horizon = horizon
         self.hypergradient_loss = hypergradient_loss
         self._keeps_last_update = horizon.keeps_last_update  # (read every step)
+        if self._sharding is not None:
+            _check_shardable(self.levels[0].optimizer, hypergradient_loss)
         if not self._keeps_last_update:
             _check_horizon(horizon, self.levels[0])
         self._horizon_memory: Any = None
@@ -410,6 +418,8 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
             raise ValueError(f"rc.HyperOptimizer.step: {self.levels[0].optimizer!r} evaluates the loss again; call "
                              "step(closure) with a closure as torch.optim.LBFGS takes (it zeroes the gradients, "
                              "computes the loss, calls backward and returns the loss)")
+        if self._sharding is not None:  # (a shard's storage may have been swapped: load_state_dict(assign=True))
+            self._params = self._sharding.local(self._handles)
         self._forget_overwritten_gradients()
         grads = self._model_grads()
         points = [None if level.last_update is None else level.last_update.raw for level in self.levels]
@@ -427,11 +437,16 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
             proposed = [raw for raw in proposal.raws.values() if isinstance(raw, Tensor)] + [
                 value for value in proposal.model_params or () if value is not None]
             host_values = [value for raw in proposal.raws.values() if isinstance(raw, list) for value in raw]
-            if not (all(map(math.isfinite, host_values)) and self._finite(proposed)):
-                return loss, "gradient" if not self._finite([g for g in grads if g is not None]) else "update"
+            if not (all(map(math.isfinite, host_values)) and self._all_finite(proposed)):
+                return loss, "gradient" if not self._all_finite([g for g in grads if g is not None]) else "update"
         return loss, proposal
 
     _step_with_hooks = torch.optim.Optimizer.profile_hook_step(_step)
+
+    def _all_finite(self, tensors: list[Tensor]) -> bool:
+        """Whether every value is finite (on every rank's shard, where sharded)."""
+        finite = self._finite(tensors)
+        return finite if self._sharding is None else self._sharding.all_agree(finite)
 
     def _gradients_from(self, loss: Tensor) -> Callable[[], Tensor]:
         """Fill .grad from ``loss`` keeping its graph, for a level 0 that
@@ -443,7 +458,8 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
         """Each parameter's gradient; None where it has none (a frozen layer,
         a branch this loss did not use): that parameter is skipped this step,
         as torch.optim skips it (see :mod:`recurse.partial`)."""
-        originals = [param.grad for param in self._params]
+        originals = ([param.grad for param in self._params] if self._sharding is None
+                     else self._sharding.local_grads(self._handles))
         missing = 0
         for index, grad in enumerate(originals):
             if grad is None:
@@ -468,14 +484,14 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
         Written out rather than inherited: torch.optim's opens a profiler
         range and a dynamo guard on every call, which costs about 10 us,
         a few percent of a small model's step."""
-        kept = set() if set_to_none or self._kept_grads is None else {id(grad) for grad, _ in self._kept_grads}
-        for param in self._params:
+        kept = set() if set_to_none or self._kept_grads is None else {grad.data_ptr() for grad, _ in self._kept_grads}
+        for param in self._handles:
             grad = param.grad
             if grad is None:
                 continue
             if set_to_none:
                 param.grad = None
-            elif id(grad) in kept:
+            elif _data_ptr(grad) in kept:
                 param.grad = torch.zeros_like(grad)
             else:
                 if grad.grad_fn is not None:
@@ -520,6 +536,8 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
                 else:
                     hypergradient = self.horizon.hypergradient(optimizer, level.last_update, self._horizon_memory,
                                                                partial.incoming_at(optimizer, vector, self._params))
+                if hypergradient is not None and self._sharding is not None:  # (each rank's shard's share)
+                    hypergradient = self._sharding.total(hypergradient)
             else:
                 hypergradient = None if level.last_update is None else vjp(optimizer, level.last_update, incoming,
                                                                           retain_graph=False)
@@ -559,7 +577,8 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
         # (in float64, read in one go: a half-precision sum of squares overflows)
         pairs = [(new, p.detach().double()) for new, p in zip(proposed, self._params) if new is not None]
         squares = [[p.square().sum() for _, p in pairs], [(new.double() - p).square().sum() for new, p in pairs]]
-        size_squared, change_squared = torch.stack([torch.stack(row).sum() for row in squares]).tolist()
+        sums = torch.stack([torch.stack(row).sum() for row in squares])
+        size_squared, change_squared = (sums if self._sharding is None else self._sharding.total(sums)).tolist()
         size, change = math.sqrt(size_squared), math.sqrt(change_squared) / scale
         limit = self.first_step_limit * size
         if not (size > 0 and math.isfinite(change) and change > limit):  # (a non-finite step: the guard's)
@@ -1083,3 +1102,21 @@ def _learned_values(levels: list[_Level]) -> list[Tensor | list[float]]:
         else:
             row.append(optimizer.tracked_values())
     return row
+
+
+def _data_ptr(grad: Tensor) -> int:
+    """Where a gradient's values start (a DTensor's: its shard on this rank)."""
+    return grad.to_local().data_ptr() if hasattr(grad, "to_local") else grad.data_ptr()
+
+
+def _check_shardable(level_zero: Optimizer, hypergradient_loss: TrainingLoss) -> None:
+    """Refuse a level 0 whose step reads beyond its own shard (see recurse.sharding)."""
+    if level_zero.normalizer is not None:
+        raise ValueError(f"rc.HyperOptimizer: level 0 {level_zero!r} normalises the model's gradient, which reads "
+                         "every shard; under fully_shard, clip with the model's tools before step() instead")
+    if level_zero.needs_loss_graph or level_zero.needs_closure:
+        raise ValueError(f"rc.HyperOptimizer: level 0 {level_zero!r} evaluates the loss again in its step, which "
+                         "is not supported on sharded (fully_shard) parameters")
+    if type(hypergradient_loss) is not TrainingLoss:
+        raise ValueError(f"rc.HyperOptimizer: hypergradient_loss={hypergradient_loss!r} differentiates another loss "
+                         "through the model, which is not supported on sharded (fully_shard) parameters")

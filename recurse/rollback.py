@@ -57,8 +57,11 @@ class Rollback:
     ``floor``: for a loss whose minimum is 0, losses below it never count
     as growth (near 0 a loss can jump by orders of magnitude without
     diverging). A divergence after ``max_rollbacks`` rollbacks raises
-    FloatingPointError. Works with any optimizer that has ``param_groups``
-    and ``state_dict``/``load_state_dict``: rc.HyperOptimizer,
+    FloatingPointError. Under DDP, or an rc.HyperOptimizer over FSDP2
+    shards, each rank observes the loss of its share of the batch and the
+    decision is taken on their mean, on every rank alike. Works with any
+    optimizer that has ``param_groups`` and
+    ``state_dict``/``load_state_dict``: rc.HyperOptimizer,
     rc.graph.GraphOptimizer, torch.optim's. The snapshot holds a copy of
     the model's and the optimizer's state on their device; ``observe``
     reads the loss to the host (on a GPU, one synchronisation per call).
@@ -104,6 +107,7 @@ class Rollback:
         self._healthy: list[float] = []  # the healthy losses since the last snapshot (or unhealthy one)
         self._unhealthy_in_a_row = 0
         self._skipped_so_far = _skipped_steps(optimizer)
+        self._group = _data_parallel_group(model, optimizer)
         self._snapshot = self._take()
 
     def observe(self, loss: Tensor | float) -> bool:
@@ -117,6 +121,8 @@ class Rollback:
         else:
             raise TypeError(f"rc.Rollback.observe: the loss must be a scalar tensor or a number, got "
                             f"{type(loss).__name__}")
+        if self._group is not None:  # (each rank saw its share of the batch: decide on the mean, together)
+            value = _mean_over(self._group, value)
         self.observations += 1
         skipped_so_far = _skipped_steps(self.optimizer)
         skipped, self._skipped_so_far = skipped_so_far > self._skipped_so_far, skipped_so_far
@@ -177,3 +183,26 @@ class Rollback:
 
 def _skipped_steps(optimizer: Any) -> int:
     return getattr(optimizer, "nonfinite_steps", 0)
+
+
+def _data_parallel_group(model: torch.nn.Module, optimizer: Any):
+    """The process group whose ranks train one model on shares of a batch
+    (DDP's, or the mesh of an rc.HyperOptimizer over FSDP2 shards); None
+    outside torch.distributed data parallelism."""
+    sharding = getattr(optimizer, "_sharding", None)
+    if sharding is not None:
+        return sharding.group
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return model.process_group
+    return None
+
+
+def _mean_over(group, value: float) -> float:
+    """The mean of each rank's ``value`` over ``group``: the loss of the whole
+    batch where each rank took an equal share."""
+    import torch.distributed as dist
+
+    device = "cuda" if dist.get_backend(group) == "nccl" else "cpu"
+    total = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
+    return total.item() / dist.get_world_size(group)

@@ -38,21 +38,28 @@ def tower():
     return rc.stack(rc.Adam(1e-2), rc.SGD(1e-3, normalize="rms"), rc.SGD(1e-3, normalize="rms"))
 
 
-def online_run(rank=0, world=1):
+def online_run(rank=0, world=1, rollback=False):
+    """A DDP MLP under a depth-2 tower (``rollback``: a tower that diverges,
+    under rc.Rollback, which decides on the mean of the ranks' losses)."""
     net = model()
     trained = torch.nn.parallel.DistributedDataParallel(net) if world > 1 else net
-    opt = rc.HyperOptimizer(trained.parameters(), tower())
+    opt = (rc.HyperOptimizer(trained.parameters(), rc.stack(rc.SGD(3.0), rc.SGD(0.01, normalize="rms")),
+                             first_step_limit=None) if rollback else rc.HyperOptimizer(trained.parameters(), tower()))
+    watch = rc.Rollback(trained, opt, every=5, threshold=2.0, patience=1) if rollback else None
     inputs, targets = batch()
     share = slice(rank * 64 // world, (rank + 1) * 64 // world)
     start = time.perf_counter()
     for _ in range(STEPS):
         opt.zero_grad()
-        torch.nn.functional.mse_loss(trained(inputs[share]), targets[share]).backward()
+        loss = torch.nn.functional.mse_loss(trained(inputs[share]), targets[share])
+        loss.backward()
         opt.step()
+        if watch is not None:
+            watch.observe(loss)
     seconds = (time.perf_counter() - start) / STEPS
     rc.distributed.check_in_sync(opt)
     return {"params": [p.detach().clone() for p in net.parameters()], "hyper": opt.hyperparameters(),
-            "seconds_per_step": seconds}
+            "seconds_per_step": seconds, "events": None if watch is None else watch.events}
 
 
 def meta_run(rank=0, world=1, learned=False):
@@ -93,7 +100,8 @@ def main():
     if mode == "drift":
         result = drift_run(rank, world)
     else:
-        result = online_run(rank, world) if mode == "online" else meta_run(rank, world, learned=mode == "meta_lstm")
+        result = (online_run(rank, world, mode == "rollback") if mode in ("online", "rollback")
+                  else meta_run(rank, world, learned=mode == "meta_lstm"))
     torch.save(result, out / f"rank{rank}.pt")
     dist.barrier()  # no rank tears gloo down while another still talks to it
     dist.destroy_process_group()

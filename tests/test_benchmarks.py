@@ -150,3 +150,10 @@ def test_the_drop_in_benchmark_times_every_row_against_its_group_s_torch_optim(c
     assert "amsgrad" in groups and "second head used alternate steps" in groups
     assert all(ms > 0 for _, _, ms, _ in rows)
     assert "| amsgrad | torch.optim Adam(amsgrad=True) |" in capsys.readouterr().out
+
+
+def test_the_fsdp_benchmark_times_every_row_against_torch_optim_on_the_same_shards(capsys):
+    load("fsdp").main(["--steps", "2", "--rounds", "1", "--hidden", "16"])
+    out = capsys.readouterr().out
+    assert "| torch.optim.Adam | " in out and "| 1.00x |" in out
+    assert "| recurse default tower (AdamW lr learned, depth 1) |" in out and "| depth-2 SGD tower |" in out

@@ -2,43 +2,37 @@
 a DDP model under a depth-2 tower, and MetaTrainer data-parallel over tasks,
 both equal to one process on the whole batch."""
 
-import importlib.util
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 import recurse as rc
+import torchrun
 
 JOB = Path(__file__).parent / "distributed_job.py"
 
 
 def load_job():
-    spec = importlib.util.spec_from_file_location("distributed_job", JOB)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return torchrun.load_job(JOB)
 
 
 def run_two_ranks(mode, out):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-               "--master_port", str(port), str(JOB), mode, str(out)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONFAULTHANDLER": "1"})  # a crash prints every thread's stack
-    assert done.returncode == 0, done.stderr[-3000:]
-    return [torch.load(out / f"rank{rank}.pt") for rank in range(2)]
+    return torchrun.run_two_ranks(JOB, mode, out)
 
 
-def test_a_tower_on_a_ddp_model_equals_one_process_on_the_whole_batch(tmp_path):
-    ranks = run_two_ranks("online", tmp_path)
-    single = load_job().online_run()
+@pytest.mark.parametrize("mode", ["online", "rollback"])
+def test_a_tower_on_a_ddp_model_equals_one_process_on_the_whole_batch(tmp_path, mode):
+    """Under rc.Rollback too: the ranks roll back together, on the mean of their losses."""
+    ranks = run_two_ranks(mode, tmp_path)
+    single = load_job().online_run(rollback=mode == "rollback")
+    if mode == "rollback":
+        assert len(single["events"]) >= 1
+        for rank in ranks:
+            assert [event["observation"] for event in rank["events"]] == [
+                event["observation"] for event in single["events"]]
+            assert [event["loss"] for event in rank["events"]] == pytest.approx(
+                [event["loss"] for event in single["events"]], rel=1e-10)  # (the whole batch's loss)
     for rank in ranks:
         for mine, reference in zip(rank["params"], single["params"]):
             torch.testing.assert_close(mine, reference, rtol=1e-10, atol=1e-12)

@@ -1,0 +1,142 @@
+"""Runs under torchrun (gloo, CPU) for tests/test_fsdp.py.
+
+    torchrun --nproc_per_node 2 tests/fsdp_job.py MODE OUT
+
+Each rank trains its shard of an MLP under ``fully_shard`` (FSDP2) on its
+half of one fixed batch, and saves what it ended with (every parameter
+gathered with ``full_tensor()``, every hyperparameter) to OUT/rank<r>.pt.
+``run`` with no mesh gives the single-process reference on the whole batch.
+Modes: sgd (a depth-2 SGD tower), default (rc.HyperOptimizer's default
+tower), rollback (a tower that diverges, under rc.Rollback), save and
+resume (the default tower checkpointed at step STEPS // 2 and resumed in
+fresh processes), and refusals (the bad shardings, each's error).
+"""
+
+import faulthandler
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+import recurse as rc
+
+STEPS = 30
+
+
+def batch():
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(64, 5, generator=generator, dtype=torch.float64)
+    return inputs, inputs[:, :1].sin() + 0.1 * torch.randn(64, 1, generator=generator, dtype=torch.float64)
+
+
+def model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 7), torch.nn.Tanh(),
+                               torch.nn.Linear(7, 1)).double()
+
+
+def make_optimizer(mode, params):
+    if mode == "sgd":
+        return rc.HyperOptimizer(params, rc.stack(rc.SGD(0.1), rc.SGD(0.01, normalize="rms"),
+                                                  rc.SGD(0.01, normalize="rms")))
+    if mode in ("default", "save", "resume"):
+        return rc.HyperOptimizer(params)
+    return rc.HyperOptimizer(params, rc.stack(rc.SGD(3.0), rc.SGD(0.01, normalize="rms")))  # (rollback: diverges)
+
+
+def sharded_model(world):
+    net = model()
+    if world > 1:
+        from torch.distributed.fsdp import fully_shard
+
+        for layer in net[::2]:
+            fully_shard(layer)
+        fully_shard(net)
+    return net
+
+
+def run(mode, rank=0, world=1, out=None):
+    """Train STEPS steps (``resume``: load OUT's checkpoint of step STEPS // 2
+    first and train the rest; ``save``: train STEPS // 2 steps and save it)."""
+    net = sharded_model(world)
+    opt = make_optimizer(mode, net.parameters())
+    rollback = rc.Rollback(net, opt, every=5, threshold=2.0, patience=1) if mode == "rollback" else None
+    inputs, targets = batch()
+    share = slice(rank * 64 // world, (rank + 1) * 64 // world)
+    steps = STEPS
+    if mode in ("save", "resume"):
+        import torch.distributed.checkpoint as dcp
+
+        steps = STEPS // 2
+        if mode == "resume":
+            model_state = net.state_dict()
+            dcp.load(model_state, checkpoint_id=out / "model")
+            net.load_state_dict(model_state)
+            opt.load_state_dict(torch.load(out / f"optimizer{rank}.pt"))
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(net(inputs[share]), targets[share])
+        loss.backward()
+        opt.step()
+        if rollback is not None:
+            rollback.observe(loss)
+    if mode == "save":
+        dcp.save(net.state_dict(), checkpoint_id=out / "model")  # (the model's shards, as FSDP2 users save them)
+        torch.save(opt.state_dict(), out / f"optimizer{rank}.pt")  # (each rank's shard of level 0's state)
+    params = [p.full_tensor() if hasattr(p, "full_tensor") else p for p in net.parameters()]
+    rc.distributed.check_in_sync(opt)
+    return {"params": [p.detach().clone() for p in params], "hyper": opt.hyperparameters(),
+            "raws": [level.optimizer.raw.clone() for level in opt.levels], "nonfinite_steps": opt.nonfinite_steps,
+            "rollbacks": None if rollback is None else rollback.rollbacks,
+            "events": None if rollback is None else rollback.events}
+
+
+def refusals(rank, world):
+    """The error each bad sharding gets (its message; None where none was raised)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    def message(build):
+        try:
+            build()
+        except (ValueError, RuntimeError) as error:
+            return str(error)
+        return None
+
+    errors = {}
+    partly = model()
+    fully_shard(partly[0])  # (the rest of the model stays plain tensors)
+    errors["mixed"] = message(lambda: rc.HyperOptimizer(partly.parameters()))
+    hybrid = model()
+    fully_shard(hybrid, mesh=init_device_mesh("cpu", (1, world), mesh_dim_names=("replicate", "shard")))
+    errors["hsdp"] = message(lambda: rc.HyperOptimizer(hybrid.parameters()))
+    sharded = model()
+    fully_shard(sharded)
+    errors["normalised"] = message(lambda: rc.HyperOptimizer(
+        sharded.parameters(), rc.SGD(0.1, normalize="rms", hyper=rc.SGD(0.01, normalize="rms"))))
+    errors["held_out"] = message(lambda: rc.HyperOptimizer(
+        sharded.parameters(), hypergradient_loss=rc.estimators.HeldOut(lambda: sharded(batch()[0]).sum())))
+    dist.destroy_process_group()
+    errors["uninitialised"] = message(lambda: rc.HyperOptimizer(sharded.parameters()))
+    return errors
+
+
+def main():
+    faulthandler.enable(all_threads=True)
+    mode, out = sys.argv[1], Path(sys.argv[2])
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    result = refusals(rank, world) if mode == "refusals" else run(mode, rank, world, out)
+    torch.save(result, out / f"rank{rank}.pt")
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # (as tests/distributed_job.py: gloo's threads are not torn down in finalisation)
+
+
+if __name__ == "__main__":
+    main()

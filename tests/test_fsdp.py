@@ -1,0 +1,68 @@
+"""Towers over FSDP2 shards (fully_shard; gloo, 2 CPU processes on
+loopback): each rank steps its shard, the hypergradients are summed over
+the mesh, and the run equals one process on the whole batch."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import torchrun
+
+JOB = Path(__file__).parent / "fsdp_job.py"
+
+
+def assert_equals_one_process(ranks, single):
+    for rank in ranks:
+        for mine, reference in zip(rank["params"], single["params"]):
+            torch.testing.assert_close(mine, reference, rtol=1e-10, atol=1e-10)
+        for mine, reference in zip(rank["raws"], single["raws"]):
+            torch.testing.assert_close(mine, reference, rtol=1e-10, atol=1e-10)
+    assert all(torch.equal(a, b) for a, b in zip(ranks[0]["raws"], ranks[1]["raws"]))  # bit for bit across ranks
+    assert ranks[0]["hyper"] == ranks[1]["hyper"]
+
+
+@pytest.mark.parametrize("mode", ["sgd", "default"])
+def test_a_tower_on_fully_sharded_parameters_equals_one_process_on_the_whole_batch(tmp_path, mode):
+    """A depth-2 SGD tower, and the default tower (AdamW learning its lr,
+    with the first-step limit), 30 steps in float64."""
+    ranks = torchrun.run_two_ranks(JOB, mode, tmp_path)
+    single = torchrun.load_job(JOB).run(mode)
+    assert_equals_one_process(ranks, single)
+    assert single["hyper"]["0.lr"] != (0.1 if mode == "sgd" else 1e-3)  # (it learned)
+
+
+def test_rollback_on_fully_sharded_parameters_decides_on_the_whole_batch(tmp_path):
+    """A tower that diverges under rc.Rollback: the ranks roll back together,
+    where one process on the whole batch does, to the same end."""
+    ranks = torchrun.run_two_ranks(JOB, "rollback", tmp_path)
+    single = torchrun.load_job(JOB).run("rollback")
+    assert single["rollbacks"] >= 1
+    for rank in ranks:
+        assert [(event["observation"], event["lr"]) for event in rank["events"]] == [
+            (event["observation"], event["lr"]) for event in single["events"]]
+        assert [event["loss"] for event in rank["events"]] == pytest.approx(
+            [event["loss"] for event in single["events"]], rel=1e-10)  # (the whole batch's loss)
+    assert_equals_one_process(ranks, single)
+
+
+def test_a_sharded_run_resumed_in_fresh_processes_continues_bit_for_bit(tmp_path):
+    """Saved at step 15 (the model's shards with torch.distributed.checkpoint,
+    each rank's optimizer state beside them), loaded by new processes."""
+    (tmp_path / "whole").mkdir()
+    whole = torchrun.run_two_ranks(JOB, "default", tmp_path / "whole")
+    torchrun.run_two_ranks(JOB, "save", tmp_path)
+    resumed = torchrun.run_two_ranks(JOB, "resume", tmp_path)
+    for mine, reference in zip(resumed, whole):
+        assert all(torch.equal(a, b) for a, b in zip(mine["params"], reference["params"]))
+        assert all(torch.equal(a, b) for a, b in zip(mine["raws"], reference["raws"]))
+
+
+def test_bad_shardings_get_a_clear_error_naming_them(tmp_path):
+    for errors in torchrun.run_two_ranks(JOB, "refusals", tmp_path):
+        assert "parameters 0, 1 are DTensors (sharded, on DeviceMesh((2,)" in errors["mixed"]
+        assert "but parameters 2, 3, 4, 5 are plain tensors" in errors["mixed"]
+        assert "sharded on the 2-dimensional mesh DeviceMesh((replicate=1, shard=2)" in errors["hsdp"]
+        assert "normalises the model's gradient, which reads every shard" in errors["normalised"]
+        assert "hypergradient_loss=HeldOut(every=1) differentiates another loss" in errors["held_out"]
+        assert "no torch.distributed process group is initialised" in errors["uninitialised"]
