@@ -7,9 +7,10 @@ Each rank holds one shard of every parameter and trains on its part of each
 batch of sklearn's digits. rc.HyperOptimizer steps each rank's shards in
 place and sums each hypergradient over the ranks (one all-reduce of a few
 numbers a step), so the learned learning rate is the same everywhere
-(checked at the end). With --out, the run is saved as FSDP2 users save one:
-the model's shards through torch.distributed.checkpoint, and each rank's
-optimizer state beside them.
+(checked at the end). With --out, the run is saved through
+torch.distributed.checkpoint: the model's shards, and the optimizer's state
+sharded as the model (rc.distributed.save_optimizer; load_optimizer resumes
+it, on these ranks or on another number of them).
 """
 
 import argparse
@@ -31,6 +32,8 @@ def main(argv=None):
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     device = torch.device("cuda", rank % torch.cuda.device_count()) if torch.cuda.is_available() else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # (fully_shard's mesh and the hypergradient's all-reduce use this rank's GPU)
 
     data = rc.problems.Digits(device=device)
     model = data.model(hidden=64, seed=0)
@@ -48,7 +51,7 @@ def main(argv=None):
     rc.distributed.check_in_sync(opt)  # raises if any hyperparameter differs across ranks
     if args.out is not None:
         dcp.save(model.state_dict(), checkpoint_id=args.out / "model")
-        torch.save(opt.state_dict(), args.out / f"optimizer-rank{rank}.pt")
+        rc.distributed.save_optimizer(opt, args.out / "optimizer")
     valid_loss = data.valid_loss(model)  # (every rank: the forward gathers the shards)
     if rank == 0:
         print(f"{world} process(es), fully_shard: lr {opt.hyperparameters()['0.lr']:.4f}, "

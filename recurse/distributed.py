@@ -12,6 +12,9 @@ data-parallel over tasks. Nothing here replaces PyTorch's own engine.
   meta-gradients are summed over ranks, which is the meta-gradient of the sum
   over all tasks, and the roll-back decision for a non-finite meta-step is
   taken jointly.
+- Checkpoints through torch.distributed.checkpoint: :func:`save_optimizer`
+  and :func:`load_optimizer` (see :mod:`recurse.dcp`), FSDP2 shards
+  included.
 """
 
 from __future__ import annotations
@@ -19,6 +22,10 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+from recurse.dcp import load_optimizer, save_optimizer
+
+__all__ = ["is_active", "total", "all_ranks_agree", "check_in_sync", "save_optimizer", "load_optimizer"]
 
 
 def is_active() -> bool:

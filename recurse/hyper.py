@@ -804,6 +804,7 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
             ],
             "history": self._history,
             "param_groups": [group.entries() for group in self.param_groups],
+            "param_shapes": [list(param.shape) for param in self._handles],  # (whole, where sharded)
             "param_group_start_lrs": [group.start_lr for group in self.param_groups],
             "horizon": repr(self.horizon),
             "horizon_memory": self._horizon_memory,
@@ -821,6 +822,18 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
         if saved_groups is not None and len(saved_groups) != len(self.param_groups):
             raise ValueError(f"rc.HyperOptimizer.load_state_dict: the checkpoint has {len(saved_groups)} param "
                              f"groups, this optimizer has {len(self.param_groups)}")
+        saved_shapes = state_dict.get("param_shapes")  # (absent from checkpoints of before 2026-12)
+        if saved_shapes is not None:
+            shapes = [list(param.shape) for param in self._handles]
+            if len(saved_shapes) != len(shapes):
+                raise ValueError(f"rc.HyperOptimizer.load_state_dict: the checkpoint holds state for "
+                                 f"{len(saved_shapes)} parameters, this optimizer has {len(shapes)}; build it over "
+                                 "the same parameters")
+            for index, (saved_shape, shape) in enumerate(zip(saved_shapes, shapes)):
+                if list(saved_shape) != shape:
+                    raise ValueError(f"rc.HyperOptimizer.load_state_dict: parameter {index} has shape {tuple(shape)} "
+                                     f"here but {tuple(saved_shape)} in the checkpoint; build it over the same "
+                                     "parameters")
         if len(saved_levels) != len(self.levels):
             raise ValueError(
                 f"rc.HyperOptimizer.load_state_dict: the checkpoint has {len(saved_levels)} levels, "

@@ -74,7 +74,7 @@ def run(mode, rank=0, world=1, out=None):
             model_state = net.state_dict()
             dcp.load(model_state, checkpoint_id=out / "model")
             net.load_state_dict(model_state)
-            opt.load_state_dict(torch.load(out / f"optimizer{rank}.pt"))
+            rc.distributed.load_optimizer(opt, out / "optimizer")
     for _ in range(steps):
         opt.zero_grad()
         loss = torch.nn.functional.mse_loss(net(inputs[share]), targets[share])
@@ -84,7 +84,7 @@ def run(mode, rank=0, world=1, out=None):
             rollback.observe(loss)
     if mode == "save":
         dcp.save(net.state_dict(), checkpoint_id=out / "model")  # (the model's shards, as FSDP2 users save them)
-        torch.save(opt.state_dict(), out / f"optimizer{rank}.pt")  # (each rank's shard of level 0's state)
+        rc.distributed.save_optimizer(opt, out / "optimizer")  # (level 0's state as DTensors, sharded as the model)
     params = [p.full_tensor() if hasattr(p, "full_tensor") else p for p in net.parameters()]
     rc.distributed.check_in_sync(opt)
     return {"params": [p.detach().clone() for p in params], "hyper": opt.hyperparameters(),

@@ -98,4 +98,5 @@ def test_fsdp_learns_its_lr_on_sharded_parameters_and_saves_the_run(tmp_path):
     lr, valid_loss = map(float, re.search(r"2 process\(es\), fully_shard: lr ([\d.]+), validation loss ([\d.]+)",
                                           out).groups())
     assert lr > 2e-3 and valid_loss < 0.5  # (from the default lr 1e-3; the untrained network's loss is 2.3)
-    assert {path.name for path in tmp_path.iterdir()} == {"model", "optimizer-rank0.pt", "optimizer-rank1.pt"}
+    assert {path.name for path in tmp_path.iterdir()} == {"model", "optimizer"}
+    assert len(list((tmp_path / "optimizer").glob("*.distcp"))) == 2  # (each rank wrote its shards)

@@ -56,6 +56,10 @@ def test_a_sharded_run_resumed_in_fresh_processes_continues_bit_for_bit(tmp_path
     for mine, reference in zip(resumed, whole):
         assert all(torch.equal(a, b) for a, b in zip(mine["params"], reference["params"]))
         assert all(torch.equal(a, b) for a, b in zip(mine["raws"], reference["raws"]))
+    # Level 0's state was saved as DTensors sharded as the model: it loads on one rank too (resharded by
+    # torch.distributed.checkpoint), and that rank, on the whole batch, ends where the two did.
+    (one,) = torchrun.run_two_ranks(JOB, "resume", tmp_path, ranks=1)
+    assert_equals_one_process(whole, one)
 
 
 def test_bad_shardings_get_a_clear_error_naming_them(tmp_path):
