@@ -63,8 +63,8 @@ class Sharding:
         mesh = params[0].device_mesh
         for index, param in enumerate(params):
             if param.device_mesh != mesh:
-                raise ValueError(f"{owner}: parameter {index} is sharded on {param.device_mesh} but parameter 0 on "
-                                 f"{mesh}; every parameter must be sharded on one mesh")
+                raise ValueError(f"{owner}: parameter {index} is sharded on {_named(param.device_mesh)} but parameter "
+                                 f"0 on {_named(mesh)}; every parameter must be sharded on one mesh")
         if not dist.is_initialized():
             raise RuntimeError(f"{owner}: the parameters are DTensors on {mesh} but no torch.distributed process "
                                "group is initialised; call torch.distributed.init_process_group first")
@@ -103,6 +103,10 @@ class Sharding:
         value = torch.tensor([int(flag)], device=self.device)
         dist.all_reduce(value, op=dist.ReduceOp.MIN, group=self.group)
         return bool(value.item())
+
+
+def _named(mesh) -> str:
+    return f"{mesh} (ranks {mesh.mesh.tolist()})"
 
 
 def _listed(indices: list[int]) -> str:

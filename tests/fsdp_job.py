@@ -7,7 +7,7 @@ half of one fixed batch, and saves what it ended with (every parameter
 gathered with ``full_tensor()``, every hyperparameter) to OUT/rank<r>.pt.
 ``run`` with no mesh gives the single-process reference on the whole batch.
 Modes: sgd (a depth-2 SGD tower), default (rc.HyperOptimizer's default
-tower), rollback (a tower that diverges, under rc.Rollback), save and
+tower), rollback (an Adam tower that diverges, under rc.Rollback), save and
 resume (the default tower checkpointed at step STEPS // 2 and resumed in
 fresh processes), and refusals (the bad shardings, each's error).
 """
@@ -43,7 +43,9 @@ def make_optimizer(mode, params):
                                                   rc.SGD(0.01, normalize="rms")))
     if mode in ("default", "save", "resume"):
         return rc.HyperOptimizer(params)
-    return rc.HyperOptimizer(params, rc.stack(rc.SGD(3.0), rc.SGD(0.01, normalize="rms")))  # (rollback: diverges)
+    # (rollback: Adam learning its lr from 1.0, which the loss cannot take)
+    return rc.HyperOptimizer(params, rc.stack(rc.Adam(1.0, learn="lr"), rc.SGD(0.01, normalize="rms")),
+                             first_step_limit=None)
 
 
 def sharded_model(world):
@@ -109,6 +111,12 @@ def refusals(rank, world):
     partly = model()
     fully_shard(partly[0])  # (the rest of the model stays plain tensors)
     errors["mixed"] = message(lambda: rc.HyperOptimizer(partly.parameters()))
+    from torch.distributed.device_mesh import DeviceMesh
+
+    two_meshes = model()
+    fully_shard(two_meshes[2], mesh=DeviceMesh("cpu", list(reversed(range(world)))))  # (the ranks in reverse)
+    fully_shard(two_meshes)
+    errors["meshes"] = message(lambda: rc.HyperOptimizer(two_meshes.parameters()))
     hybrid = model()
     fully_shard(hybrid, mesh=init_device_mesh("cpu", (1, world), mesh_dim_names=("replicate", "shard")))
     errors["hsdp"] = message(lambda: rc.HyperOptimizer(hybrid.parameters()))
