@@ -10,6 +10,7 @@ from recurse.baselines import compare
 from recurse.hyper import HyperOptimizer
 from recurse.learned import LSTMOptimizer
 from recurse.meta import MetaTrainer
+from recurse.param_group import per_tensor
 from recurse.optim import SGD, Adagrad, Adam, AdamW, Hyperparameter, Newton, Optimizer, PerGroup, RMSprop, Rprop, VSGD
 from recurse.rollback import Rollback
 from recurse.tower import stack, tower
@@ -43,6 +44,7 @@ __all__ = [
     "exact",
     "graph",
     "model_objective",
+    "per_tensor",
     "stack",
     "baselines",
     "checkpoint",

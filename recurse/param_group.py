@@ -26,9 +26,11 @@ Adam names them), and what a write does depends on the knob:
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, Iterable
 
-from recurse.optim.base import Optimizer
+from torch import Tensor
+
+from recurse.optim.base import Optimizer, described
 
 _BETAS = ("beta1", "beta2")
 
@@ -186,3 +188,39 @@ def _restored(entries: dict[str, Any], attributes: dict[str, Any]) -> ParamGroup
     dict.update(group, entries)
     group.__dict__.update(attributes)
     return group
+
+
+def per_tensor(params: Iterable[Any]) -> list[dict[str, Any]]:
+    """One param group per parameter tensor, so that each tensor learns its
+    own values of level 0's learned knobs (``"group<i>.lr"`` among
+    ``hyperparameters()``, ``i`` the tensor's place) and a scheduler may
+    give each its own factor, as for any param groups.
+
+    ``params`` as torch.optim takes them: tensors, ``named_parameters()``
+    (each group keeps its tensor's name in ``param_names``, as torch.optim
+    keeps names), or param groups (each split into one group per tensor,
+    every one with the group's other entries).
+
+    >>> opt = rc.HyperOptimizer(rc.per_tensor(model.parameters()))
+    >>> loss.backward(); opt.step(); opt.zero_grad()
+    >>> len(opt.param_groups), [name for name in opt.learned_hyperparameters() if name.endswith(".lr")]
+    (2, ['0.group0.lr', '0.group1.lr'])
+    """
+    if isinstance(params, Tensor):
+        raise TypeError("rc.per_tensor: params must be an iterable of tensors, got a single tensor")
+    entries = list(params)
+    if not entries:
+        raise ValueError("rc.per_tensor: got an empty parameter list")
+    groups = entries if all(isinstance(entry, dict) for entry in entries) else [{"params": entries}]
+    split = []
+    for index, group in enumerate(groups):
+        if not isinstance(group, dict) or "params" not in group:
+            raise TypeError(f"rc.per_tensor: params must be tensors, (name, tensor) pairs or param groups (dicts "
+                            f"with 'params'), got {described(group)} at position {index}")
+        members = group["params"]
+        members = [members] if isinstance(members, Tensor) else list(members)
+        options = {key: value for key, value in group.items() if key not in ("params", "param_names")}
+        names = group.get("param_names")
+        split.extend({"params": [member], **options, **({} if names is None else {"param_names": [names[place]]})}
+                     for place, member in enumerate(members))
+    return split

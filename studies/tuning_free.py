@@ -163,6 +163,7 @@ DESIGNS = {
     "held-out 15%, every 4 steps": _held_out_design(0.15, 4),
     "no first step limit": lambda lr: lambda params: rc.HyperOptimizer(params, rc.defaults.tower(lr),
                                                                        first_step_limit=None),
+    "per-tensor lr": lambda lr: lambda params: rc.HyperOptimizer(rc.per_tensor(params), rc.defaults.tower(lr)),
     "Rprop top": lambda lr: lambda params: rc.HyperOptimizer(params, rc.stack(
         rc.AdamW(lr, learn="lr"), rc.Rprop())),
     "Adam level, Rprop top": lambda lr: lambda params: rc.HyperOptimizer(params, rc.stack(

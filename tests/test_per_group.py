@@ -142,3 +142,59 @@ def test_groups_whose_closed_forms_save_what_they_need_keep_no_inputs_and_resume
     run(resumed_params, resumed, 3)
     assert resumed.hyperparameters() == opt.hyperparameters()
     assert all(torch.equal(a, b) for a, b in zip(resumed_params, params))
+
+
+def per_tensor_run(steps, opt=None, model=None, start=0):
+    """A small MLP whose every tensor learns its own lr (the default tower)."""
+    if model is None:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.Tanh(), torch.nn.Linear(6, 2)).double()
+    opt = opt or rc.HyperOptimizer(rc.per_tensor(model.named_parameters()))
+    inputs, targets = data()
+    for _ in range(start, start + steps):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(inputs), targets).backward()
+        opt.step()
+    return model, opt
+
+
+def test_per_tensor_groups_each_learn_their_own_lr_and_resume_bit_for_bit():
+    model, opt = per_tensor_run(20)
+    assert [group["param_names"] for group in opt.param_groups] == [["0.weight"], ["0.bias"], ["2.weight"],
+                                                                    ["2.bias"]]
+    lrs = [opt.hyperparameters()[f"0.group{index}.lr"] for index in range(4)]
+    assert len(set(lrs)) == 4 and all(lr != 1e-3 for lr in lrs)  # (each moved, each its own way)
+    saved_model, saved = per_tensor_run(10)
+    resumed_model = torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.Tanh(), torch.nn.Linear(6, 2)).double()
+    resumed_model.load_state_dict(saved_model.state_dict())
+    resumed = rc.HyperOptimizer(rc.per_tensor(resumed_model.named_parameters()))
+    resumed.load_state_dict(saved.state_dict())
+    per_tensor_run(10, resumed, resumed_model, start=10)
+    assert resumed.hyperparameters() == opt.hyperparameters()
+    assert all(torch.equal(a, b) for a, b in zip(resumed_model.parameters(), model.parameters()))
+
+
+def test_a_scheduler_scales_each_tensor_s_learned_lr_by_its_own_factor():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.Tanh(), torch.nn.Linear(6, 2)).double()
+    opt = rc.HyperOptimizer(rc.per_tensor([{"params": model[0].parameters()},
+                                           {"params": model[2].parameters(), "weight_decay": 0.0}]))
+    assert [group["weight_decay"] for group in opt.param_groups] == [0.01, 0.01, 0.0, 0.0]
+    factors = [1.0, 0.5, 0.25, 0.0]
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, [lambda step, f=f: f for f in factors])
+    frozen = model[2].bias.detach().clone()
+    per_tensor_run(5, opt, model)
+    schedule.step()
+    learned = [opt.hyperparameters()[f"0.group{index}.lr"] for index in range(4)]
+    assert opt.group_lrs() == pytest.approx([lr * f for lr, f in zip(learned, factors)], rel=1e-12)
+    assert torch.equal(model[2].bias, frozen)  # (a factor of 0 from the first step: that tensor never moved)
+
+
+@pytest.mark.parametrize("params, error, message", [
+    (torch.zeros(2, requires_grad=True), TypeError, "params must be an iterable of tensors, got a single tensor"),
+    ([], ValueError, "got an empty parameter list"),
+    ([{"lr": 0.1}], TypeError, r"param groups \(dicts with 'params'\), got builtins.dict at position 0"),
+])
+def test_per_tensor_refuses_what_is_not_parameters(params, error, message):
+    with pytest.raises(error, match=message):
+        rc.per_tensor(params)

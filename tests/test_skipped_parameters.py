@@ -133,11 +133,13 @@ def tower(name, depth, groups=False):
 def params_of(model, groups):
     if not groups:
         return model.parameters()
+    if groups == "per-tensor":  # (each tensor its own learned values)
+        return rc.per_tensor(model.parameters())
     return [{"params": list(model.trunk.parameters()) + list(model.branch.parameters())},
             {"params": model.head.parameters()}]
 
 
-@pytest.mark.parametrize("groups", [False, True], ids=["one-group", "two-groups"])
+@pytest.mark.parametrize("groups", [False, True, "per-tensor"], ids=["one-group", "two-groups", "per-tensor"])
 @pytest.mark.parametrize("last", [6, 7, 8], ids=["branch-skipped-before", "branch-skipped-now", "branch-in-both"])
 @pytest.mark.parametrize("name", ["sgd-momentum", "adam", "rmsprop-centered-momentum"])
 def test_a_skipped_parameter_contributes_nothing_and_the_hypergradient_is_exact(name, last, groups):
