@@ -3,8 +3,8 @@ torch.optim.Adam on the same sharded model, in one run.
 
     python benchmarks/fsdp.py [--steps 40] [--rounds 5] [--hidden 512]
 
-Launches itself under ``torchrun`` with 2 processes (gloo on CPU, nccl on
-GPU). Every method trains its own copy of one MLP, sharded over both ranks,
+Launches itself under ``torchrun`` with 2 processes (nccl on two GPUs
+where there are two, else gloo on the CPU). Every method trains its own copy of one MLP, sharded over both ranks,
 on each rank's half of one global batch; the methods take turns, ``steps``
 steps each per round, and each row is the median over rounds of the time
 per step. recurse steps each rank's local shards (see recurse.sharding),
@@ -38,9 +38,10 @@ METHODS = {
 def worker(steps: int, rounds: int, hidden: int, batch: int) -> None:
     from torch.distributed.fsdp import fully_shard
 
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    on_gpus = torch.cuda.device_count() >= 2  # (nccl needs a GPU per rank; with fewer, both ranks use the CPU)
+    dist.init_process_group("nccl" if on_gpus else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
-    device = torch.device("cuda", rank % torch.cuda.device_count()) if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device("cuda", rank) if on_gpus else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))

@@ -15,13 +15,17 @@ tensors. :func:`load_optimizer` reads the skeleton
 first, allocates each slot, lets DCP fill them, and hands the result to
 ``load_state_dict``.
 
-Where the parameters are FSDP2 shards (see :mod:`recurse.sharding`), each
-of level 0's per-parameter tensors (a list that holds, in order, one tensor
+Level 0's per-parameter tensors (a list that holds, in order, one tensor
 shaped like each parameter's shard: Adam's moments, the saved product, the
-horizon's tangents) is saved as a DTensor sharded as its parameter, so that
-DCP writes each rank's shard once. Level 0's other tensors are saved per
-rank (and load only on as many ranks); the levels above, identical on every
-rank, once.
+horizon's tangents) are saved whole: where the parameters are FSDP2 shards
+(see :mod:`recurse.sharding`), as DTensors sharded as their parameters, so
+that each rank writes its shards and DCP reshards them on load. Such a
+checkpoint loads on any number of ranks, sharded or not. Where the
+parameters are sharded, level 0's other tensors (its state under several
+param groups, or a rule whose state is not one tensor per parameter) are
+saved per rank, and then load only on as many sharded ranks (refused
+otherwise, on every rank alike). The levels above, identical on every
+rank, are saved once.
 """
 
 from __future__ import annotations
@@ -67,29 +71,33 @@ def load_optimizer(optimizer, checkpoint_id) -> None:
     """
     import torch.distributed.checkpoint as dcp
 
+    # (Every rank takes the same collectives in the same order: each decision below reads rank 0's skeleton.)
     layout = _layout(optimizer)
     skeleton = _skeleton(checkpoint_id, 0)
-    if layout.rank != 0 and any(slot["kind"] == RANK_LOCAL for slot in skeleton["slots"].values()):
+    per_rank = sorted({name for name, slot in skeleton["slots"].items() if slot["kind"] == RANK_LOCAL})
+    if per_rank:
+        if (skeleton["world"], skeleton["sharded"]) != (layout.world, layout.sharded):
+            raise ValueError(f"rc.distributed.load_optimizer: {checkpoint_id} was saved on {skeleton['world']} "
+                             f"{'sharded' if skeleton['sharded'] else 'unsharded'} rank(s), and level 0's state "
+                             f"holds per-rank tensors ({len(per_rank)}: several param groups, or a rule whose state "
+                             f"is not one tensor per parameter); load it on {skeleton['world']} "
+                             f"{'sharded' if skeleton['sharded'] else 'unsharded'} rank(s), not {layout.world} "
+                             f"{'sharded' if layout.sharded else 'unsharded'}")
         skeleton = _skeleton(checkpoint_id, layout.rank)
     tensors = {name: _allocate(slot, layout) for name, slot in skeleton["slots"].items()}
     dcp.load({"tensors": tensors}, checkpoint_id=checkpoint_id)
-    optimizer.load_state_dict(_join(skeleton["tree"], {name: _local(value) for name, value in tensors.items()}))
+    state = _join(skeleton["tree"], {name: _local(value) for name, value in tensors.items()})
+    state["shard_shapes"] = layout.shard_shapes()  # (DCP resharded level 0's per-parameter state to this layout)
+    optimizer.load_state_dict(state)
 
 
 def _skeleton(checkpoint_id, rank: int) -> dict:
-    """The skeleton rank ``rank`` saved (rank 0's serves every rank where no
-    slot is rank-local: then the shards load on any number of ranks)."""
+    """The skeleton rank ``rank`` saved."""
     import torch.distributed.checkpoint as dcp
 
     key = f"skeleton-rank{rank}"
     holder: dict[str, Any] = {key: ""}
-    try:
-        dcp.load(holder, checkpoint_id=checkpoint_id)
-    except Exception as error:  # (DCP raises its CheckpointException, listing each rank's error)
-        if key not in str(error):
-            raise
-        raise ValueError(f"rc.distributed.load_optimizer: {checkpoint_id} holds no state for rank {rank}; level "
-                         "0's state there is per rank: load it on as many ranks as saved it") from None
+    dcp.load(holder, checkpoint_id=checkpoint_id)
     return json.loads(holder[key])
 
 
@@ -98,16 +106,20 @@ class _Layout:
     where sharded) beside the shapes of the shards the engine steps."""
 
     def __init__(self, optimizer) -> None:
-        sharding = getattr(optimizer, "_sharding", None)
-        self.sharded = sharding is not None
-        self.rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        self.sharded = getattr(optimizer, "_sharding", None) is not None
+        distributed = torch.distributed.is_initialized()
+        self.rank = torch.distributed.get_rank() if distributed else 0
+        self.world = torch.distributed.get_world_size() if distributed else 1
         self.params = list(optimizer._handles)  # (DTensors where sharded)
-        self.local_shapes = [tuple(local.shape) for local in optimizer._params] if self.sharded else []
+        self.local_shapes = [tuple(local.shape) for local in optimizer._params]  # (whole where not sharded)
         self.device = optimizer._params[0].device
+
+    def shard_shapes(self) -> list[list[int]] | None:
+        return [list(shape) for shape in self.local_shapes] if self.sharded else None
 
     def aligned(self, items) -> bool:
         """Whether ``items`` holds one tensor (or None) per parameter, each shaped as its shard."""
-        return (self.sharded and isinstance(items, (list, tuple)) and len(items) == len(self.local_shapes)
+        return (isinstance(items, (list, tuple)) and len(items) == len(self.local_shapes)
                 and any(isinstance(item, Tensor) for item in items)
                 and all(item is None or (isinstance(item, Tensor) and tuple(item.shape) == shape)
                         for item, shape in zip(items, self.local_shapes)))
@@ -130,9 +142,10 @@ def _split(state: dict, layout: _Layout) -> tuple[dict, dict[str, Tensor]]:
         if kind == SHARD:
             handle = layout.params[param]
             description.update(param=param, shape=list(handle.shape))  # (the whole tensor's: DCP reshards)
-            tensor = torch.distributed.tensor.DTensor.from_local(tensor.detach(), handle.device_mesh, handle.placements,
-                                                                 shape=handle.shape, stride=handle.stride(),
-                                                                 run_check=False)
+            if layout.sharded:
+                tensor = torch.distributed.tensor.DTensor.from_local(
+                    tensor.detach(), handle.device_mesh, handle.placements, shape=handle.shape,
+                    stride=handle.stride(), run_check=False)
         slots[name] = description
         tensors[name] = tensor.detach()
         return {"slot": name}
@@ -140,7 +153,7 @@ def _split(state: dict, layout: _Layout) -> tuple[dict, dict[str, Tensor]]:
     def encode(value: Any, local: bool) -> Any:
         if isinstance(value, Tensor):
             return slot(value, RANK_LOCAL if local and layout.sharded else SHARED)
-        if layout.sharded and local and layout.aligned(value):
+        if local and layout.aligned(value):
             return {"list" if isinstance(value, list) else "tuple": [
                 None if item is None else slot(item, SHARD, index) for index, item in enumerate(value)]}
         if isinstance(value, dict):
@@ -157,7 +170,7 @@ def _split(state: dict, layout: _Layout) -> tuple[dict, dict[str, Tensor]]:
     levels = [{"dict": [[{"value": key}, encode(value, key != "raw")] for key, value in level_zero.items()]},
               *(encode(level, False) for level in above)]
     tree["dict"].append([{"value": "levels"}, {"list": levels}])
-    return {"tree": tree, "slots": slots}, tensors
+    return {"tree": tree, "slots": slots, "world": layout.world, "sharded": layout.sharded}, tensors
 
 
 def _allocate(slot: dict, layout: _Layout) -> Tensor:

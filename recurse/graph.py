@@ -532,6 +532,9 @@ class GraphOptimizer(CopiesWhole, torch.optim.Optimizer):
             self.optimizers[name] = HyperOptimizer(params, tower_of(graph, name), **options)
         self._needs_loss = [name for name, opt in self.optimizers.items() if opt.levels[0].optimizer.needs_loss_graph]
         for name, opt in self.optimizers.items():
+            if opt._sharding is not None:  # (the graph's step reads the parameters' .grad, which shards hide)
+                raise ValueError(f"rc.graph.GraphOptimizer: node {name!r} steps sharded (fully_shard) parameters; "
+                                 "give each node an rc.HyperOptimizer of its own")
             if opt.levels[0].optimizer.needs_closure:
                 raise ValueError(f"rc.graph.GraphOptimizer: node {name!r} ({opt.levels[0].optimizer!r}) evaluates the "
                                  "loss again at other points, which a graph's step does not offer; give it an "

@@ -443,6 +443,10 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
 
     _step_with_hooks = torch.optim.Optimizer.profile_hook_step(_step)
 
+    def _shard_shapes(self) -> list[list[int]] | None:
+        """This rank's shapes of the parameters' shards (None: not sharded)."""
+        return None if self._sharding is None else [list(param.shape) for param in self._params]
+
     def _all_finite(self, tensors: list[Tensor]) -> bool:
         """Whether every value is finite (on every rank's shard, where sharded)."""
         finite = self._finite(tensors)
@@ -680,7 +684,7 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
         present = {index for index, grad in enumerate(grads) if grad is not None}
         if len(present) < len(grads):
             missing = min(set(range(len(grads))) - present)
-            shape = tuple(self._params[missing].shape)
+            shape = tuple(self._handles[missing].shape)
             if not optimizer.skips_parameters():
                 raise RuntimeError(f"rc.HyperOptimizer.step: parameter {missing} (shape {shape}) has no .grad, and "
                                    f"{optimizer!r} steps every parameter at every step (it declares no "
@@ -805,6 +809,7 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
             "history": self._history,
             "param_groups": [group.entries() for group in self.param_groups],
             "param_shapes": [list(param.shape) for param in self._handles],  # (whole, where sharded)
+            "shard_shapes": self._shard_shapes(),
             "param_group_start_lrs": [group.start_lr for group in self.param_groups],
             "horizon": repr(self.horizon),
             "horizon_memory": self._horizon_memory,
@@ -834,6 +839,14 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
                     raise ValueError(f"rc.HyperOptimizer.load_state_dict: parameter {index} has shape {tuple(shape)} "
                                      f"here but {tuple(saved_shape)} in the checkpoint; build it over the same "
                                      "parameters")
+        saved_shards = state_dict.get("shard_shapes", self._shard_shapes() if saved_shapes is None else None)
+        if saved_shards != self._shard_shapes():
+            def described_layout(shapes):
+                return "unsharded" if shapes is None else f"sharded (this rank's shards {[tuple(s) for s in shapes]})"
+            raise ValueError(f"rc.HyperOptimizer.load_state_dict: the checkpoint was taken with the parameters "
+                             f"{described_layout(saved_shards)}, here they are "
+                             f"{described_layout(self._shard_shapes())}; a state dict loads under the same "
+                             "sharding only (rc.distributed.save_optimizer and load_optimizer reshard)")
         if len(saved_levels) != len(self.levels):
             raise ValueError(
                 f"rc.HyperOptimizer.load_state_dict: the checkpoint has {len(saved_levels)} levels, "

@@ -187,14 +187,17 @@ def _skipped_steps(optimizer: Any) -> int:
 
 def _data_parallel_group(model: torch.nn.Module, optimizer: Any):
     """The process group whose ranks train one model on shares of a batch
-    (DDP's, or the mesh of an rc.HyperOptimizer over FSDP2 shards); None
-    outside torch.distributed data parallelism."""
+    (DDP's, or the mesh of a model's FSDP2 shards); None outside
+    torch.distributed data parallelism (and for a DDP model's ``.module``,
+    which does not say it is one)."""
     sharding = getattr(optimizer, "_sharding", None)
     if sharding is not None:
         return sharding.group
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):
         return model.process_group
-    return None
+    mesh = next((param.device_mesh for param in model.parameters() if hasattr(param, "device_mesh")), None)
+    # (a torch.optim optimizer over FSDP2 shards; a 2-D mesh, HSDP, is not one group: left to the caller)
+    return None if mesh is None or mesh.ndim != 1 else mesh.get_group(0)
 
 
 def _mean_over(group, value: float) -> float:

@@ -37,12 +37,18 @@ def model():
                                torch.nn.Linear(7, 1)).double()
 
 
-def make_optimizer(mode, params):
-    if mode == "sgd":
+def make_optimizer(tower, params):
+    if tower == "sgd":
         return rc.HyperOptimizer(params, rc.stack(rc.SGD(0.1), rc.SGD(0.01, normalize="rms"),
                                                   rc.SGD(0.01, normalize="rms")))
-    if mode in ("default", "save", "resume"):
+    if tower in ("default", "guard"):
         return rc.HyperOptimizer(params)
+    if tower == "per_tensor":  # (several groups: level 0's state is per group, saved per rank)
+        return rc.HyperOptimizer(rc.per_tensor(params))
+    if tower == "tied":
+        return rc.HyperOptimizer(params, rc.tower(rc.SGD(0.05), depth=2, tie=True))
+    if tower == "limit":  # (the first-step limit lowers SGD's lr 50 by a factor it measures over all shards)
+        return rc.HyperOptimizer(params, rc.stack(rc.SGD(50.0), rc.SGD(0.01, normalize="rms")))
     # (rollback: Adam learning its lr from 1.0, which the loss cannot take)
     return rc.HyperOptimizer(params, rc.stack(rc.Adam(1.0, learn="lr"), rc.SGD(0.01, normalize="rms")),
                              first_step_limit=None)
@@ -60,31 +66,39 @@ def sharded_model(world):
 
 
 def run(mode, rank=0, world=1, out=None):
-    """Train STEPS steps (``resume``: load OUT's checkpoint of step STEPS // 2
-    first and train the rest; ``save``: train STEPS // 2 steps and save it)."""
+    """Train STEPS steps of the tower ``mode`` names ("<tower>", or
+    "resume:<tower>": load OUT's checkpoint of step STEPS // 2 first and
+    train the rest; "save:<tower>": train STEPS // 2 steps and save it).
+    Under "guard" one gradient entry is made infinite at step 0 (on rank 1's
+    shard: row 8 of the first weight), which the guard must skip everywhere."""
+    action, _, tower = mode.rpartition(":")
     net = sharded_model(world)
-    opt = make_optimizer(mode, net.parameters())
-    rollback = rc.Rollback(net, opt, every=5, threshold=2.0, patience=1) if mode == "rollback" else None
+    opt = make_optimizer(tower, net.parameters())
+    rollback = rc.Rollback(net, opt, every=5, threshold=2.0, patience=1) if tower == "rollback" else None
     inputs, targets = batch()
     share = slice(rank * 64 // world, (rank + 1) * 64 // world)
     steps = STEPS
-    if mode in ("save", "resume"):
+    if action:
         import torch.distributed.checkpoint as dcp
 
         steps = STEPS // 2
-        if mode == "resume":
+        if action == "resume":
             model_state = net.state_dict()
             dcp.load(model_state, checkpoint_id=out / "model")
             net.load_state_dict(model_state)
             rc.distributed.load_optimizer(opt, out / "optimizer")
-    for _ in range(steps):
+    for step in range(steps):
         opt.zero_grad()
         loss = torch.nn.functional.mse_loss(net(inputs[share]), targets[share])
         loss.backward()
+        if tower == "guard" and step == 0 and rank == world - 1:
+            weight = net[0].weight.grad
+            local = weight.to_local() if hasattr(weight, "to_local") else weight[8:]
+            local[0, 0] = float("inf")
         opt.step()
         if rollback is not None:
             rollback.observe(loss)
-    if mode == "save":
+    if action == "save":
         dcp.save(net.state_dict(), checkpoint_id=out / "model")  # (the model's shards, as FSDP2 users save them)
         rc.distributed.save_optimizer(opt, out / "optimizer")  # (level 0's state as DTensors, sharded as the model)
     params = [p.full_tensor() if hasattr(p, "full_tensor") else p for p in net.parameters()]
@@ -126,6 +140,15 @@ def refusals(rank, world):
         sharded.parameters(), rc.SGD(0.1, normalize="rms", hyper=rc.SGD(0.01, normalize="rms"))))
     errors["held_out"] = message(lambda: rc.HyperOptimizer(
         sharded.parameters(), hypergradient_loss=rc.estimators.HeldOut(lambda: sharded(batch()[0]).sum())))
+    errors["newton"] = message(lambda: rc.HyperOptimizer(sharded.parameters(), rc.Newton()))
+    errors["vsgd"] = message(lambda: rc.HyperOptimizer(sharded.parameters(), rc.VSGD()))
+    errors["graph"] = message(lambda: rc.graph.GraphOptimizer(rc.graph.build(
+        groups={"w": sharded.parameters()}, optimizers={"adam": rc.Adam(1e-3)}, steps={"adam": "w"})))
+    from torch.distributed.tensor import Replicate, distribute_tensor
+
+    replicated = [torch.nn.Parameter(distribute_tensor(torch.zeros(4, dtype=torch.float64), sharded[0].weight.device_mesh,
+                                                       [Replicate()]))]
+    errors["replicate"] = message(lambda: rc.HyperOptimizer(replicated))
     dist.destroy_process_group()
     errors["uninitialised"] = message(lambda: rc.HyperOptimizer(sharded.parameters()))
     return errors

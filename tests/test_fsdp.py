@@ -22,14 +22,21 @@ def assert_equals_one_process(ranks, single):
     assert ranks[0]["hyper"] == ranks[1]["hyper"]
 
 
-@pytest.mark.parametrize("mode", ["sgd", "default"])
+@pytest.mark.parametrize("mode", ["sgd", "default", "per_tensor", "tied", "limit", "guard"])
 def test_a_tower_on_fully_sharded_parameters_equals_one_process_on_the_whole_batch(tmp_path, mode):
-    """A depth-2 SGD tower, and the default tower (AdamW learning its lr,
-    with the first-step limit), 30 steps in float64."""
+    """30 steps in float64 of: a depth-2 SGD tower; the default tower (AdamW
+    learning its lr); the same with one lr per tensor; a tied tower; SGD at
+    lr 50, which the first-step limit lowers by a factor measured over all
+    shards; and the default tower with an infinite gradient entry on one
+    rank's shard at the first step (where no hypergradient carries it to the
+    other rank), which every rank skips."""
     ranks = torchrun.run_two_ranks(JOB, mode, tmp_path)
     single = torchrun.load_job(JOB).run(mode)
     assert_equals_one_process(ranks, single)
-    assert single["hyper"]["0.lr"] != (0.1 if mode == "sgd" else 1e-3)  # (it learned)
+    assert [rank["nonfinite_steps"] for rank in ranks] == [single["nonfinite_steps"]] * 2
+    assert single["nonfinite_steps"] == (1 if mode == "guard" else 0)
+    learned = [value for name, value in single["hyper"].items() if name.startswith("0.") and name.endswith("lr")]
+    assert learned and all(lr not in (0.1, 1e-3, 0.05, 50.0) for lr in learned)  # (it learned)
 
 
 def test_rollback_on_fully_sharded_parameters_decides_on_the_whole_batch(tmp_path):
@@ -47,20 +54,28 @@ def test_rollback_on_fully_sharded_parameters_decides_on_the_whole_batch(tmp_pat
     assert_equals_one_process(ranks, single)
 
 
-def test_a_sharded_run_resumed_in_fresh_processes_continues_bit_for_bit(tmp_path):
+@pytest.mark.parametrize("tower", ["default", "per_tensor", "tied"])
+def test_a_sharded_run_resumed_in_fresh_processes_continues_bit_for_bit(tmp_path, tower):
     """Saved at step 15 (the model's shards with torch.distributed.checkpoint,
-    each rank's optimizer state beside them), loaded by new processes."""
+    the optimizer with rc.distributed.save_optimizer), loaded by new processes.
+    The default tower's level 0 holds one tensor per parameter, saved as
+    DTensors sharded as the model: it loads on one unsharded rank too
+    (resharded), which ends where the two did. Several param groups hold
+    level 0's state per rank: that is refused on one rank, naming why."""
     (tmp_path / "whole").mkdir()
-    whole = torchrun.run_two_ranks(JOB, "default", tmp_path / "whole")
-    torchrun.run_two_ranks(JOB, "save", tmp_path)
-    resumed = torchrun.run_two_ranks(JOB, "resume", tmp_path)
+    whole = torchrun.run_two_ranks(JOB, tower, tmp_path / "whole")
+    torchrun.run_two_ranks(JOB, f"save:{tower}", tmp_path)
+    resumed = torchrun.run_two_ranks(JOB, f"resume:{tower}", tmp_path)
     for mine, reference in zip(resumed, whole):
         assert all(torch.equal(a, b) for a, b in zip(mine["params"], reference["params"]))
         assert all(torch.equal(a, b) for a, b in zip(mine["raws"], reference["raws"]))
-    # Level 0's state was saved as DTensors sharded as the model: it loads on one rank too (resharded by
-    # torch.distributed.checkpoint), and that rank, on the whole batch, ends where the two did.
-    (one,) = torchrun.run_two_ranks(JOB, "resume", tmp_path, ranks=1)
-    assert_equals_one_process(whole, one)
+    if tower == "default":
+        (one,) = torchrun.run_two_ranks(JOB, f"resume:{tower}", tmp_path, ranks=1)
+        assert_equals_one_process(whole, one)
+    elif tower == "per_tensor":
+        with pytest.raises(AssertionError, match=r"was saved on 2 sharded rank\(s\), and level 0's state holds "
+                                                 r"per-rank tensors .* not 1 unsharded"):
+            torchrun.run_two_ranks(JOB, f"resume:{tower}", tmp_path, ranks=1)
 
 
 def test_bad_shardings_get_a_clear_error_naming_them(tmp_path):
@@ -73,3 +88,7 @@ def test_bad_shardings_get_a_clear_error_naming_them(tmp_path):
         assert "normalises the model's gradient, which reads every shard" in errors["normalised"]
         assert "hypergradient_loss=HeldOut(every=1) differentiates another loss" in errors["held_out"]
         assert "no torch.distributed process group is initialised" in errors["uninitialised"]
+        assert "rc.Newton(lr=1, damping=0) evaluates the loss again in its step" in errors["newton"]
+        assert "rc.VSGD(lr=1) evaluates the loss again in its step" in errors["vsgd"]
+        assert "node 'adam' steps sharded (fully_shard) parameters" in errors["graph"]
+        assert "parameter 0 has placements (Replicate(),)" in errors["replicate"]
