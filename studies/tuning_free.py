@@ -164,6 +164,10 @@ DESIGNS = {
     "no first step limit": lambda lr: lambda params: rc.HyperOptimizer(params, rc.defaults.tower(lr),
                                                                        first_step_limit=None),
     "per-tensor lr": lambda lr: lambda params: rc.HyperOptimizer(rc.per_tensor(params), rc.defaults.tower(lr)),
+    "per-tensor lr, decayed horizon 0.99": lambda lr: lambda params: rc.HyperOptimizer(
+        rc.per_tensor(params), rc.defaults.tower(lr), horizon=rc.estimators.Decayed(0.99)),
+    "per-tensor lr, Adam level 0.1": lambda lr: lambda params: rc.HyperOptimizer(rc.per_tensor(params), rc.stack(
+        rc.AdamW(lr, learn="lr"), rc.Adam(0.1))),
     "Rprop top": lambda lr: lambda params: rc.HyperOptimizer(params, rc.stack(
         rc.AdamW(lr, learn="lr"), rc.Rprop())),
     "Adam level, Rprop top": lambda lr: lambda params: rc.HyperOptimizer(params, rc.stack(

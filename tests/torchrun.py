@@ -4,6 +4,7 @@ reference."""
 
 import importlib.util
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -26,7 +27,15 @@ def run_two_ranks(job: Path, mode: str, out: Path, ranks: int = 2) -> list:
         port = probe.getsockname()[1]
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_addr", "127.0.0.1",
                "--master_port", str(port), str(job), mode, str(out)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONFAULTHANDLER": "1"})  # a crash prints every thread's stack
-    assert done.returncode == 0, done.stderr[-3000:]
+    # (its own session: where the ranks hang in a collective, the timeout kills them with torchrun)
+    job_process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   start_new_session=True,
+                                   env={**os.environ, "PYTHONFAULTHANDLER": "1"})  # a crash prints every thread's stack
+    try:
+        _, stderr = job_process.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(job_process.pid, signal.SIGKILL)
+        job_process.communicate()
+        raise AssertionError(f"{job.name} {mode} did not finish in 300 s (the ranks hang?)") from None
+    assert job_process.returncode == 0, stderr[-3000:]
     return [torch.load(out / f"rank{rank}.pt") for rank in range(ranks)]
