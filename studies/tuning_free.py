@@ -122,6 +122,71 @@ def hold_out(task, fraction, batch, seed):
     return stream()
 
 
+class SecantVSGD(rc.Optimizer):
+    """A top level with no number to choose, after vSGD (the essay's tuning-free
+    method): per coordinate, the rate (hbar / vhbar) (gbar^2 / vbar) of
+    rc.VSGD, its curvature the secant along this level's last step,
+    h = |g_t - g_(t-1)| / |theta_t - theta_(t-1)| (a level above the model
+    has no loss to evaluate again), with rc.VSGD's slow start (C = 2, n0 =
+    10) and adaptive memory. Its first step, with no curvature yet, is a
+    probe of ``probe`` (1% of the lr, in log lr) against the hypergradient.
+    A candidate measured here, not part of the library: the hypergradients
+    of consecutive steps come from different batches, their difference is
+    mostly noise, and the rate it gives overshoots (docs/results.md)."""
+
+    hyperparameter_specs = (rc.Hyperparameter("lr", rc.constraints.positive),)
+
+    def __init__(self, probe=0.01, slow_start=2.0, initial_samples=10, **options):
+        options["learn"] = ()
+        super().__init__(lr=1.0, **options)
+        self.probe, self.slow_start, self.initial_samples = probe, slow_start, initial_samples
+
+    def init(self, params):
+        return {"step": 0, "last": None}
+
+    def update_depends_on_params(self):
+        return False
+
+    def update(self, params, grads, state, hyper, *, closure=None):
+        new_params, last = [], []
+        for index, (param, grad) in enumerate(zip(params, grads)):
+            grad = grad.detach()
+            before = None if state["last"] is None else state["last"][index]
+            if before is None:  # the probe
+                step, statistics = -self.probe * grad.sign(), None
+            else:
+                moved = before["step"].abs()
+                curvature = torch.where(moved > 0, (grad - before["grad"]).abs() / moved.clamp_min(1e-300), 0.0)
+                statistics = self._averaged(grad, curvature, before["statistics"])
+                signal = _share(statistics["gbar"] ** 2, statistics["vbar"])
+                statistics["tau"] = (1 - signal) * statistics["tau"] + 1
+                step = -_share(statistics["hbar"], statistics["vhbar"]) * signal * grad
+            new_params.append(param.detach() + step)
+            last.append({"grad": grad, "step": step, "statistics": statistics})
+        return new_params, {"step": state["step"] + 1, "last": last}
+
+    def _averaged(self, grad, curvature, old):
+        if old is None:  # slow start: this sample stands for initial_samples of them, variances overestimated
+            return {"gbar": grad, "vbar": self.slow_start * grad ** 2, "hbar": curvature,
+                    "vhbar": self.slow_start * curvature ** 2,
+                    "tau": torch.full_like(grad, float(self.initial_samples))}
+        keep = 1 - 1 / old["tau"]
+        return {"gbar": keep * old["gbar"] + grad / old["tau"], "vbar": keep * old["vbar"] + grad ** 2 / old["tau"],
+                "hbar": keep * old["hbar"] + curvature / old["tau"],
+                "vhbar": keep * old["vhbar"] + curvature ** 2 / old["tau"], "tau": old["tau"]}
+
+
+def _spread(values):
+    """The standard deviation over seeds (NaN where a run ended non-finite: statistics.stdev fails on it)."""
+    if len(values) < 2:
+        return 0.0
+    return statistics.stdev(values) if all(map(math.isfinite, values)) else math.nan
+
+
+def _share(numerator, denominator):
+    return torch.where(denominator > 0, numerator / denominator.clamp_min(1e-300), 0.0)
+
+
 def _held_out_design(fraction, every):
     """The recommended tower, its level-0 hypergradient taken on a held-out ``fraction`` of the training set
     every ``every`` steps (rc.estimators.HeldOut); the model trains on the rest."""
@@ -168,6 +233,8 @@ DESIGNS = {
         rc.per_tensor(params), rc.defaults.tower(lr), horizon=rc.estimators.Decayed(0.99)),
     "per-tensor lr, Adam level 0.1": lambda lr: lambda params: rc.HyperOptimizer(rc.per_tensor(params), rc.stack(
         rc.AdamW(lr, learn="lr"), rc.Adam(0.1))),
+    "vSGD top (secant)": lambda lr: lambda params: rc.HyperOptimizer(params, rc.stack(
+        rc.AdamW(lr, learn="lr"), SecantVSGD())),
     "Rprop top": lambda lr: lambda params: rc.HyperOptimizer(params, rc.stack(
         rc.AdamW(lr, learn="lr"), rc.Rprop())),
     "Adam level, Rprop top": lambda lr: lambda params: rc.HyperOptimizer(params, rc.stack(
@@ -288,7 +355,7 @@ def main(argv=None):
             finals = [curve[-1][1] for curve, _, _ in runs]
             loss = statistics.fmean(finals)
             results.append({"task": name, "method": method, "valid_loss": loss,
-                            "valid_loss_std": statistics.stdev(finals) if len(finals) > 1 else 0.0,
+                            "valid_loss_std": _spread(finals),
                             "over_best_trial": loss / reference, "best_trial": reference,
                             "over_best_rerun": loss / rerun, "best_rerun": rerun,
                             "seconds_per_step": statistics.fmean(seconds for _, seconds, _ in runs)})
