@@ -76,19 +76,21 @@ def load_optimizer(optimizer, checkpoint_id) -> None:
     skeleton = _skeleton(checkpoint_id, 0)
     per_rank = sorted({name for name, slot in skeleton["slots"].items() if slot["kind"] == RANK_LOCAL})
     if per_rank:
-        if (skeleton["world"], skeleton["sharded"]) != (layout.world, layout.sharded):
-            raise ValueError(f"rc.distributed.load_optimizer: {checkpoint_id} was saved on {skeleton['world']} "
-                             f"{'sharded' if skeleton['sharded'] else 'unsharded'} rank(s), and level 0's state "
-                             f"holds per-rank tensors ({len(per_rank)}: several param groups, or a rule whose state "
-                             f"is not one tensor per parameter); load it on {skeleton['world']} "
-                             f"{'sharded' if skeleton['sharded'] else 'unsharded'} rank(s), not {layout.world} "
-                             f"{'sharded' if layout.sharded else 'unsharded'}")
+        saved, here = _ranks(skeleton["world"], skeleton["sharded"]), _ranks(layout.world, layout.sharded)
+        if saved != here:
+            raise ValueError(f"rc.distributed.load_optimizer: {checkpoint_id} was saved on {saved}, and level 0's "
+                             f"state holds per-rank tensors ({len(per_rank)}: several param groups, or a rule whose "
+                             f"state is not one tensor per parameter); load it on {saved}, not {here}")
         skeleton = _skeleton(checkpoint_id, layout.rank)
     tensors = {name: _allocate(slot, layout) for name, slot in skeleton["slots"].items()}
     dcp.load({"tensors": tensors}, checkpoint_id=checkpoint_id)
     state = _join(skeleton["tree"], {name: _local(value) for name, value in tensors.items()})
-    state["shard_shapes"] = layout.shard_shapes()  # (DCP resharded level 0's per-parameter state to this layout)
+    state["shard_shapes"] = optimizer._shard_shapes()  # (DCP resharded level 0's per-parameter state to this layout)
     optimizer.load_state_dict(state)
+
+
+def _ranks(world: int, sharded: bool) -> str:
+    return f"{world} {'sharded' if sharded else 'unsharded'} rank(s)"
 
 
 def _skeleton(checkpoint_id, rank: int) -> dict:
@@ -113,9 +115,6 @@ class _Layout:
         self.params = list(optimizer._handles)  # (DTensors where sharded)
         self.local_shapes = [tuple(local.shape) for local in optimizer._params]  # (whole where not sharded)
         self.device = optimizer._params[0].device
-
-    def shard_shapes(self) -> list[list[int]] | None:
-        return [list(shape) for shape in self.local_shapes] if self.sharded else None
 
     def aligned(self, items) -> bool:
         """Whether ``items`` holds one tensor (or None) per parameter, each shaped as its shard."""
@@ -164,12 +163,14 @@ def _split(state: dict, layout: _Layout) -> tuple[dict, dict[str, Tensor]]:
             return {"value": value}
         raise TypeError(f"rc.distributed.save_optimizer: cannot save a {type(value).__name__} in the state dict")
 
-    tree = {"dict": [[{"value": key}, encode(value, key == "horizon_memory")] for key, value in state.items()
-                     if key != "levels"]}
+    def encode_entries(entries: dict, local_keys) -> dict:
+        return {"dict": [[{"value": key}, encode(value, key in local_keys)] for key, value in entries.items()]}
+
     level_zero, *above = state["levels"]  # (level 0's learned values, its raw, are the same on every rank)
-    levels = [{"dict": [[{"value": key}, encode(value, key != "raw")] for key, value in level_zero.items()]},
-              *(encode(level, False) for level in above)]
-    tree["dict"].append([{"value": "levels"}, {"list": levels}])
+    levels = {"list": [encode_entries(level_zero, set(level_zero) - {"raw"}),
+                       *(encode(level, False) for level in above)]}
+    tree = encode_entries({key: value for key, value in state.items() if key != "levels"}, {"horizon_memory"})
+    tree["dict"].append([{"value": "levels"}, levels])
     return {"tree": tree, "slots": slots, "world": layout.world, "sharded": layout.sharded}, tensors
 
 
@@ -178,17 +179,17 @@ def _allocate(slot: dict, layout: _Layout) -> Tensor:
     DTensor sharded as the parameter, or whole where the parameters are not
     sharded here (a run sharded over N ranks resumes on one)."""
     dtype = getattr(torch, slot["dtype"])
-    if slot["kind"] != SHARD:
-        return torch.empty(slot["shape"], dtype=dtype, device=layout.device)
-    param = layout.params[slot["param"]] if slot["param"] < len(layout.params) else None
-    if param is None or list(param.shape) != slot["shape"]:
-        found = "no such parameter" if param is None else f"shape {tuple(param.shape)}"
-        raise ValueError(f"rc.distributed.load_optimizer: the checkpoint holds state of shape {tuple(slot['shape'])} "
-                         f"for parameter {slot['param']}, which has {found} here; build the same model")
-    if not layout.sharded:
-        return torch.empty(slot["shape"], dtype=dtype, device=layout.device)
-    return torch.distributed.tensor.empty(slot["shape"], dtype=dtype, device_mesh=param.device_mesh,
-                                          placements=param.placements)
+    if slot["kind"] == SHARD:
+        param = layout.params[slot["param"]] if slot["param"] < len(layout.params) else None
+        if param is None or list(param.shape) != slot["shape"]:
+            found = "no such parameter" if param is None else f"shape {tuple(param.shape)}"
+            raise ValueError(f"rc.distributed.load_optimizer: the checkpoint holds state of shape "
+                             f"{tuple(slot['shape'])} for parameter {slot['param']}, which has {found} here; build "
+                             "the same model")
+        if layout.sharded:
+            return torch.distributed.tensor.empty(slot["shape"], dtype=dtype, device_mesh=param.device_mesh,
+                                                  placements=param.placements)
+    return torch.empty(slot["shape"], dtype=dtype, device=layout.device)
 
 
 def _local(tensor: Tensor) -> Tensor:

@@ -37,29 +37,38 @@ def is_active() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def total(tensor: Tensor) -> Tensor:
-    """The sum of ``tensor`` over all ranks (a copy; itself when not distributed).
+def collective_device(group=None) -> torch.device:
+    """Where ``group``'s collectives take tensors: this rank's GPU under
+    nccl, the CPU under gloo (whatever device the values live on)."""
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def total(tensor: Tensor, group=None) -> Tensor:
+    """The sum of ``tensor`` over the ranks of ``group`` (all by default): a
+    copy on ``tensor``'s device; itself when not distributed.
 
     >>> rc.distributed.total(torch.tensor([1.0, 2.0]))   # one process: the tensor itself
     tensor([1., 2.])
     """
     if not is_active():
         return tensor
-    summed = tensor.detach().clone()
-    dist.all_reduce(summed, op=dist.ReduceOp.SUM)
-    return summed
+    summed = tensor.detach().to(collective_device(group), copy=True)
+    dist.all_reduce(summed, op=dist.ReduceOp.SUM, group=group)
+    return summed.to(tensor.device)
 
 
-def all_ranks_agree(flag: bool, device) -> bool:
-    """True only if ``flag`` is true on every rank.
+def all_ranks_agree(flag: bool, device=None, group=None) -> bool:
+    """True only if ``flag`` is true on every rank of ``group`` (all by default).
 
     >>> rc.distributed.all_ranks_agree(True, "cpu")      # one process: the flag itself
     True
     """
     if not is_active():
         return flag
-    value = torch.tensor([1 if flag else 0], device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    value = torch.tensor([1 if flag else 0], device=collective_device(group) if device is None else device)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN, group=group)
     return bool(value.item())
 
 
@@ -80,8 +89,7 @@ def check_in_sync(optimizer, *, tolerance: float = 0.0) -> None:
     labels = [(level, position, name) for level, opt in enumerate(optimizers)
               for position, name in enumerate(opt.raw_labels())]
     mine = torch.cat([opt.raw.detach().reshape(-1).to(torch.float64) for opt in optimizers])
-    if dist.get_backend() == "nccl":
-        mine = mine.cuda()
+    mine = mine.to(collective_device())
     gathered = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, mine)
     stacked = torch.stack(gathered).cpu()

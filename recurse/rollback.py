@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from recurse import distributed
 from recurse.optim.base import finite_float
 
 log = logging.getLogger("recurse")
@@ -203,9 +204,5 @@ def _data_parallel_group(model: torch.nn.Module, optimizer: Any):
 def _mean_over(group, value: float) -> float:
     """The mean of each rank's ``value`` over ``group``: the loss of the whole
     batch where each rank took an equal share."""
-    import torch.distributed as dist
-
-    device = "cuda" if dist.get_backend(group) == "nccl" else "cpu"
-    total = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
-    return total.item() / dist.get_world_size(group)
+    summed = distributed.total(torch.tensor([value], dtype=torch.float64), group)
+    return summed.item() / torch.distributed.get_world_size(group)

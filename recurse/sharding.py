@@ -31,6 +31,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from recurse import distributed
+
 
 def _dtensor_class():
     try:
@@ -47,10 +49,6 @@ class Sharding:
     def __init__(self, mesh) -> None:
         self.mesh = mesh
         self.group = mesh.get_group(0)
-        # (nccl reduces CUDA tensors on this rank's GPU, gloo CPU ones; the values may live elsewhere,
-        # the raws of the levels above on the CPU under FSDP2's CPUOffloadPolicy)
-        self.device = (torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(self.group) == "nccl"
-                       else torch.device("cpu"))
 
     @classmethod
     def of(cls, params: Sequence[Tensor], owner: str) -> Sharding | None:
@@ -98,16 +96,13 @@ class Sharding:
 
     def total(self, value: Tensor | list[float]) -> Tensor | list[float]:
         """The sum of ``value`` over the ranks (a new tensor, or new floats)."""
-        summed = (torch.tensor(value, dtype=torch.float64, device=self.device) if isinstance(value, list)
-                  else value.detach().to(self.device, copy=True))
-        dist.all_reduce(summed, op=dist.ReduceOp.SUM, group=self.group)
-        return summed.tolist() if isinstance(value, list) else summed.to(value.device)
+        if isinstance(value, list):  # (a host level's floats)
+            return distributed.total(torch.tensor(value, dtype=torch.float64), self.group).tolist()
+        return distributed.total(value, self.group)
 
     def all_agree(self, flag: bool) -> bool:
         """True only where ``flag`` is true on every rank."""
-        value = torch.tensor([int(flag)], device=self.device)
-        dist.all_reduce(value, op=dist.ReduceOp.MIN, group=self.group)
-        return bool(value.item())
+        return distributed.all_ranks_agree(flag, group=self.group)
 
 
 def _named(mesh) -> str:

@@ -52,6 +52,7 @@ import torch
 
 import recurse as rc
 from recurse.baselines import OPTIMIZERS, run_search
+from recurse.optim.vsgd import _ratio as ratio  # (x / y, 0 where y is: vSGD's statistics)
 from recurse.problems.supervised import split
 from recurse.reporting import progress, publish, saved_figure, study_folder, study_parser
 
@@ -139,7 +140,9 @@ class SecantVSGD(rc.Optimizer):
     def __init__(self, probe=0.01, slow_start=2.0, initial_samples=10, **options):
         options["learn"] = ()
         super().__init__(lr=1.0, **options)
-        self.probe, self.slow_start, self.initial_samples = probe, slow_start, initial_samples
+        self.probe = probe
+        # (rc.VSGD's running averages, slow start and memory, its curvature given: no closure is called)
+        self.averages = rc.VSGD(slow_start=slow_start, initial_samples=initial_samples, outlier_level=None)
 
     def init(self, params):
         return {"step": 0, "last": None}
@@ -155,25 +158,14 @@ class SecantVSGD(rc.Optimizer):
             if before is None:  # the probe
                 step, statistics = -self.probe * grad.sign(), None
             else:
-                moved = before["step"].abs()
-                curvature = torch.where(moved > 0, (grad - before["grad"]).abs() / moved.clamp_min(1e-300), 0.0)
-                statistics = self._averaged(grad, curvature, before["statistics"])
-                signal = _share(statistics["gbar"] ** 2, statistics["vbar"])
+                curvature = ratio((grad - before["grad"]).abs(), before["step"].abs())
+                statistics = self.averages._statistics(grad, curvature, before["statistics"] or {"gbar": None})
+                signal = ratio(statistics["gbar"] ** 2, statistics["vbar"])
                 statistics["tau"] = (1 - signal) * statistics["tau"] + 1
-                step = -_share(statistics["hbar"], statistics["vhbar"]) * signal * grad
+                step = -ratio(statistics["hbar"], statistics["vhbar"]) * signal * grad
             new_params.append(param.detach() + step)
             last.append({"grad": grad, "step": step, "statistics": statistics})
         return new_params, {"step": state["step"] + 1, "last": last}
-
-    def _averaged(self, grad, curvature, old):
-        if old is None:  # slow start: this sample stands for initial_samples of them, variances overestimated
-            return {"gbar": grad, "vbar": self.slow_start * grad ** 2, "hbar": curvature,
-                    "vhbar": self.slow_start * curvature ** 2,
-                    "tau": torch.full_like(grad, float(self.initial_samples))}
-        keep = 1 - 1 / old["tau"]
-        return {"gbar": keep * old["gbar"] + grad / old["tau"], "vbar": keep * old["vbar"] + grad ** 2 / old["tau"],
-                "hbar": keep * old["hbar"] + curvature / old["tau"],
-                "vhbar": keep * old["vhbar"] + curvature ** 2 / old["tau"], "tau": old["tau"]}
 
 
 def _spread(values):
@@ -181,10 +173,6 @@ def _spread(values):
     if len(values) < 2:
         return 0.0
     return statistics.stdev(values) if all(map(math.isfinite, values)) else math.nan
-
-
-def _share(numerator, denominator):
-    return torch.where(denominator > 0, numerator / denominator.clamp_min(1e-300), 0.0)
 
 
 def _held_out_design(fraction, every):

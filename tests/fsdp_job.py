@@ -21,14 +21,9 @@ import torch
 import torch.distributed as dist
 
 import recurse as rc
+from distributed_job import batch  # (the DDP job's batch: tests/ is on the path, as the script's folder)
 
 STEPS = 30
-
-
-def batch():
-    generator = torch.Generator().manual_seed(0)
-    inputs = torch.randn(64, 5, generator=generator, dtype=torch.float64)
-    return inputs, inputs[:, :1].sin() + 0.1 * torch.randn(64, 1, generator=generator, dtype=torch.float64)
 
 
 def model():
