@@ -37,6 +37,9 @@ import torch
 from torch import Tensor
 
 SHARD, RANK_LOCAL, SHARED = "shard", "rank", "shared"
+# Entries of level 0 that are the same on every rank: its learned values (wherever a record keeps them) and,
+# for a tied level, what it does to itself.
+_LEVEL_WIDE = {"raw", "self_state", "self_norm_state", "last_self_update"}
 
 
 def save_optimizer(optimizer, checkpoint_id) -> None:
@@ -85,7 +88,7 @@ def load_optimizer(optimizer, checkpoint_id) -> None:
     tensors = {name: _allocate(slot, layout) for name, slot in skeleton["slots"].items()}
     dcp.load({"tensors": tensors}, checkpoint_id=checkpoint_id)
     state = _join(skeleton["tree"], {name: _local(value) for name, value in tensors.items()})
-    state["shard_shapes"] = optimizer._shard_shapes()  # (DCP resharded level 0's per-parameter state to this layout)
+    state["shard_layout"] = optimizer._shard_layout()  # (DCP resharded level 0's per-parameter state to this layout)
     optimizer.load_state_dict(state)
 
 
@@ -156,20 +159,18 @@ def _split(state: dict, layout: _Layout) -> tuple[dict, dict[str, Tensor]]:
             return {"list" if isinstance(value, list) else "tuple": [
                 None if item is None else slot(item, SHARD, index) for index, item in enumerate(value)]}
         if isinstance(value, dict):
-            return {"dict": [[encode(key, False), encode(item, local)] for key, item in value.items()]}
+            return {"dict": [[encode(key, False), encode(item, local and key not in _LEVEL_WIDE)]
+                             for key, item in value.items()]}
         if isinstance(value, (list, tuple)):
             return {"list" if isinstance(value, list) else "tuple": [encode(item, local) for item in value]}
         if value is None or isinstance(value, (bool, int, float, str)):
             return {"value": value}
         raise TypeError(f"rc.distributed.save_optimizer: cannot save a {type(value).__name__} in the state dict")
 
-    def encode_entries(entries: dict, local_keys) -> dict:
-        return {"dict": [[{"value": key}, encode(value, key in local_keys)] for key, value in entries.items()]}
-
-    level_zero, *above = state["levels"]  # (level 0's learned values, its raw, are the same on every rank)
-    levels = {"list": [encode_entries(level_zero, set(level_zero) - {"raw"}),
-                       *(encode(level, False) for level in above)]}
-    tree = encode_entries({key: value for key, value in state.items() if key != "levels"}, {"horizon_memory"})
+    level_zero, *above = state["levels"]
+    levels = {"list": [encode(level_zero, True), *(encode(level, False) for level in above)]}
+    tree = {"dict": [[{"value": key}, encode(value, key == "horizon_memory")] for key, value in state.items()
+                     if key != "levels"]}
     tree["dict"].append([{"value": "levels"}, levels])
     return {"tree": tree, "slots": slots, "world": layout.world, "sharded": layout.sharded}, tensors
 

@@ -25,7 +25,8 @@ from torch import Tensor
 
 from recurse.dcp import load_optimizer, save_optimizer
 
-__all__ = ["is_active", "total", "all_ranks_agree", "check_in_sync", "save_optimizer", "load_optimizer"]
+__all__ = ["is_active", "collective_device", "total", "all_ranks_agree", "check_in_sync", "save_optimizer",
+           "load_optimizer"]
 
 
 def is_active() -> bool:
@@ -39,8 +40,13 @@ def is_active() -> bool:
 
 def collective_device(group=None) -> torch.device:
     """Where ``group``'s collectives take tensors: this rank's GPU under
-    nccl, the CPU under gloo (whatever device the values live on)."""
-    if dist.get_backend(group) == "nccl":
+    nccl, the CPU under gloo or outside torch.distributed (whatever device
+    the values live on).
+
+    >>> rc.distributed.collective_device()               # one process: the CPU
+    device(type='cpu')
+    """
+    if is_active() and dist.get_backend(group) == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
 

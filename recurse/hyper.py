@@ -243,7 +243,7 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
         self.hypergradient_loss = hypergradient_loss
         self._keeps_last_update = horizon.keeps_last_update  # (read every step)
         if self._sharding is not None:
-            _check_shardable(self.levels[0].optimizer, hypergradient_loss)
+            self._sharding.check_level_zero(self.levels[0].optimizer, hypergradient_loss)
         if not self._keeps_last_update:
             _check_horizon(horizon, self.levels[0])
         self._horizon_memory: Any = None
@@ -443,9 +443,13 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
 
     _step_with_hooks = torch.optim.Optimizer.profile_hook_step(_step)
 
-    def _shard_shapes(self) -> list[list[int]] | None:
-        """This rank's shapes of the parameters' shards (None: not sharded)."""
-        return None if self._sharding is None else [list(param.shape) for param in self._params]
+    def _shard_layout(self) -> dict[str, Any] | None:
+        """Which shards this rank holds: its place on the mesh, the mesh's
+        size and the shards' shapes (None: not sharded)."""
+        if self._sharding is None:
+            return None
+        mesh = self._sharding.mesh
+        return {"rank": mesh.get_local_rank(), "ranks": mesh.size(), "shapes": [list(p.shape) for p in self._params]}
 
     def _all_finite(self, tensors: list[Tensor]) -> bool:
         """Whether every value is finite (on every rank's shard, where sharded)."""
@@ -495,7 +499,7 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
                 continue
             if set_to_none:
                 param.grad = None
-            elif _data_ptr(grad) in kept:
+            elif kept and _data_ptr(grad) in kept:
                 param.grad = torch.zeros_like(grad)
             else:
                 if grad.grad_fn is not None:
@@ -809,7 +813,7 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
             "history": self._history,
             "param_groups": [group.entries() for group in self.param_groups],
             "param_shapes": [list(param.shape) for param in self._handles],  # (whole, where sharded)
-            "shard_shapes": self._shard_shapes(),
+            "shard_layout": self._shard_layout(),
             "param_group_start_lrs": [group.start_lr for group in self.param_groups],
             "horizon": repr(self.horizon),
             "horizon_memory": self._horizon_memory,
@@ -827,7 +831,7 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
         if saved_groups is not None and len(saved_groups) != len(self.param_groups):
             raise ValueError(f"rc.HyperOptimizer.load_state_dict: the checkpoint has {len(saved_groups)} param "
                              f"groups, this optimizer has {len(self.param_groups)}")
-        saved_shapes = state_dict.get("param_shapes")  # (absent from checkpoints of before 2026-12)
+        saved_shapes = state_dict.get("param_shapes")  # (absent from checkpoints taken before it was kept)
         if saved_shapes is not None:
             shapes = [list(param.shape) for param in self._handles]
             if len(saved_shapes) != len(shapes):
@@ -839,14 +843,15 @@ class HyperOptimizer(CopiesWhole, torch.optim.Optimizer):
                     raise ValueError(f"rc.HyperOptimizer.load_state_dict: parameter {index} has shape {tuple(shape)} "
                                      f"here but {tuple(saved_shape)} in the checkpoint; build it over the same "
                                      "parameters")
-        saved_shards = state_dict.get("shard_shapes", self._shard_shapes() if saved_shapes is None else None)
-        if saved_shards != self._shard_shapes():
-            def described_layout(shapes):
-                return "unsharded" if shapes is None else f"sharded (this rank's shards {[tuple(s) for s in shapes]})"
+        saved_layout = state_dict.get("shard_layout")  # (absent: a checkpoint from before sharding, unsharded)
+        if saved_layout != self._shard_layout():
+            def described_layout(layout):
+                return "unsharded" if layout is None else (f"sharded (rank {layout['rank']} of {layout['ranks']}, "
+                                                           f"its shards {[tuple(s) for s in layout['shapes']]})")
             raise ValueError(f"rc.HyperOptimizer.load_state_dict: the checkpoint was taken with the parameters "
-                             f"{described_layout(saved_shards)}, here they are "
-                             f"{described_layout(self._shard_shapes())}; a state dict loads under the same "
-                             "sharding only (rc.distributed.save_optimizer and load_optimizer reshard)")
+                             f"{described_layout(saved_layout)}, here they are "
+                             f"{described_layout(self._shard_layout())}; a state dict loads where it was taken "
+                             "only (rc.distributed.save_optimizer and load_optimizer reshard)")
         if len(saved_levels) != len(self.levels):
             raise ValueError(
                 f"rc.HyperOptimizer.load_state_dict: the checkpoint has {len(saved_levels)} levels, "
@@ -1133,16 +1138,3 @@ def _learned_values(levels: list[_Level]) -> list[Tensor | list[float]]:
 def _data_ptr(grad: Tensor) -> int:
     """Where a gradient's values start (a DTensor's: its shard on this rank)."""
     return grad.to_local().data_ptr() if hasattr(grad, "to_local") else grad.data_ptr()
-
-
-def _check_shardable(level_zero: Optimizer, hypergradient_loss: TrainingLoss) -> None:
-    """Refuse a level 0 whose step reads beyond its own shard (see recurse.sharding)."""
-    if level_zero.normalizer is not None:
-        raise ValueError(f"rc.HyperOptimizer: level 0 {level_zero!r} normalises the model's gradient, which reads "
-                         "every shard; under fully_shard, clip with the model's tools before step() instead")
-    if level_zero.needs_loss_graph or level_zero.needs_closure:
-        raise ValueError(f"rc.HyperOptimizer: level 0 {level_zero!r} evaluates the loss again in its step, which "
-                         "is not supported on sharded (fully_shard) parameters")
-    if type(hypergradient_loss) is not TrainingLoss:
-        raise ValueError(f"rc.HyperOptimizer: hypergradient_loss={hypergradient_loss!r} differentiates another loss "
-                         "through the model, which is not supported on sharded (fully_shard) parameters")

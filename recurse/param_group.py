@@ -211,12 +211,14 @@ def per_tensor(params: Iterable[Any]) -> list[dict[str, Any]]:
     entries = list(params)
     if not entries:
         raise ValueError("rc.per_tensor: got an empty parameter list")
-    groups = entries if all(isinstance(entry, dict) for entry in entries) else [{"params": entries}]
-    split = []
-    for index, group in enumerate(groups):
-        if not isinstance(group, dict) or "params" not in group:
+    dicts = [isinstance(entry, dict) for entry in entries]
+    for index, entry in enumerate(entries):
+        if any(dicts) and not (dicts[index] and "params" in entry):
             raise TypeError(f"rc.per_tensor: params must be tensors, (name, tensor) pairs or param groups (dicts "
-                            f"with 'params'), got {described(group)} at position {index}")
+                            f"with 'params'), got {described(entry)} at position {index} (not a mixture of them)")
+    groups = entries if any(dicts) else [{"params": entries}]
+    split = []
+    for group in groups:
         members = group["params"]
         members = [members] if isinstance(members, Tensor) else list(members)
         options = {key: value for key, value in group.items() if key not in ("params", "param_names")}

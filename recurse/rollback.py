@@ -197,8 +197,10 @@ def _data_parallel_group(model: torch.nn.Module, optimizer: Any):
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):
         return model.process_group
     mesh = next((param.device_mesh for param in model.parameters() if hasattr(param, "device_mesh")), None)
-    # (a torch.optim optimizer over FSDP2 shards; a 2-D mesh, HSDP, is not one group: left to the caller)
-    return None if mesh is None or mesh.ndim != 1 else mesh.get_group(0)
+    if mesh is not None and mesh.ndim != 1:  # (HSDP: not one group; deciding per rank would part the replicas)
+        raise ValueError(f"rc.Rollback: the model is sharded on the {mesh.ndim}-dimensional mesh {mesh}; Rollback "
+                         "decides on the ranks' mean loss over a one-dimensional FSDP2 mesh or DDP only")
+    return None if mesh is None else mesh.get_group(0)  # (a torch.optim optimizer over FSDP2 shards)
 
 
 def _mean_over(group, value: float) -> float:

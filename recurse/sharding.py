@@ -32,6 +32,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from recurse import distributed
+from recurse.estimators import TrainingLoss
 
 
 def _dtensor_class():
@@ -57,7 +58,7 @@ class Sharding:
         sharded = [index for index, param in enumerate(params) if dtensor is not None and isinstance(param, dtensor)]
         if not sharded:
             return None
-        plain = [index for index in range(len(params)) if index not in set(sharded)]
+        plain = sorted(set(range(len(params))) - set(sharded))
         if plain:
             raise ValueError(f"{owner}: parameters {_listed(sharded)} are DTensors (sharded, on "
                              f"{params[sharded[0]].device_mesh}) but parameters {_listed(plain)} are plain tensors; "
@@ -81,6 +82,19 @@ class Sharding:
                 raise ValueError(f"{owner}: parameter {index} has placements {param.placements} on {mesh}; towers "
                                  "step parameters sharded as fully_shard shards them (Shard)")
         return cls(mesh)
+
+    @staticmethod
+    def check_level_zero(level_zero, hypergradient_loss) -> None:
+        """Refuse a level 0 whose step reads beyond its own shard."""
+        if level_zero.normalizer is not None:
+            raise ValueError(f"rc.HyperOptimizer: level 0 {level_zero!r} normalises the model's gradient, which "
+                             "reads every shard; under fully_shard, clip with the model's tools before step() instead")
+        if level_zero.needs_loss_graph or level_zero.needs_closure:
+            raise ValueError(f"rc.HyperOptimizer: level 0 {level_zero!r} evaluates the loss again in its step, which "
+                             "is not supported on sharded (fully_shard) parameters")
+        if type(hypergradient_loss) is not TrainingLoss:
+            raise ValueError(f"rc.HyperOptimizer: hypergradient_loss={hypergradient_loss!r} differentiates another "
+                             "loss through the model, which is not supported on sharded (fully_shard) parameters")
 
     @staticmethod
     def local(params: Sequence[Tensor]) -> list[Tensor]:

@@ -144,6 +144,14 @@ def refusals(rank, world):
     replicated = [torch.nn.Parameter(distribute_tensor(torch.zeros(4, dtype=torch.float64), sharded[0].weight.device_mesh,
                                                        [Replicate()]))]
     errors["replicate"] = message(lambda: rc.HyperOptimizer(replicated))
+    # (rank 0's state dict, as torch.save of it on rank 0 and a load on every rank would hand it around)
+    opt = rc.HyperOptimizer(sharded.parameters())
+    inputs, targets = batch()
+    torch.nn.functional.mse_loss(sharded(inputs), targets).backward()
+    opt.step()
+    shared = [opt.state_dict() if rank == 0 else None]
+    dist.broadcast_object_list(shared, src=0)
+    errors["other_rank"] = message(lambda: opt.load_state_dict(shared[0]))
     dist.destroy_process_group()
     errors["uninitialised"] = message(lambda: rc.HyperOptimizer(sharded.parameters()))
     return errors

@@ -212,3 +212,33 @@ def test_two_objectives_share_a_storage_without_mixing_their_trials(tmp_path):
         rc.compare(each, towers={}, space=SPACE, samplers=("random",), trials=2, seeds=[0], out=tmp_path, quiet=True)
     names = optuna.get_all_study_names(f"sqlite:///{tmp_path / 'optuna.db'}")
     assert sorted(names) == ["objective-random-seed0", "other-random-seed0"]
+
+
+def test_a_tower_run_whose_guard_skipped_steps_diverged_even_with_finite_parameters():
+    """rc.HyperOptimizer's guard keeps the parameters finite while the loss
+    overflows (here exp(out) - exp(out) once out passes 88), and a loop that
+    zeroes the gradients after the step leaves none to look at: the skipped
+    steps say the run diverged, so its NaN is a failed run, not a bug."""
+    from recurse.baselines.objective import _Run
+
+    def overflowing(make_optimizer, seed):
+        torch.manual_seed(seed)
+        model = torch.nn.Linear(4, 3)
+        opt = make_optimizer(model.parameters())
+        inputs = torch.randn(16, 4)
+
+        def loss():
+            out = model(inputs)
+            return torch.nn.functional.mse_loss(out, torch.full_like(out, 100.0)) + (out.exp() - out.exp()).sum()
+
+        for _ in range(30):
+            loss().backward()
+            opt.step()
+            opt.zero_grad()
+        with torch.no_grad():
+            return loss().item()
+
+    run = _Run(lambda params: rc.HyperOptimizer(params, rc.SGD(0.05, hyper=rc.SGD(1e-6)), first_step_limit=None))
+    value, _ = run(overflowing, 0, "tower 'hot', seed 0")
+    assert math.isnan(value) and run.optimizers[0].nonfinite_steps > 0
+    assert all(torch.isfinite(p).all() for p in run.optimizers[0].param_groups[0]["params"])

@@ -58,9 +58,10 @@ def test_rollback_on_fully_sharded_parameters_decides_on_the_whole_batch(tmp_pat
 def test_a_sharded_run_resumed_in_fresh_processes_continues_bit_for_bit(tmp_path, tower):
     """Saved at step 15 (the model's shards with torch.distributed.checkpoint,
     the optimizer with rc.distributed.save_optimizer), loaded by new processes.
-    The default tower's level 0 holds one tensor per parameter, saved as
-    DTensors sharded as the model: it loads on one unsharded rank too
-    (resharded), which ends where the two did. Several param groups hold
+    The default and the tied tower's level 0 hold one tensor per parameter,
+    saved as DTensors sharded as the model, beside values the same on every
+    rank: they load on one unsharded rank too (resharded), which ends where
+    the two did. Several param groups hold
     level 0's state per rank: that is refused on one rank, naming why."""
     (tmp_path / "whole").mkdir()
     whole = torchrun.run_two_ranks(JOB, tower, tmp_path / "whole")
@@ -69,7 +70,7 @@ def test_a_sharded_run_resumed_in_fresh_processes_continues_bit_for_bit(tmp_path
     for mine, reference in zip(resumed, whole):
         assert all(torch.equal(a, b) for a, b in zip(mine["params"], reference["params"]))
         assert all(torch.equal(a, b) for a, b in zip(mine["raws"], reference["raws"]))
-    if tower == "default":
+    if tower in ("default", "tied"):
         (one,) = torchrun.run_two_ranks(JOB, f"resume:{tower}", tmp_path, ranks=1)
         assert_equals_one_process(whole, one)
     elif tower == "per_tensor":
@@ -79,7 +80,11 @@ def test_a_sharded_run_resumed_in_fresh_processes_continues_bit_for_bit(tmp_path
 
 
 def test_bad_shardings_get_a_clear_error_naming_them(tmp_path):
-    for errors in torchrun.run_two_ranks(JOB, "refusals", tmp_path):
+    ranks = torchrun.run_two_ranks(JOB, "refusals", tmp_path)
+    assert ranks[0]["other_rank"] is None  # (rank 0 loads its own state dict)
+    assert "taken with the parameters sharded (rank 0 of 2, its shards" in ranks[1]["other_rank"]
+    assert "here they are sharded (rank 1 of 2" in ranks[1]["other_rank"]
+    for errors in ranks:
         assert "parameters 0, 1 are DTensors (sharded, on DeviceMesh((2,)" in errors["mixed"]
         assert "but parameters 2, 3, 4, 5 are plain tensors" in errors["mixed"]
         assert "parameter 2 is sharded on DeviceMesh((2,), 'cpu', stride=(1,)) (ranks [1, 0]) but parameter 0 on " \

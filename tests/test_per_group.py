@@ -194,6 +194,7 @@ def test_a_scheduler_scales_each_tensor_s_learned_lr_by_its_own_factor():
     (torch.zeros(2, requires_grad=True), TypeError, "params must be an iterable of tensors, got a single tensor"),
     ([], ValueError, "got an empty parameter list"),
     ([{"lr": 0.1}], TypeError, r"param groups \(dicts with 'params'\), got builtins.dict at position 0"),
+    ([{"params": [torch.zeros(2)]}, torch.zeros(3)], TypeError, r"got torch.Tensor at position 1 \(not a mixture"),
 ])
 def test_per_tensor_refuses_what_is_not_parameters(params, error, message):
     with pytest.raises(error, match=message):

@@ -90,17 +90,22 @@ class _Run:
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise TypeError(f"rc.compare: the objective must return a number (the loss to minimise), got "
                             f"{described(value)} {value!r} ({what})")
-        if math.isnan(value) and self._finite():
+        if math.isnan(value) and not self._diverged():
             raise ValueError(f"rc.compare: the objective returned nan ({what}) although every parameter and gradient "
-                             "its optimizer holds is finite, so the model did not diverge: look for a 0/0 in the "
-                             "objective (an empty validation set?); a run that diverged should return math.inf")
+                             "its optimizer holds is finite and it skipped no step, so the model did not diverge: "
+                             "look for a 0/0 in the objective (an empty validation set?); a run that diverged "
+                             "should return math.inf")
         return float(value), seconds
 
-    def _finite(self) -> bool:
-        """Whether every parameter the optimizers train, and its gradient, is finite."""
+    def _diverged(self) -> bool:
+        """Whether a parameter the optimizers train, or its gradient, is not
+        finite, or an rc.HyperOptimizer skipped a non-finite step (its guard
+        keeps the parameters finite while the run diverges)."""
+        if any(getattr(optimizer, "nonfinite_steps", 0) for optimizer in self.optimizers):
+            return True
         tensors = [tensor for optimizer in self.optimizers for group in optimizer.param_groups
                    for param in group["params"] for tensor in (param, param.grad) if tensor is not None]
-        return all(bool(torch.isfinite(tensor).all()) for tensor in tensors)
+        return not all(bool(torch.isfinite(tensor).all()) for tensor in tensors)
 
 
 def _space(space: Mapping[str, tuple]) -> list[Knob]:
